@@ -1,0 +1,191 @@
+"""Phi3VForCausalLM: transformers' Phi-3 decoder with the HD image embedding in front.
+
+Prompts carry image k as a run of `-k` token ids (the processor reserves exactly as many positions
+as the image has feature tokens). The forward embeds the text ids (negatives read as 0), then
+writes image k's projected features into the `-k` positions after checking the counts agree.
+The caller's `input_ids` are never modified.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model
+
+from .configuration import Phi3VConfig
+from .image_embedding import Phi3VImageEmbedding
+
+IGNORE_INDEX = -100
+
+
+def init_phi3v_weights(model: PreTrainedModel, module: nn.Module) -> None:
+    """transformers' default init plus the two separators, which the original starts at zero."""
+    PreTrainedModel._init_weights(model, module)
+    if isinstance(module, Phi3VImageEmbedding):
+        init.zeros_(module.glb_GN)
+        init.zeros_(module.sub_GN)
+
+
+class Phi3VPreTrainedModel(PreTrainedModel):
+    config: Phi3VConfig
+    config_class = Phi3VConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Phi3DecoderLayer", "CLIPEncoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": Phi3DecoderLayer}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_phi3v_weights(self, module)
+
+
+class Phi3VModel(Phi3Model):
+    """The Phi-3 decoder stack plus `vision_embed_tokens`, under the checkpoint's key names."""
+
+    config: Phi3VConfig
+    config_class = Phi3VConfig
+    _no_split_modules = Phi3VPreTrainedModel._no_split_modules
+
+    def __init__(self, config: Phi3VConfig):
+        super().__init__(config)
+        self.vision_embed_tokens = Phi3VImageEmbedding(config)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_phi3v_weights(self, module)
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with image features written at the negative-id positions."""
+        image_positions = input_ids < 0
+        embeds = self.embed_tokens(input_ids.clamp(min=0))  # a new tensor: the caller's ids stay intact
+        if not bool(image_positions.any()):
+            return embeds
+        if pixel_values is None or image_sizes is None:
+            raise ValueError(
+                "input_ids hold image positions (negative ids) but pixel_values/image_sizes were not given"
+            )
+        features = self.vision_embed_tokens(pixel_values, image_sizes)
+        slots = image_slots(input_ids)
+        if len(slots) != len(features):
+            raise ValueError(
+                f"input_ids reference {len(slots)} images but pixel_values holds {len(features)} images"
+            )
+        embeds = embeds.clone()
+        for (row, positions), image_features in zip(slots, features):
+            if positions.numel() != image_features.shape[0]:
+                raise ValueError(
+                    f"image in batch row {row}: {positions.numel()} image positions in input_ids but "
+                    f"{image_features.shape[0]} image feature tokens (image_sizes and prompt disagree)"
+                )
+            embeds[row, positions] = image_features.to(embeds.dtype)
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if inputs_embeds is None and input_ids is not None:
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_sizes)
+        return super().forward(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+def image_slots(input_ids: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(batch row, positions) of every image, in pixel_values order: row by row, image 1, 2, ...
+
+    Row b's images are the ids -1..-n_b; any gap (an id -3 without -2) is an error because
+    pixel_values could not be matched to it.
+    """
+    slots = []
+    for row, ids in enumerate(input_ids):
+        negatives = ids[ids < 0]
+        if negatives.numel() == 0:
+            continue
+        image_ids = sorted((-negatives).unique().tolist())
+        if image_ids != list(range(1, len(image_ids) + 1)):
+            raise ValueError(f"batch row {row}: image ids must be 1..n without gaps, got {image_ids}")
+        for image_id in image_ids:
+            slots.append((row, (ids == -image_id).nonzero().squeeze(1)))
+    return slots
+
+
+class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
+    """Phi-3-Vision / Phi-3.5-Vision with a language-modelling head.
+
+    `forward(input_ids, attention_mask, pixel_values, image_sizes, labels=...)` returns the shifted
+    cross-entropy over labels != -100; `generate(...)` works with the KV cache and left padding.
+    """
+
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    input_modalities = ("image", "text")
+
+    def __init__(self, config: Phi3VConfig):
+        super().__init__(config)
+        self.model = Phi3VModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
