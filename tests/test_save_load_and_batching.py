@@ -53,6 +53,21 @@ def test_loading_reports_no_missing_or_unexpected_keys():
     assert not info["mismatched_keys"]
 
 
+def test_original_exports_with_the_wte_alias_load_cleanly(tmp_path):
+    """The original module aliases embed_tokens as vision_embed_tokens.wte; exports may store it."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(TINY_MODEL / "model.safetensors"))
+    weights["model.vision_embed_tokens.wte.weight"] = weights["model.embed_tokens.weight"].clone()
+    for file in TINY_MODEL.iterdir():
+        if file.name != "model.safetensors":
+            (tmp_path / file.name).write_bytes(file.read_bytes())
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model, info = Phi3VForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+    assert torch.equal(model.model.embed_tokens.weight, weights["model.embed_tokens.weight"])
+
+
 MIXED_PROMPTS = [
     ("<|user|>\nHello, what do you sell?<|end|>\n<|assistant|>\n", []),
     ("<|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n", ["landscape_300x200"]),

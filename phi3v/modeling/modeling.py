@@ -4,6 +4,10 @@ Prompts carry image k as a run of `-k` token ids (the processor reserves exactly
 as the image has feature tokens). The forward embeds the text ids (negatives read as 0), then
 writes image k's projected features into the `-k` positions after checking the counts agree.
 The caller's `input_ids` are never modified.
+
+Rotary scaling is Phi-3's `su`/longrope: short factors while the longest position + 1 <= 4096,
+long factors beyond, decided per forward. As in the original, a generation that crosses 4096
+keeps the cached keys computed with the short factors (no cache rebuild).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Phi3VPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": Phi3DecoderLayer}
+    # Exports made with the original code may carry the alias of embed_tokens under this name.
+    _keys_to_ignore_on_load_unexpected = [r"model\.vision_embed_tokens\.wte\.weight"]
 
     def _init_weights(self, module: nn.Module) -> None:
         init_phi3v_weights(self, module)

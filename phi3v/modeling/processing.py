@@ -134,20 +134,34 @@ class Phi3VProcessor:
         flat_images = [image for group in per_prompt for image in group]
         vision = self.image_processor(flat_images) if flat_images else None
         counts = iter(vision["num_img_tokens"] if vision else [])
-
-        sequences, label_rows = [], []
-        for index, (prompt, group) in enumerate(zip(prompts, per_prompt)):
-            num_tokens = [next(counts) for _ in group]
-            answer = None if answers is None else answers[index]
-            ids, labels = self._encode(prompt, num_tokens, answer, index)
-            sequences.append(ids)
-            label_rows.append(labels)
-
-        batch = self._pad(sequences, label_rows if answers is not None else None, padding_side)
+        batch = self.tokenize(prompts, [[next(counts) for _ in g] for g in per_prompt], answers, padding_side)
         if vision is not None:
             batch["pixel_values"] = vision["pixel_values"]
             batch["image_sizes"] = vision["image_sizes"]
         return BatchFeature(batch)
+
+    def tokenize(
+        self,
+        prompts: list[str],
+        image_tokens: list[list[int]],
+        answers: list[str] | None = None,
+        padding_side: str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Token ids of prompts whose images are already processed: `image_tokens[i][k]` is the
+        token count of prompt i's image k+1 (from the image processor). Lets a collator process
+        each image once and tokenize twice (answer-supervised and generation batches)."""
+        sequences, label_rows = [], []
+        if len(image_tokens) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but image token counts for {len(image_tokens)}")
+        for index, (prompt, num_tokens) in enumerate(zip(prompts, image_tokens)):
+            if len(_image_tags(prompt, index)) != len(num_tokens):
+                raise ValueError(f"prompt {index} has {len(_image_tags(prompt, index))} image tags "
+                                 f"but {len(num_tokens)} image token counts")
+            answer = None if answers is None else answers[index]
+            ids, labels = self._encode(prompt, num_tokens, answer, index)
+            sequences.append(ids)
+            label_rows.append(labels)
+        return self._pad(sequences, label_rows if answers is not None else None, padding_side)
 
     def _assign_images(self, prompts: list[str], images) -> list[list[Image.Image]]:
         """Split `images` over the prompts by their tags, checking tags and counts."""

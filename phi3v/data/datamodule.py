@@ -1,0 +1,209 @@
+"""ProductDataModule: a prepared catalogue as train/val/test/predict loaders for Phi-3-V.
+
+The data config never knows the model: `connect(processor)` injects what batching needs (the
+tokenizer, num_crops) after both are built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from phi3v.modeling import Phi3VProcessor
+
+from .catalogue import ColumnMap
+from .collate import Phi3VCollator
+from .dataset import ProductDataset, read_manifest
+from .download import DownloadSettings
+from .prepare import MANIFEST, REPORT, SYNTHETIC, PrepareReport, catalogue_signature, prepare_catalogue
+from .prompts import PromptTemplate
+from .sampler import LengthGroupedBatchSampler
+from .sources import TABLE_SUFFIXES
+from .splits import assign_splits, check_fractions, limited_rows, write_splits
+from .synthetic import SyntheticSpec
+
+log = logging.getLogger(__name__)
+LENGTH_CHUNK = 4096  # answers tokenized per call: bounded memory for 100k-row catalogues
+
+
+class ProductDataModule(L.LightningDataModule):
+    """Image + title + category + price catalogues (Burberry, other DBQ brands, your own table).
+
+    Args:
+        source: "synthetic", a hub id, or a local table / saved dataset / image folder.
+        data_dir: where images and the manifest go; default `data/<name derived from source>`.
+        columns: which table columns hold image, title, category, price and id.
+        split: the table split to read from a hub or saved dataset.
+        val_fraction, test_fraction, split_seed: product-grouped split of the kept rows.
+        limit: use at most this many rows (chosen with split_seed) for quick runs.
+        prompt: question, answer template and price format.
+        batch_size, eval_batch_size: per-device batch sizes (train / val, test, predict).
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        group_by_length: batch samples of similar token count (much less padding).
+        strict_images: an unreadable image fails the run (naming it) instead of being skipped.
+        max_pixels: decompression-bomb guard.
+        download, synthetic: settings of the downloader and of the synthetic catalogue.
+        output_dir: where the chosen splits are recorded (the run dir); None to skip.
+    """
+
+    def __init__(
+        self,
+        source: str = SYNTHETIC,
+        data_dir: str | None = None,
+        columns: ColumnMap | None = None,
+        split: str = "train",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        limit: int | None = None,
+        prompt: PromptTemplate | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        group_by_length: bool = True,
+        strict_images: bool = False,
+        max_pixels: int = 64_000_000,
+        download: DownloadSettings | None = None,
+        synthetic: SyntheticSpec | None = None,
+        output_dir: str | None = None,
+    ):
+        super().__init__()
+        check_fractions(val_fraction, test_fraction)
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+        self.source = source
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir(source)
+        self.columns = columns or ColumnMap()
+        self.split, self.limit = split, limit
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.template = prompt or PromptTemplate()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.loader_options = dict(
+            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0
+        )
+        self.group_by_length, self.strict_images, self.max_pixels = group_by_length, strict_images, max_pixels
+        self.download = download or DownloadSettings()
+        self.synthetic = synthetic or SyntheticSpec()
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.processor: Phi3VProcessor | None = None
+        self.datasets: dict[str, ProductDataset] = {}
+        self.lengths: dict[str, np.ndarray] = {}
+        self.train_sampler: LengthGroupedBatchSampler | None = None
+
+    def connect(self, processor: Phi3VProcessor) -> None:
+        """Inject the processor (tokenizer + num_crops) once the model side is built."""
+        self.processor = processor
+
+    # ---- preparing -----------------------------------------------------------------------
+    def prepare_data(self) -> PrepareReport | None:
+        """Build the manifest unless an up-to-date one exists (Lightning calls this on one process)."""
+        if self._manifest_is_current():
+            return None
+        report = prepare_catalogue(
+            self.source, self.data_dir, self.columns, self.download, self.synthetic, self.split
+        )
+        log.info(report.summary())
+        return report
+
+    def _manifest_is_current(self) -> bool:
+        report = self.data_dir / REPORT
+        if not (self.data_dir / MANIFEST).is_file() or not report.is_file():
+            return False
+        signature = catalogue_signature(self.source, self.columns, self.synthetic, self.split)
+        return json.loads(report.read_text()).get("signature") == signature
+
+    # ---- setting up ----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.processor is None:
+            raise RuntimeError("call datamodule.connect(processor) before setup()")
+        if self.datasets:
+            return
+        manifest = read_manifest(self.data_dir / MANIFEST)
+        manifest = manifest.take(limited_rows(manifest.num_rows, self.limit, self.split_seed))
+        ids = manifest.column("product_id").to_pylist()
+        splits = assign_splits(ids, self.val_fraction, self.test_fraction, self.split_seed)
+        if self.output_dir is not None:
+            write_splits(self.output_dir / "splits.json", ids, splits)
+        for name in ("train", "val", "test"):
+            rows = np.flatnonzero(splits == name)
+            table = manifest.take(rows)
+            self.datasets[name] = ProductDataset(table, self.data_dir, self.strict_images, self.max_pixels)
+            self.lengths[name] = self.token_lengths(self.datasets[name])
+        counts = {name: len(d) for name, d in self.datasets.items()}
+        log.info("data %s: %s", self.source, counts)
+
+    def token_lengths(self, dataset: ProductDataset) -> np.ndarray:
+        """Exact token count of every sample (prompt + image + answer + <|end|>) without opening images."""
+        if len(dataset) == 0:
+            return np.zeros(0, dtype=np.int64)
+        processor = self.processor
+        table = dataset.table
+        widths, heights = table.column("image_width").to_numpy(), table.column("image_height").to_numpy()
+        image = np.array([processor.image_processor.num_image_tokens(int(w), int(h)) for w, h in zip(widths, heights)])
+        prompt_ids = processor.tokenize([self.template.prompt()], [[0]])["input_ids"][0]
+        tail = self.template.prompt().split("<|image_1|>")[-1]
+        head = len(prompt_ids) - len(processor.tokenizer(tail)["input_ids"])
+        text = np.empty(len(dataset), dtype=np.int64)
+        for start in range(0, len(dataset), LENGTH_CHUNK):
+            text[start : start + LENGTH_CHUNK] = self._answer_lengths(table.slice(start, LENGTH_CHUNK), tail)
+        return head + image + text
+
+    def _answer_lengths(self, rows, tail: str) -> list[int]:
+        """Tokens of prompt tail + answer + <|end|> (tokenized together, as the processor does)."""
+        answers = [
+            self.template.target(t, c, p)
+            for t, c, p in zip(rows.column("title").to_pylist(), rows.column("category").to_pylist(),
+                               rows.column("price").to_pylist())
+        ]
+        encoded = self.processor.tokenizer([tail + a + "<|end|>" for a in answers])["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    # ---- loaders -------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        self.train_sampler = LengthGroupedBatchSampler(
+            self.lengths["train"], self.batch_size, shuffle=True, group_by_length=self.group_by_length,
+            seed=self.split_seed,
+        )
+        return DataLoader(
+            self.datasets["train"], batch_sampler=self.train_sampler,
+            collate_fn=Phi3VCollator(self.processor, self.template, "train"), **self.loader_options,
+        )
+
+    def _eval_loader(self, split: str, mode: str) -> DataLoader:
+        return DataLoader(
+            self.datasets[split], batch_size=self.eval_batch_size, shuffle=False,
+            collate_fn=Phi3VCollator(self.processor, self.template, mode), **self.loader_options,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val", "eval")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test", "eval")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test", "generate")
+
+    def describe(self) -> dict:
+        """Plain-dict settings for logging (no secrets, no objects)."""
+        return {
+            "source": self.source, "data_dir": str(self.data_dir), "columns": asdict(self.columns),
+            "prompt": asdict(self.template), "batch_size": self.batch_size, "limit": self.limit,
+        }
+
+
+def default_data_dir(source: str) -> Path:
+    """data/sample for the synthetic catalogue, else data/<source made filesystem-safe>."""
+    if source == SYNTHETIC:
+        return Path("data") / "sample"
+    name = Path(source).stem if Path(source).suffix.lower() in TABLE_SUFFIXES else source
+    return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_.")

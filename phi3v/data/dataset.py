@@ -1,0 +1,105 @@
+"""The prepared catalogue as a torch Dataset: rows from the manifest, images opened lazily.
+
+The manifest stays an Arrow table (compact columnar strings and numbers) and each image is opened
+only when its sample is requested, so memory stays flat as the catalogue grows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from .images import ImageRejected, load_product_image
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = {
+    "product_id": pa.string(),
+    "title": pa.string(),
+    "category": pa.string(),
+    "price": pa.float64(),
+    "image_path": pa.string(),  # relative to the data dir, or absolute for images kept in place
+    "image_width": pa.int32(),  # after EXIF orientation: what the processor will see
+    "image_height": pa.int32(),
+    "image_url": pa.string(),
+    "source_row": pa.int64(),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One product with its photo; `image` is None when the file could not be read (skipped)."""
+
+    index: int
+    product_id: str
+    title: str
+    category: str
+    price: float
+    image_path: str
+    image: Image.Image | None
+    error: str | None = None
+
+
+def read_manifest(path: str | Path) -> pa.Table:
+    table = pq.read_table(path)
+    missing = sorted(set(MANIFEST_COLUMNS) - set(table.column_names))
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; re-run `python -m phi3v.prepare` for this data")
+    return table
+
+
+class ProductDataset(torch.utils.data.Dataset):
+    """Rows of a manifest table (already split/limited) with images loaded on access.
+
+    Args:
+        table: manifest rows (see MANIFEST_COLUMNS).
+        data_dir: the directory relative image paths start from.
+        strict: raise on an unreadable image (naming the file) instead of skipping it.
+        max_pixels: decompression-bomb guard for images changed on disk after prepare.
+    """
+
+    def __init__(self, table: pa.Table, data_dir: str | Path, strict: bool = False, max_pixels: int = 64_000_000):
+        self.table = table
+        self.data_dir = Path(data_dir)
+        self.strict = strict
+        self.max_pixels = max_pixels
+        self._columns = {name: table.column(name) for name in MANIFEST_COLUMNS}
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def value(self, column: str, index: int):
+        return self._columns[column][index].as_py()
+
+    def image_file(self, index: int) -> Path:
+        return self.data_dir / self.value("image_path", index)  # an absolute path stays absolute
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.image_file(index)
+        image, error = None, None
+        try:
+            image = load_product_image(path, max_pixels=self.max_pixels)
+        except ImageRejected as problem:
+            if self.strict:
+                raise ValueError(
+                    f"unreadable image {path} ({problem.reason}: {problem.detail}); fix or remove the file, "
+                    "re-run prepare, or set data.strict_images=false to skip such samples"
+                ) from problem
+            log.warning("skipping sample %d: image %s is unreadable (%s)", index, path, problem.reason)
+            error = problem.reason
+        return Sample(
+            index=index,
+            product_id=self.value("product_id", index),
+            title=self.value("title", index),
+            category=self.value("category", index),
+            price=self.value("price", index),
+            image_path=str(path),
+            image=image,
+            error=error,
+        )

@@ -1,0 +1,168 @@
+"""Prepare a catalogue: read the table, validate rows, fetch/verify images, write the manifest.
+
+Output in `data_dir`:
+  images/            verified image files (downloads are named by URL hash, never by data values)
+  manifest.parquet   kept rows (see phi3v.data.dataset.MANIFEST_COLUMNS)
+  dropped.parquet    dropped rows with reason and detail
+  report.json        counts: kept, dropped by reason, downloaded, reused
+Running it again downloads nothing that is already valid on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .catalogue import ColumnMap, DroppedRow, ProductRow, validate_rows
+from .dataset import MANIFEST_COLUMNS
+from .download import DownloadItem, DownloadSettings, download_images
+from .images import ImageRejected, inspect_image_bytes
+from .sources import read_table
+from .synthetic import SyntheticSpec, generate_catalogue
+
+log = logging.getLogger(__name__)
+
+MANIFEST, DROPPED, REPORT = "manifest.parquet", "dropped.parquet", "report.json"
+SYNTHETIC = "synthetic"
+
+
+@dataclass
+class PrepareReport:
+    data_dir: str
+    source: str
+    rows: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    downloaded: int = 0
+    reused: int = 0
+    signature: dict = field(default_factory=dict)  # what was prepared; a different one re-prepares
+
+    def summary(self) -> str:
+        lines = [f"{self.source}: {self.rows} rows -> kept {self.kept}, dropped {sum(self.dropped.values())}"]
+        lines += [f"  dropped {reason}: {count}" for reason, count in sorted(self.dropped.items())]
+        lines.append(f"  images downloaded {self.downloaded}, reused {self.reused}; manifest in {self.data_dir}")
+        return "\n".join(lines)
+
+
+def catalogue_signature(source: str, columns: ColumnMap, synthetic: SyntheticSpec, split: str) -> dict:
+    """The inputs that determine the manifest (JSON-comparable)."""
+    signature = {"source": source, "split": split, "columns": asdict(columns)}
+    if source == SYNTHETIC:
+        signature["synthetic"] = asdict(synthetic)
+    return signature
+
+
+def prepare_catalogue(
+    source: str,
+    data_dir: str | os.PathLike,
+    columns: ColumnMap,
+    download: DownloadSettings,
+    synthetic: SyntheticSpec,
+    split: str = "train",
+    progress: bool = True,
+) -> PrepareReport:
+    """Build `data_dir` from `source` (see phi3v.data.sources) and return the counts."""
+    data_dir = Path(data_dir)
+    image_dir = data_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    if source == SYNTHETIC:
+        records = generate_catalogue(synthetic, image_dir)
+        available, root = (list(records[0]) if records else []), image_dir
+    else:
+        table = read_table(source, split)
+        records, available, root = table.records, table.columns, table.image_root
+    columns.check(available)
+    rows, dropped = validate_rows(records, columns)
+    kept, image_drops, counts = _attach_images(rows, root, image_dir, download, progress)
+    dropped += image_drops
+
+    report = PrepareReport(str(data_dir), source, rows=len(records), kept=len(kept))
+    report.signature = catalogue_signature(source, columns, synthetic, split)
+    report.dropped = dict(Counter(d.reason for d in dropped))
+    report.downloaded, report.reused = counts
+    _write_outputs(data_dir, kept, dropped, report)
+    return report
+
+
+def _attach_images(rows: list[ProductRow], root: Path | None, image_dir: Path, settings, progress):
+    """Download URLs and verify local files; returns (manifest records, drops, (downloaded, reused))."""
+    remote = [r for r in rows if r.image.lower().startswith(("http://", "https://"))]
+    results = download_images([DownloadItem(r.product_id, r.image) for r in remote], image_dir, settings, progress)
+    by_row = {r.source_row: result for r, result in zip(remote, results)}
+    kept, dropped = [], []
+    for row in rows:
+        result = by_row.get(row.source_row)
+        if result is not None:
+            path, reason, detail = result.path, result.reason, result.detail
+            size = (result.width, result.height)
+        else:
+            path, size, reason, detail = _local_image(row.image, root, settings.max_pixels)
+        if reason is not None:
+            dropped.append(DroppedRow(row.source_row, row.product_id, row.image, reason, detail))
+            continue
+        kept.append(_manifest_record(row, path, size, image_dir.parent))
+    downloaded = sum(1 for r in results if r.reason is None and r.downloaded)
+    reused = sum(1 for r in results if r.reason is None and not r.downloaded)
+    return kept, dropped, (downloaded, reused)
+
+
+def _local_image(value: str, root: Path | None, max_pixels: int):
+    """(path, (width, height), reason, detail) of an image given as a path in the table."""
+    if "://" in value or value.lower().startswith(("data:", "javascript:")):
+        return None, (0, 0), "bad_url", f"only http(s) URLs or local paths are accepted, got {value!r}"
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        if root is None:
+            return None, (0, 0), "bad_url", f"relative image path {value!r} in a hub dataset"
+        path = root / path
+    try:
+        _, width, height = inspect_image_bytes(path.read_bytes(), max_pixels=max_pixels)
+    except OSError as error:
+        return None, (0, 0), "unreadable", f"{path}: {error}"
+    except ImageRejected as problem:
+        return None, (0, 0), problem.reason, f"{path}: {problem.detail}"
+    return path, (width, height), None, ""
+
+
+def _manifest_record(row: ProductRow, path: Path, size: tuple[int, int], data_dir: Path) -> dict:
+    try:
+        stored = str(path.resolve().relative_to(data_dir.resolve()))
+    except ValueError:
+        stored = str(path.resolve())  # kept in place outside the data dir
+    return {
+        "product_id": row.product_id,
+        "title": row.title,
+        "category": row.category,
+        "price": row.price,
+        "image_path": stored,
+        "image_width": size[0],
+        "image_height": size[1],
+        "image_url": row.image,
+        "source_row": row.source_row,
+    }
+
+
+def _write_outputs(data_dir: Path, kept: list[dict], dropped: list[DroppedRow], report: PrepareReport) -> None:
+    schema = pa.schema(list(MANIFEST_COLUMNS.items()))
+    _atomic_parquet(pa.Table.from_pylist(kept, schema=schema), data_dir / MANIFEST)
+    drop_schema = pa.schema(
+        [("source_row", pa.int64()), ("product_id", pa.string()), ("image", pa.string()),
+         ("reason", pa.string()), ("detail", pa.string())]
+    )
+    _atomic_parquet(pa.Table.from_pylist([asdict(d) for d in dropped], schema=drop_schema), data_dir / DROPPED)
+    temporary = data_dir / (REPORT + ".tmp")
+    temporary.write_text(json.dumps(asdict(report), indent=1))
+    os.replace(temporary, data_dir / REPORT)
+
+
+def _atomic_parquet(table: pa.Table, path: Path) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)

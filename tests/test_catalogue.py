@@ -1,0 +1,122 @@
+"""Tier 2: row validation, price parsing, answer parsing and splits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from phi3v.data.catalogue import ColumnMap, InvalidValue, parse_price, validate_rows
+from phi3v.data.prompts import PromptTemplate, parse_number, price_from_answer
+from phi3v.data.splits import assign_splits, limited_rows
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(490, 490.0), (1250.5, 1250.5), ("1,250.00", 1250.0), ("$490", 490.0), ("490 USD", 490.0),
+     ("USD 3,999.99", 3999.99), (" 12 ", 12.0), ("1 250", 1250.0)],
+)
+def test_prices_are_parsed(value, expected):
+    assert parse_price(value) == expected
+
+
+@pytest.mark.parametrize("value", ["N.A.", "", None, float("nan"), float("inf"), "inf", -5, "-5", 0, "free", True])
+def test_bad_prices_are_rejected(value):
+    with pytest.raises(InvalidValue) as raised:
+        parse_price(value)
+    assert raised.value.reason == "bad_price"
+
+
+def record(**values):
+    base = {"product_code": 1, "title": "Check Scarf", "category3_code": "SCARVES", "full_price": 490.0,
+            "imageurl": "https://example.invalid/a"}
+    return {**base, **values}
+
+
+def test_validation_reasons_and_kept_values():
+    records = [
+        record(product_code=1),
+        record(product_code=2, full_price="N.A."),
+        record(product_code=3, title="  "),
+        record(product_code=4, category3_code="N.A."),
+        record(product_code=1, title="Same id again"),
+        record(product_code=5, imageurl="N.A."),
+        record(product_code=6, full_price="1,250.00", category3_code=None),
+        record(product_code=7, full_price=float("nan")),
+    ]
+    kept, dropped = validate_rows(records, ColumnMap())
+    assert [(r.product_id, r.category, r.price) for r in kept] == [
+        ("1", "SCARVES", 490.0), ("4", "N.A.", 490.0), ("6", "N.A.", 1250.0)
+    ]
+    assert [(d.source_row, d.reason) for d in dropped] == [
+        (1, "bad_price"), (2, "empty_title"), (4, "duplicate_id"), (5, "missing_image"), (7, "bad_price")
+    ]
+
+
+def test_missing_column_names_the_config_key():
+    with pytest.raises(ValueError, match=r"data.columns.price = 'cost' is not a column") as raised:
+        ColumnMap(price="cost").check(["imageurl", "title", "category3_code", "product_code"])
+    assert "available columns" in str(raised.value)
+
+
+def test_rows_without_id_column_use_row_numbers():
+    kept, _ = validate_rows([record(), record()], ColumnMap(id=None))
+    assert [r.product_id for r in kept] == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "price"),
+    [
+        ("Product: Check Scarf, Category: SCARVES, Full Price: 490.0", 490.0),
+        ("Product: Trench, Category: COATS, Full Price: $2,290.00 USD<|end|>", 2290.0),
+        ("Product: 3 Pack Socks, Category: SOCKS, Full Price: 120", 120.0),
+        ("Full Price: 1 250 and then some words 99", 1250.0),
+        ("no label but 75.5 at the end", 75.5),
+        ("Product: nothing here", None),
+    ],
+)
+def test_price_from_answer(answer, price):
+    assert price_from_answer(answer) == price
+
+
+def test_template_round_trip_and_custom_format():
+    template = PromptTemplate(price_format="{:,.2f}")
+    answer = template.target("Vintage Check Scarf", "SCARVES", 1250.0)
+    assert answer == "Product: Vintage Check Scarf, Category: SCARVES, Full Price: 1,250.00"
+    parsed = template.parse(answer + " trailing")
+    assert (parsed.title, parsed.category, parsed.price) == ("Vintage Check Scarf", "SCARVES", 1250.0)
+    assert PromptTemplate().target("A", "B", 1250.0).endswith("Full Price: 1250.0")  # the seed's format
+    assert PromptTemplate().prompt() == "<|user|>\n<|image_1|>What is shown in this image?<|end|>\n<|assistant|>\n"
+
+
+def test_template_errors_name_the_key():
+    with pytest.raises(ValueError, match="data.prompt.answer must contain {price}"):
+        PromptTemplate(answer="Product: {title}, Category: {category}")
+    with pytest.raises(ValueError, match="data.prompt.question must contain <|image_1|>"):
+        PromptTemplate(question="What is it?")
+
+
+def test_parse_number_ignores_non_finite():
+    assert parse_number("price: 12.5") == 12.5 and parse_number("none") is None
+    assert not math.isnan(parse_number("1,000") or math.nan)
+
+
+def test_splits_are_grouped_deterministic_and_sized():
+    ids = [f"p{i // 2}" for i in range(400)]  # every product on two rows
+    first = assign_splits(ids, 0.1, 0.2, seed=7)
+    assert np.array_equal(first, assign_splits(ids, 0.1, 0.2, seed=7))
+    assert not np.array_equal(first, assign_splits(ids, 0.1, 0.2, seed=8))
+    by_product = {}
+    for pid, split in zip(ids, first):
+        assert by_product.setdefault(pid, split) == split  # both rows of a product in one split
+    counts = {s: sum(v == s for v in by_product.values()) for s in ("train", "val", "test")}
+    assert counts == {"train": 140, "val": 20, "test": 40}
+
+
+def test_limit_is_a_deterministic_subset():
+    rows = limited_rows(100, 10, seed=1)
+    assert len(rows) == 10 and list(rows) == sorted(rows) and np.array_equal(rows, limited_rows(100, 10, seed=1))
+    assert len(limited_rows(5, None, 0)) == 5 and len(limited_rows(5, 50, 0)) == 5
+    with pytest.raises(ValueError, match="data.limit"):
+        limited_rows(5, 0, 0)

@@ -1,0 +1,123 @@
+"""Tier 2/3: the synthetic catalogue through prepare -> splits -> loaders -> batches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from phi3v.data.collate import model_inputs
+from phi3v.data.datamodule import ProductDataModule, default_data_dir
+from phi3v.data.prepare import MANIFEST, REPORT
+from phi3v.data.synthetic import SyntheticSpec
+from phi3v.modeling import IGNORE_INDEX, Phi3VProcessor, build_tiny_model, preset_dir
+
+PRODUCTS = 60
+
+
+@pytest.fixture(scope="module")
+def processor() -> Phi3VProcessor:
+    return Phi3VProcessor.from_pretrained(preset_dir("tiny"))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("sample")
+    module = ProductDataModule(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1))
+    report = module.prepare_data()
+    return data_dir, report
+
+
+def make(data_dir, processor, **kwargs) -> ProductDataModule:
+    module = ProductDataModule(
+        data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1), batch_size=4, **kwargs
+    )
+    module.connect(processor)
+    module.setup("fit")
+    return module
+
+
+def test_prepare_writes_manifest_report_and_is_reused(prepared):
+    data_dir, report = prepared
+    assert report.kept == PRODUCTS and report.dropped == {}
+    assert (data_dir / MANIFEST).is_file()
+    assert json.loads((data_dir / REPORT).read_text())["kept"] == PRODUCTS
+    again = ProductDataModule(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1))
+    assert again.prepare_data() is None  # up to date: nothing regenerated
+    changed = ProductDataModule(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=2))
+    assert not changed._manifest_is_current()
+
+
+def test_splits_lengths_and_batches(prepared, processor, tmp_path):
+    data_dir, _ = prepared
+    module = make(data_dir, processor, output_dir=str(tmp_path))
+    sizes = {name: len(d) for name, d in module.datasets.items()}
+    assert sizes == {"train": 48, "val": 6, "test": 6}
+    recorded = json.loads((tmp_path / "splits.json").read_text())
+    assert recorded["counts"] == sizes
+    assert not set(recorded["train"]) & (set(recorded["val"]) | set(recorded["test"]))
+
+    batch = next(iter(module.train_dataloader()))
+    meta = batch.pop("meta")
+    assert batch["input_ids"].shape[0] == 4 and meta["skipped_images"] == 0
+    # the sampler's token lengths are exactly the collated lengths
+    index = [module.datasets["train"].value("product_id", i) for i in range(len(module.datasets["train"]))]
+    for row, product_id in enumerate(meta["product_id"]):
+        length = int(batch["attention_mask"][row].sum())
+        assert length == module.lengths["train"][index.index(product_id)]
+        labels = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        assert processor.decode(labels[:-1]) == meta["target"][row]
+    model = build_tiny_model(seed=0)
+    assert torch.isfinite(model(**model_inputs(batch)).loss)
+
+
+def test_eval_batches_share_pixels_and_left_pad(prepared, processor):
+    data_dir, _ = prepared
+    module = make(data_dir, processor)
+    batch = next(iter(module.val_dataloader()))
+    assert batch["loss"]["pixel_values"] is batch["generate"]["pixel_values"]
+    generate = batch["generate"]
+    assert (generate["attention_mask"][:, -1] == 1).all()  # left padding: every row ends with a token
+    assert "labels" not in generate and "labels" in batch["loss"]
+    assert len(batch["meta"]["target"]) == generate["input_ids"].shape[0]
+
+
+def test_limit_and_group_by_length_reduce_padding(prepared, processor):
+    data_dir, _ = prepared
+    small = make(data_dir, processor, limit=20)
+    assert sum(len(d) for d in small.datasets.values()) == 20
+    from phi3v.data.sampler import padding_share
+
+    grouped, plain = make(data_dir, processor), make(data_dir, processor, group_by_length=False)
+    shares = []
+    for module in (grouped, plain):
+        module.train_dataloader()
+        shares.append(padding_share(module.lengths["train"], list(module.train_sampler)))
+    assert shares[0] <= shares[1]
+
+
+def test_unreadable_image_is_skipped_and_counted_or_fails_when_strict(prepared, processor, tmp_path):
+    data_dir, _ = prepared
+    module = make(data_dir, processor)
+    dataset = module.datasets["val"]
+    victim = dataset.image_file(0)
+    original = victim.read_bytes()
+    try:
+        victim.write_bytes(b"<html>not an image</html>")
+        batch = next(iter(module.val_dataloader()))
+        assert batch["meta"]["skipped_images"] == 1
+        assert len(batch["meta"]["product_id"]) == len(dataset) - 1
+        strict = make(data_dir, processor, strict_images=True)
+        with pytest.raises(ValueError, match=str(victim.name)):
+            next(iter(strict.val_dataloader()))
+    finally:
+        victim.write_bytes(original)
+
+
+def test_default_data_dirs():
+    assert str(default_data_dir("synthetic")) == "data/sample"
+    assert str(default_data_dir("DBQ/Burberry.Product.prices.United.States")) == (
+        "data/DBQ__Burberry.Product.prices.United.States"
+    )
+    assert str(default_data_dir("/x/y/my products.csv")) == "data/my__products"
