@@ -138,7 +138,21 @@ def test_rows_have_the_burberry_schema_and_images(catalogue):
     assert sorted(os.listdir(image_dir)) == sorted(row["imageurl"] for row in rows)
     for row in rows[:40]:
         with Image.open(os.path.join(image_dir, row["imageurl"])) as image:
-            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (224, 224))
+            aspect = S.FRAME_ASPECT[row["category3_code"]]
+            expected = (round(224 * aspect), 224) if aspect >= 1 else (224, round(224 / aspect))
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", expected)
+            assert min(image.size) == 224
+
+
+def test_framing_gives_categories_different_token_counts():
+    from phi3v.modeling import Phi3VImageProcessor
+
+    processor = Phi3VImageProcessor(num_crops=16)
+    counts = {}
+    for category, aspect in S.FRAME_ASPECT.items():
+        size = (round(224 * aspect), 224) if aspect >= 1 else (224, round(224 / aspect))
+        counts[category] = processor.num_image_tokens(*size)
+    assert (counts["SCARVES"], counts["SHOES"], counts["BAGS"], counts["TRENCH COATS"]) == (2353, 1921, 2509, 1933)
 
 
 def test_titles_are_composed_from_visible_attributes():

@@ -79,7 +79,9 @@ class ProductDataModule(L.LightningDataModule):
         super().__init__()
         check_fractions(val_fraction, test_fraction)
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+            raise ValueError(
+                f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}"
+            )
         self.source = source
         self.data_dir = Path(data_dir) if data_dir else default_data_dir(source)
         self.columns = columns or ColumnMap()

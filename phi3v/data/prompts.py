@@ -93,10 +93,9 @@ def price_from_answer(answer: str) -> float | None:
     Reads the number after "Full Price:" when present (so a number in the title is not taken),
     else the last number in the text. Handles "1,250.00", "$490", "490 USD", trailing text.
     """
-    label = None
-    for label in _PRICE_LABEL.finditer(answer):
-        pass
-    if label is not None:
+    labels = list(_PRICE_LABEL.finditer(answer))
+    if labels:
+        label = labels[-1]  # the last "Full Price:" (a title could mention one)
         value = parse_number(answer[label.end() :])
         if value is not None:
             return value

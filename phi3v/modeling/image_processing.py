@@ -28,7 +28,15 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from .image_modes import to_rgb
 
-__all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "Phi3VImageProcessor", "to_rgb"]
+__all__ = [
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "HDGeometry",
+    "Phi3VImageProcessor",
+    "hd_geometry",
+    "num_image_tokens_for",
+    "to_rgb",
+]
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
