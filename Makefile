@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# CPU wheel unless a GPU is present: a bare `pip install torch` pulls a multi-GB CUDA build.
+# torch first: here 2.13.0 resolves to a local CPU wheel, while a bare `pip install torch` (or a
+# dependency asking for it) pulls a multi-GB CUDA build. On a GPU machine: make TORCH_SPEC=torch test
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint bench clean
+.PHONY: install train test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The offline demo: tiny model + synthetic catalogue on CPU. Extra overrides: make train ARGS="trainer.max_steps=50"
+train: $(STAMP)
+	$(PY) train.py $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -28,6 +33,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/processor.py
+	$(PY) benchmarks/dataloader.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -13,8 +13,12 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from phi3v.config_schema import register_schemas
 from phi3v.data.datamodule import ProductDataModule
 from phi3v.data.prepare import prepare_catalogue
+
+# Typed schemas for conf/ (typos and wrong types fail naming the key); must precede composition.
+register_schemas()
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")

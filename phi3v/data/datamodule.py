@@ -100,6 +100,7 @@ class ProductDataModule(L.LightningDataModule):
         self.datasets: dict[str, ProductDataset] = {}
         self.lengths: dict[str, np.ndarray] = {}
         self.train_sampler: LengthGroupedBatchSampler | None = None
+        self._restored_sampler: dict | None = None
 
     def connect(self, processor: Phi3VProcessor) -> None:
         """Inject the processor (tokenizer + num_crops) once the model side is built."""
@@ -175,6 +176,9 @@ class ProductDataModule(L.LightningDataModule):
             self.lengths["train"], self.batch_size, shuffle=True, group_by_length=self.group_by_length,
             seed=self.split_seed,
         )
+        if self._restored_sampler is not None:  # resuming mid-epoch: skip the batches already trained
+            self.train_sampler.load_state_dict(self._restored_sampler)
+            self._restored_sampler = None
         return DataLoader(
             self.datasets["train"], batch_sampler=self.train_sampler,
             collate_fn=Phi3VCollator(self.processor, self.template, "train"), **self.loader_options,
@@ -194,6 +198,20 @@ class ProductDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test", "generate")
+
+    # ---- resuming (Lightning stores this in every checkpoint) ------------------------------
+    def state_dict(self) -> dict:
+        if self.train_sampler is None:
+            return {}
+        state = self.train_sampler.state_dict()
+        if self.trainer is not None:
+            # The sampler runs ahead of training when workers prefetch; what counts is how many
+            # batches were trained in this epoch, which Lightning's progress tracker knows.
+            state["batches_yielded"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_sampler": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored_sampler = state.get("train_sampler")
 
     def describe(self) -> dict:
         """Plain-dict settings for logging (no secrets, no objects)."""

@@ -78,7 +78,7 @@ class Phi3VImageEmbedding(nn.Module):
         self._check_inputs(pixel_values, grids)
         # Encode only the real crops of every image, all images in one CLIP batch.
         crops = torch.cat([pixel_values[i, : 1 + h * w] for i, (h, w) in enumerate(grids)])
-        dtype = self.img_projection[0].weight.dtype
+        dtype = self.glb_GN.dtype  # the embedding's dtype (the projection may be wrapped by PEFT)
         features = self.img_processor(crops.to(dtype))  # (n_real_crops, 576, C)
 
         tokens, start = [], 0

@@ -1,0 +1,68 @@
+"""Rank-aware side effects of a training run: plots, prediction tables, SIGTERM checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .reporting import prediction_rows, price_scatter, wandb_prediction_table
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationReport(L.Callback):
+    """After each evaluation: a predicted-vs-true price scatter (PNG in `plots/`, and to W&B) and a
+    W&B table of the fixed first validation samples (image, target, prediction, parsed price, error)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.plots = Path(run_dir) / "plots"
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._report(trainer, module, "val", f"val_step{trainer.global_step:06d}")
+
+    def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._report(trainer, module, "test", "test")
+
+    @rank_zero_only
+    def _report(self, trainer: L.Trainer, module: L.LightningModule, split: str, name: str) -> None:
+        records = module.eval_records[split]
+        if not records:
+            return
+        self.plots.mkdir(parents=True, exist_ok=True)
+        true = [r["price"] for r in records]
+        predicted = [r["parsed"].price for r in records]
+        title = f"{split} step {trainer.global_step}"
+        path = price_scatter(true, predicted, self.plots / f"{name}_price_scatter.png", title=title)
+        rows = prediction_rows(
+            [r["image_path"] for r in records], [r["target"] for r in records], [r["prediction"] for r in records],
+            [r["parsed"] for r in records], true,
+        )
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                media = {
+                    f"{split}/predictions": wandb_prediction_table(rows),
+                    f"{split}/price_scatter": wandb.Image(str(path)),
+                }
+                logger.experiment.log(media, step=trainer.global_step)
+
+
+class SigtermCheckpoint(L.Callback):
+    """On SIGTERM (preemption, `kill`), Lightning finishes the batch and raises; save `last.ckpt` first."""
+
+    def __init__(self, checkpoint_dir: str | Path):
+        self.path = Path(checkpoint_dir) / "last.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+            if trainer.is_global_zero:
+                log.warning("SIGTERM: saved %s at step %d; resume with resume=%s", self.path, trainer.global_step,
+                            self.path.parent.parent)

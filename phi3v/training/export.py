@@ -1,0 +1,258 @@
+"""Shipping a fine-tune: the PEFT adapter (or full model) with everything needed to rebuild it.
+
+An export directory holds
+  adapter_config.json + adapter_model.safetensors   (LoRA)  or  config.json + model.safetensors (full / merged)
+  model_spec.json    how to rebuild the base model (phi3v.training.model_spec.ModelSpec)
+  prompt.json        the PromptTemplate the model was trained with (predict must ask the same question)
+  processor files    tokenizer + preprocessor config, so inference never depends on the training config
+
+Exports are written into a hidden sibling directory and renamed into place, so a crash never leaves
+a half-written export where a loader would find it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
+from safetensors import safe_open
+
+from phi3v.data.prompts import PromptTemplate
+from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
+from phi3v.training.model_spec import SPEC_FILE, ModelSpec, load_base_model
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"  # the export's name inside a run directory
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PROMPT_FILE = "prompt.json"
+# Prefixes wrappers add to module names (FSDP1, activation checkpointing, torch.compile); PEFT's
+# saved keys never carry them, so expected keys are computed without them.
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def export_adapter(
+    model: PeftModel | Phi3VForCausalLM,
+    processor: Phi3VProcessor,
+    spec: ModelSpec,
+    template: PromptTemplate,
+    out_dir: str | os.PathLike,
+) -> Path:
+    """Write the adapter (or, for a full fine-tune, the whole model) and its companions to `out_dir`.
+
+    Raises RuntimeError when the written weights are empty or lack a trained tensor (a PEFT save
+    under some FSDP wrappings silently writes an empty dict; an empty adapter is never shipped).
+    """
+    out_dir = Path(out_dir)
+    with _staging(out_dir) as staging:
+        model.save_pretrained(staging)
+        if isinstance(model, PeftModel):
+            check_adapter_file(staging / ADAPTER_WEIGHTS, adapter_keys(model))
+        else:
+            check_full_model(staging, {_clean(name) for name, _ in model.named_parameters()})
+        _write_companions(staging, processor, spec, template)
+    log.info("exported %s to %s", "adapter" if isinstance(model, PeftModel) else "full model", out_dir)
+    return out_dir
+
+
+def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Fold the LoRA deltas into the base weights and save a plain Phi-3-V checkpoint.
+
+    The result has the original key layout (exactly the keys of an unadapted Phi3VForCausalLM),
+    loads with `Phi3VForCausalLM.from_pretrained(out_dir)` and needs neither PEFT nor the base.
+    Merging happens in the spec's dtype: PEFT computes the delta in float32 on CPU and rounds once.
+    """
+    out_dir = Path(out_dir)
+    model, processor, template = load_for_inference(adapter_dir)
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
+    _set_generation_ids(merged, processor)
+    # name_or_path points at the merged export itself, so predict/load_for_inference rebuild from it.
+    spec = replace(ModelSpec.load(adapter_dir), name_or_path=str(out_dir.resolve()), activation_checkpointing=False)
+    with _staging(out_dir) as staging:
+        merged.save_pretrained(staging)
+        check_full_model(staging, original_keys(merged), exact=True)
+        _write_companions(staging, processor, spec, template)
+    log.info("merged %s into %s", adapter_dir, out_dir)
+    return out_dir
+
+
+def copy_export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Validate an export by loading it (and re-checking an adapter's tensors), then copy it to `out_dir`."""
+    model, _, _ = load_for_inference(adapter_dir)
+    if isinstance(model, PeftModel):
+        check_adapter_file(Path(adapter_dir) / ADAPTER_WEIGHTS, adapter_keys(model))
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(adapter_dir).resolve():
+        return out_dir
+    with _staging(out_dir) as staging:
+        shutil.copytree(adapter_dir, staging, dirs_exist_ok=True)
+    return out_dir
+
+
+def _write_companions(directory: Path, processor: Phi3VProcessor, spec: ModelSpec, template: PromptTemplate) -> None:
+    spec.save(directory)
+    (directory / PROMPT_FILE).write_text(json.dumps(asdict(template), indent=1) + "\n")
+    processor.save_pretrained(directory)
+
+
+def _set_generation_ids(model: Phi3VForCausalLM, processor: Phi3VProcessor) -> None:
+    """Make a plain `model.generate(...)` of the export stop at `<|end|>` and pad like the processor."""
+    config = model.generation_config
+    eos = config.eos_token_id
+    eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    config.eos_token_id = list(dict.fromkeys([*eos, processor.end_token_id]))
+    config.pad_token_id = processor.pad_token_id
+
+
+class _staging:
+    """Context manager: a hidden temp dir next to `target`, renamed to `target` on success, removed on error.
+
+    An existing export at `target` is swapped out and deleted only after the new one is in place.
+    A non-empty directory that is not a phi3v export is never replaced (it may be user data).
+    """
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self) -> Path:
+        if self.target.exists() and not self.target.is_dir():
+            raise FileExistsError(f"{self.target} is a file; the export needs a directory")
+        if self.target.exists() and any(self.target.iterdir()) and not (self.target / SPEC_FILE).is_file():
+            raise FileExistsError(f"{self.target} exists and is not a phi3v export; choose an empty or new directory")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.path
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f"{self.path.name}.old")
+            os.replace(self.target, old)
+        os.replace(self.path, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- checking --------------------------------------------------------------------------------
+def _clean(name: str) -> str:
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def adapter_keys(model: PeftModel) -> set[str]:
+    """The keys PEFT must save for the active adapter: every LoRA A/B tensor of every adapted layer
+    and every tensor of the modules trained whole (`modules_to_save`), in PEFT's file naming.
+    Computed from the module tree, not from a state dict, so an empty gathered state cannot hide."""
+    adapter = model.active_adapter
+    keys = set()
+    for name, module in model.named_modules():
+        name = _clean(name)
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            for part in ("lora_A", "lora_B"):
+                keys |= {f"{name}.{part}.{key}" for key in getattr(module, part)[adapter].state_dict()}
+        elif isinstance(module, ModulesToSaveWrapper):
+            keys |= {f"{name}.{key}" for key in module.original_module.state_dict()}
+    return keys
+
+
+def saved_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor in safetensors files, read from headers only (no tensor data)."""
+    shapes = {}
+    for file in files:
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def _require(shapes: dict[str, tuple[int, ...]], expected: set[str], what: str, exact: bool = False) -> None:
+    if not shapes:
+        raise RuntimeError(
+            f"{what} holds no tensors: refusing to ship an empty export. Under FSDP gather a full state "
+            "dict on rank 0 (or unshard) before exporting"
+        )
+    problems = []
+    missing = sorted(expected - set(shapes))
+    if missing:
+        problems.append(f"{len(missing)} expected tensors are missing (e.g. {missing[:3]})")
+    extra = sorted(set(shapes) - expected) if exact else []
+    if extra:
+        problems.append(f"{len(extra)} unexpected tensors (e.g. {extra[:3]})")
+    hollow = sorted(key for key, shape in shapes.items() if 0 in shape)
+    if hollow:
+        problems.append(f"{len(hollow)} tensors have no elements, i.e. shards not gathered (e.g. {hollow[:3]})")
+    if problems:
+        raise RuntimeError(f"{what} is not a complete export: " + "; ".join(problems))
+
+
+def check_adapter_file(path: str | os.PathLike, expected: set[str]) -> None:
+    """Raise RuntimeError unless the adapter file holds every expected tensor, none of them empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise RuntimeError(f"{path} was not written (PEFT saved no adapter weights)")
+    _require(saved_shapes([path]), expected, str(path))
+
+
+def check_full_model(directory: Path, expected: set[str], exact: bool = False) -> None:
+    """The same check for a full checkpoint (single file or shards of an index)."""
+    files = sorted(directory.glob("model*.safetensors"))
+    _require(saved_shapes(files), expected, f"the checkpoint in {directory}", exact=exact)
+
+
+def original_keys(model: Phi3VForCausalLM) -> set[str]:
+    """The state-dict keys of an unadapted model with this config, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        fresh = Phi3VForCausalLM(model.config)
+    ignored = fresh._keys_to_ignore_on_save or []
+    return {key for key in fresh.state_dict() if key not in ignored}
+
+
+# ---- loading ---------------------------------------------------------------------------------
+def is_adapter(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / ADAPTER_CONFIG).is_file()
+
+
+def load_template(directory: str | os.PathLike) -> PromptTemplate:
+    path = Path(directory) / PROMPT_FILE
+    if not path.is_file():  # e.g. a checkpoint exported by hand: the seed's wording is the best guess
+        log.warning("%s not found: using the default prompt template", path)
+        return PromptTemplate()
+    return PromptTemplate(**json.loads(path.read_text()))
+
+
+def load_for_inference(
+    adapter_dir: str | os.PathLike, dtype: str | None = None
+) -> tuple[PeftModel | Phi3VForCausalLM, Phi3VProcessor, PromptTemplate]:
+    """Model (eval mode, frozen), processor (left padding, for generation) and template of an export.
+
+    An adapter is attached to the base rebuilt from model_spec.json; a full or merged export is
+    loaded from `adapter_dir` itself (so the directory may be moved). `dtype` overrides the spec's.
+    """
+    directory = Path(adapter_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    spec = replace(ModelSpec.load(directory), activation_checkpointing=False)
+    spec = replace(spec, dtype=dtype) if dtype else spec
+    if is_adapter(directory):
+        model = PeftModel.from_pretrained(load_base_model(spec), directory)
+    else:
+        model = load_base_model(replace(spec, name_or_path=str(directory)))
+    model.eval().requires_grad_(False)
+    # The export's own processor files (num_crops included) are what the model was trained with.
+    processor = Phi3VProcessor.from_pretrained(directory, padding_side="left")
+    return model, processor, load_template(directory)

@@ -1,0 +1,63 @@
+"""Experiment loggers. W&B works online, offline or not at all without ever blocking training."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+log = logging.getLogger(__name__)
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def wandb_credentials_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def resolve_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"logger.mode must be one of {MODES}, got {mode!r}")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online") and mode == "auto":
+        return os.environ["WANDB_MODE"]
+    if mode == "auto":
+        return "online" if wandb_credentials_present() else "offline"
+    return mode
+
+
+def build_wandb_logger(
+    save_dir: str | Path,
+    project: str = "phi3v",
+    entity: str | None = None,
+    mode: str = "auto",
+    tags: list[str] | None = None,
+    init_timeout: int = 30,
+    name: str | None = None,
+) -> WandbLogger:
+    """A WandbLogger writing into `save_dir` (the run dir).
+
+    Offline files and table media go to `<run dir>/wandb` (WANDB_DATA_DIR/WANDB_DIR point there, or
+    offline media would land in the home directory). With credentials but no network, init gives
+    up after `init_timeout` seconds instead of blocking for minutes.
+    """
+    import wandb
+
+    save_dir = Path(save_dir)
+    (save_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    os.environ["WANDB_DATA_DIR"] = str(save_dir / "wandb")
+    os.environ["WANDB_DIR"] = str(save_dir)
+    resolved = resolve_mode(mode)
+    if resolved == "offline":
+        log.info("W&B offline (no credentials). Upload later with: wandb sync %s/wandb/offline-run-*", save_dir)
+    return WandbLogger(
+        project=project, entity=entity, save_dir=str(save_dir), mode=resolved, tags=list(tags or []), name=name,
+        settings=wandb.Settings(init_timeout=init_timeout),
+    )
+
+
+def build_csv_logger(save_dir: str | Path) -> CSVLogger:
+    return CSVLogger(save_dir=str(save_dir), name="csv", version="")

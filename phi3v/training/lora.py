@@ -1,0 +1,88 @@
+"""LoRA on Phi-3-V with PEFT: which modules adapt, which train fully, everything else frozen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from phi3v.modeling import Phi3VForCausalLM
+
+# The decoder's fused projections (attention qkv/o and MLP gate_up/down), as named in the checkpoints.
+DECODER_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+PROJECTOR = "img_projection"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What is trained.
+
+    Args:
+        r: LoRA rank; 16-64 is what Phi-3-V fine-tunes use (higher = more capacity and memory).
+        alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the LoRA input.
+        targets: decoder module names to adapt.
+        vision: also adapt the CLIP tower (attention + MLP of every layer that feeds the features;
+            the last CLIP layer never does, so it gets no adapter and no unused-parameter errors).
+        train_projector: train the image projection MLP fully (saved with the adapter).
+        modules_to_save: other modules trained fully and saved with the adapter (e.g. lm_head for a
+            randomly initialised model).
+        enabled: False trains every parameter instead (only sensible for tiny models).
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = DECODER_TARGETS
+    vision: bool = False
+    train_projector: bool = False
+    modules_to_save: tuple[str, ...] = field(default_factory=tuple)
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.r < 1:
+            problems.append(f"model.lora.r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        unknown = sorted(set(self.targets) - set(DECODER_TARGETS))
+        if unknown:
+            problems.append(f"model.lora.targets {unknown} are not decoder modules (choose from {DECODER_TARGETS})")
+        if problems:
+            raise ValueError("\n".join(problems))
+
+
+def target_pattern(spec: LoraSpec, clip_layers: int) -> str:
+    """A regex over full module names: decoder targets, plus CLIP layers 0..L-2 when `vision`."""
+    decoder = rf"model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(spec.targets)})"
+    if not spec.vision:
+        return decoder
+    used = "|".join(str(i) for i in range(clip_layers - 1))  # the last layer does not feed the features
+    vision = (
+        rf"model\.vision_embed_tokens\.img_processor\.vision_model\.encoder\.layers\.({used})\."
+        rf"(self_attn|mlp)\.({'|'.join(VISION_TARGETS)})"
+    )
+    return rf"^(?:{decoder}|{vision})$"
+
+
+def apply_lora(model: Phi3VForCausalLM, spec: LoraSpec) -> PeftModel | Phi3VForCausalLM:
+    """Wrap `model` for training as `spec` says; returns the PEFT model (or the model itself)."""
+    if not spec.enabled:
+        model.requires_grad_(True)
+        return model
+    modules_to_save = [*spec.modules_to_save, *([PROJECTOR] if spec.train_projector else [])]
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=target_pattern(spec, model.config.vision_config.num_hidden_layers),
+        modules_to_save=modules_to_save or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_parameter_names(model) -> list[str]:
+    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]

@@ -1,0 +1,81 @@
+"""Which base model and processor a run uses, and how to build them again later (export, predict)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor, build_tiny_model, preset_dir
+from phi3v.modeling.presets import PRESETS
+
+SPEC_FILE = "model_spec.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A base model: a named preset (random init from `seed`) or a hub id / local snapshot.
+
+    Args:
+        name_or_path: "tiny", "microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct"
+            or a local snapshot directory.
+        seed: initialisation seed of presets (ignored for pretrained weights).
+        dtype: weights dtype: float32, bfloat16 or float16.
+        attn_implementation: sdpa (default), eager or flash_attention_2.
+        num_crops: HD crops per image (16 for Phi-3-V, 4 for Phi-3.5-V); null = the snapshot's.
+        activation_checkpointing: recompute activations in backward (both towers): less memory, ~30% slower.
+    """
+
+    name_or_path: str = "tiny"
+    seed: int = 0
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    num_crops: int | None = None
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.spec.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+            raise ValueError(
+                f"model.spec.attn_implementation must be sdpa, eager or flash_attention_2, got "
+                f"{self.attn_implementation!r}"
+            )
+
+    @property
+    def is_preset(self) -> bool:
+        return self.name_or_path in PRESETS
+
+    def save(self, directory: str | os.PathLike) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / SPEC_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ModelSpec:
+        path = Path(directory) / SPEC_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {directory} is not an adapter/export written by phi3v")
+        return cls(**json.loads(path.read_text()))
+
+
+def load_base_model(spec: ModelSpec) -> Phi3VForCausalLM:
+    """The base model with every parameter frozen-or-not as loaded (LoRA decides later)."""
+    if spec.is_preset:
+        model = build_tiny_model(seed=spec.seed, dtype=DTYPES[spec.dtype])
+        model.set_attn_implementation(spec.attn_implementation)
+    else:
+        model = Phi3VForCausalLM.from_pretrained(
+            spec.name_or_path, dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation
+        )
+    if spec.activation_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+def load_processor(spec: ModelSpec) -> Phi3VProcessor:
+    source = preset_dir(spec.name_or_path) if spec.is_preset else spec.name_or_path
+    return Phi3VProcessor.from_pretrained(source, num_crops=spec.num_crops)

@@ -1,0 +1,188 @@
+"""What an evaluation leaves behind for people: a price scatter plot, a per-sample table, a summary.
+
+Plots use matplotlib's object API (`Figure` + `FigureCanvasAgg`), never pyplot, so importing this module
+does not select a backend or touch global matplotlib state. wandb is imported only inside the function that
+needs it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from phi3v.data.prompts import ParsedAnswer
+
+# Direction of each metric for `beats_baselines`; metrics not listed (e.g. `count`) are not compared.
+LOWER_IS_BETTER = frozenset({"price_mae", "price_mape", "price_median_ape"})
+HIGHER_IS_BETTER = frozenset(
+    {"price_within_10pct", "price_within_25pct", "category_accuracy", "title_exact_match", "title_similarity",
+     "parse_rate"}
+)
+SUMMARY_KEYS = (
+    "price_mape", "price_median_ape", "price_within_25pct", "category_accuracy", "title_similarity", "parse_rate"
+)
+BAND = 0.25  # the shaded band: predictions within ±25% of the true price
+
+
+def price_scatter(
+    true_prices: Sequence[float],
+    predicted_prices: Sequence[float | None],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Predicted vs true price on log-log axes with the y = x line and a ±25% band, written as a PNG.
+
+    Unparsed predictions (None) cannot be drawn; their count is shown in the legend and the title, as is the
+    count of non-positive predictions (no place on a log axis). With no drawable point at all (including
+    empty input) the PNG still gets written, saying "no predictions" or "no plottable predictions".
+    Returns the path written; its folder is created if needed.
+    """
+    if len(true_prices) != len(predicted_prices):
+        raise ValueError(f"{len(true_prices)} true prices but {len(predicted_prices)} predictions")
+    unparsed = sum(p is None for p in predicted_prices)
+    points = [(float(t), float(p)) for t, p in zip(true_prices, predicted_prices) if p is not None]
+    plottable = [(t, p) for t, p in points if t > 0 and p > 0 and math.isfinite(t) and math.isfinite(p)]
+    skipped = len(points) - len(plottable)
+    figure = Figure(figsize=(6, 6), dpi=100, layout="constrained")  # constrained: labels never clipped
+    FigureCanvasAgg(figure)  # attaches itself to the figure: savefig renders with Agg
+    axes = figure.add_subplot()
+    counts = f"n={len(true_prices)}, unparsed={unparsed}" + (f", non-positive={skipped}" if skipped else "")
+    axes.set_title(f"{title} ({counts})" if title else counts)
+    if plottable:
+        _draw_points(axes, plottable, unparsed, skipped)
+    else:
+        message = "no predictions" if not true_prices else "no plottable predictions"
+        axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, fontsize=14)
+        axes.set_axis_off()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _draw_points(axes, points: list[tuple[float, float]], unparsed: int, skipped: int) -> None:
+    """Scatter, y = x, the ±25% band and log-log axes spanning every point with a margin."""
+    true, predicted = zip(*points)
+    low, high = min(true + predicted), max(true + predicted)
+    low, high = low / 1.5, high * 1.5  # a margin of a factor 1.5 each side; also widens a single point
+    line = [low, high]
+    axes.fill_between(line, [x * (1 - BAND) for x in line], [x * (1 + BAND) for x in line], color="tab:green",
+                      alpha=0.15, label=f"±{BAND:.0%}")
+    axes.plot(line, line, color="black", linewidth=1, label="y = x")
+    axes.scatter(true, predicted, s=12, alpha=0.7, label=f"predictions ({len(points)})")
+    axes.plot([], [], " ", label=f"unparsed: {unparsed}")  # an empty handle: text only in the legend
+    if skipped:
+        axes.plot([], [], " ", label=f"non-positive: {skipped}")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlim(low, high)
+    axes.set_ylim(low, high)
+    axes.set_xlabel("true price")
+    axes.set_ylabel("predicted price")
+    axes.legend(loc="upper left")
+    axes.grid(True, which="both", alpha=0.3)
+
+
+def percent_error(predicted: float | None, truth: float) -> float | None:
+    """Signed error in percent, (predicted - truth) / truth * 100 (positive = overestimate); None when
+    the price was not parsed or the true price is 0."""
+    if predicted is None or truth == 0:
+        return None
+    return 100.0 * (predicted - truth) / abs(truth)
+
+
+def prediction_rows(
+    image_paths: Sequence[str | os.PathLike],
+    targets: Sequence[str],
+    predictions_text: Sequence[str],
+    parsed: Sequence[ParsedAnswer],
+    prices: Sequence[float],
+) -> list[dict]:
+    """One dict per sample: image_path, target, prediction (the generated text), parsed_price, true_price,
+    pct_error (signed percent, see `percent_error`; None when unparsed)."""
+    lengths = {len(image_paths), len(targets), len(predictions_text), len(parsed), len(prices)}
+    if len(lengths) != 1:
+        raise ValueError(f"prediction_rows needs one entry per sample in every argument, got lengths {lengths}")
+    return [
+        {"image_path": str(image), "target": target, "prediction": text, "parsed_price": answer.price,
+         "true_price": float(price), "pct_error": percent_error(answer.price, float(price))}
+        for image, target, text, answer, price in zip(image_paths, targets, predictions_text, parsed, prices)
+    ]
+
+
+TABLE_COLUMNS = ["image", "target", "prediction", "parsed_price", "true_price", "pct_error"]
+
+
+def wandb_prediction_table(rows: list[dict], thumbnail: int = 224):
+    """A `wandb.Table` of `prediction_rows` output; images shrunk to fit `thumbnail` pixels (None if unreadable)."""
+    import wandb  # lazily: importing wandb is slow and only W&B runs need it
+
+    table = wandb.Table(columns=TABLE_COLUMNS)
+    for row in rows:
+        image = _thumbnail(row["image_path"], thumbnail)
+        table.add_data(
+            None if image is None else wandb.Image(image), row["target"], row["prediction"], row["parsed_price"],
+            row["true_price"], row["pct_error"],
+        )
+    return table
+
+
+def _thumbnail(path: str | os.PathLike, size: int):
+    """The image at `path` as RGB, shrunk (aspect kept) to fit size x size; None when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except OSError:
+        return None
+    image.thumbnail((size, size))
+    return image
+
+
+def beats_baselines(
+    model: dict[str, float], baselines: dict[str, dict[str, float]], keys: Sequence[str] | None = None
+) -> dict[str, bool]:
+    """For each metric with a direction, whether the model is strictly better than EVERY baseline.
+
+    Lower is better for price_mae / price_mape / price_median_ape, higher for the rest; a tie or a NaN is not
+    a win. Metrics missing from the model or from all baselines are left out.
+    """
+    result = {}
+    for key in keys if keys is not None else model:
+        if key not in model or key not in LOWER_IS_BETTER | HIGHER_IS_BETTER:
+            continue
+        scores = [scores[key] for scores in baselines.values() if key in scores]
+        if not scores:
+            continue
+        better = operator.lt if key in LOWER_IS_BETTER else operator.gt
+        result[key] = all(better(model[key], score) for score in scores)  # NaN compares False
+    return result
+
+
+def summary_table(
+    model: dict[str, float], baselines: dict[str, dict[str, float]], keys: Sequence[str] = SUMMARY_KEYS
+) -> str:
+    """A plain-text table for the end of a run: one row per metric, columns model | each baseline | beats
+    baselines? ("yes"/"no", "n/a" when not comparable). Values with 4 decimals, "-" when missing."""
+    wins = beats_baselines(model, baselines, keys)
+    header = ["metric", "model", *baselines, "beats baselines?"]
+    lines = [header]
+    for key in keys:
+        cells = [_cell(model.get(key)), *(_cell(scores.get(key)) for scores in baselines.values())]
+        verdict = "n/a" if key not in wins else ("yes" if wins[key] else "no")
+        lines.append([key, *cells, verdict])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    rendered = [" | ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    rendered.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(rendered)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{float(value):.4f}"

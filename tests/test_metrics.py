@@ -1,0 +1,152 @@
+"""ProductMetrics and the constant baselines on hand-computed examples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from phi3v.data.prompts import ParsedAnswer
+from phi3v.training.metrics import (
+    METRIC_KEYS,
+    Baselines,
+    ProductMetrics,
+    baseline_metrics,
+    text_similarity,
+)
+
+PRICES = [100.0, 200.0, 400.0, 1000.0]
+CATEGORIES = ["Phones", "Laptops", "Home & Kitchen", "Toys"]
+TITLES = ["Red Mug", "Blue Pen", "Oak Table", "Desk Lamp"]
+PREDICTIONS = [
+    ParsedAnswer("red  mug", "phones", 110.0),  # title and category match after case/space normalisation
+    ParsedAnswer(None, " Laptops ", None),  # no title, category matches, price unparsed
+    ParsedAnswer("Oak Tabla", None, 300.0),  # one letter off, category missing
+    ParsedAnswer("Desk", "Games", 1000.0),  # title prefix, wrong category, exact price
+]
+# Parsed prices: samples 0, 2, 3. Absolute errors 10, 100, 0; APEs 10%, 25%, 0%.
+# "oak tabla" vs "oak table": 8 of 9 characters match -> 2*8/18 = 8/9; "desk" vs "desk lamp" -> 2*4/13 = 8/13.
+EXPECTED = {
+    "price_mae": 110 / 3,  # (10 + 100 + 0) / 3 parsed
+    "price_mape": 35 / 3,  # (10 + 25 + 0) / 3, in percent
+    "price_median_ape": 10.0,  # median of [0, 10, 25]
+    "price_within_10pct": 2 / 4,  # samples 0 (exactly 10%, inclusive) and 3, over all 4 samples
+    "price_within_25pct": 3 / 4,  # samples 0, 2 (exactly 25%), 3; the unparsed sample is a miss
+    "category_accuracy": 2 / 4,  # samples 0 and 1
+    "title_exact_match": 1 / 4,  # sample 0
+    "title_similarity": (1 + 0 + 8 / 9 + 8 / 13) / 4,
+    "parse_rate": 3 / 4,
+    "count": 4.0,
+}
+
+
+def scores(metric: ProductMetrics) -> dict[str, float]:
+    return {key: float(value) for key, value in metric.compute().items()}
+
+
+def test_hand_computed_example():
+    metric = ProductMetrics()
+    metric.update(PREDICTIONS, PRICES, CATEGORIES, TITLES)
+    result = scores(metric)
+    assert tuple(result) == METRIC_KEYS
+    assert result == pytest.approx(EXPECTED, rel=1e-12)
+
+
+def test_tensor_prices_and_two_updates_equal_one():
+    once = ProductMetrics()
+    once.update(PREDICTIONS, torch.tensor(PRICES, dtype=torch.float64), CATEGORIES, TITLES)
+    twice = ProductMetrics()
+    twice.update(PREDICTIONS[:1], torch.tensor(PRICES[:1]), CATEGORIES[:1], TITLES[:1])
+    twice.update(PREDICTIONS[1:], PRICES[1:], CATEGORIES[1:], TITLES[1:])
+    assert scores(twice) == pytest.approx(scores(once), rel=1e-12)
+    assert scores(once) == pytest.approx(EXPECTED, rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method.*before the ``update``")  # expected: nothing seen
+def test_reset_then_empty_compute_is_nan():
+    metric = ProductMetrics()
+    metric.update(PREDICTIONS, PRICES, CATEGORIES, TITLES)
+    metric.reset()
+    result = scores(metric)
+    assert result["count"] == 0
+    assert all(math.isnan(value) for key, value in result.items() if key != "count")
+    metric.update(PREDICTIONS[:1], PRICES[:1], CATEGORIES[:1], TITLES[:1])  # usable again after reset
+    assert scores(metric)["price_mape"] == pytest.approx(10.0)
+
+
+def test_nothing_parsed_gives_nan_price_errors_and_zero_rates():
+    metric = ProductMetrics()
+    metric.update([ParsedAnswer(None, None, None)] * 2, [10.0, 20.0], ["a", "b"], ["x", "y"])
+    result = scores(metric)
+    for key in ("price_mae", "price_mape", "price_median_ape"):
+        assert math.isnan(result[key])
+    for key in ("price_within_10pct", "price_within_25pct", "parse_rate", "category_accuracy", "title_similarity"):
+        assert result[key] == 0.0
+    assert result["count"] == 2
+
+
+def test_median_of_even_count_and_threshold_rounding():
+    metric = ProductMetrics()
+    # APEs: 1.1 vs 1.0 is 10% (10.000000000000009 in floats, still "within 10%"); 12 vs 10 is 20%.
+    metric.update([ParsedAnswer(None, None, 1.1), ParsedAnswer(None, None, 12.0)], [1.0, 10.0], ["a", "a"], ["", ""])
+    result = scores(metric)
+    assert result["price_median_ape"] == pytest.approx(15.0)  # mean of the middle two, 10 and 20
+    assert result["price_within_10pct"] == 0.5
+    assert result["price_within_25pct"] == 1.0
+    assert result["price_mae"] == pytest.approx((0.1 + 2.0) / 2)
+
+
+def test_fake_two_rank_sync_where_one_rank_saw_nothing():
+    metric = ProductMetrics()
+    metric.update(PREDICTIONS, PRICES, CATEGORIES, TITLES)
+
+    def gather_with_empty_rank(tensor: torch.Tensor, group=None) -> list[torch.Tensor]:
+        # rank 1 had no batches: zero sums, and torchmetrics' empty placeholder of `metric.dtype` for "cat"
+        return [tensor, torch.zeros_like(tensor) if tensor.ndim == 0 else tensor[:0]]
+
+    assert metric.apes[0].dtype == metric.dtype  # the placeholder's dtype, so all_gather sees one dtype
+    metric._sync_dist(dist_sync_fn=gather_with_empty_rank)
+    assert isinstance(metric.apes, torch.Tensor)
+    assert scores(metric) == pytest.approx(EXPECTED, rel=1e-6)  # median now from the float32 APE state
+
+
+def test_mismatched_lengths_raise():
+    with pytest.raises(ValueError, match="one entry per sample"):
+        ProductMetrics().update(PREDICTIONS, PRICES[:3], CATEGORIES, TITLES)
+
+
+def test_text_similarity_edges():
+    assert text_similarity(None, "anything") == 0.0
+    assert text_similarity("ABCD", "abce") == 0.75  # 2 * 3 matching characters / 8
+    assert text_similarity(" Desk   Lamp ", "desk lamp") == 1.0
+
+
+def test_baselines_fit_exact():
+    baselines = Baselines.fit([10.0, 20.0, 30.0, 100.0], ["a", "b", "a", "c"])
+    assert baselines == Baselines(mean_price=40.0, median_price=25.0, majority_category="a")  # median (20+30)/2
+    assert Baselines.fit([3.0], ["x", "y", "y", "x"]).majority_category == "x"  # tie: first seen wins
+    with pytest.raises(ValueError):
+        Baselines.fit([], [])
+
+
+def test_baseline_predictions():
+    baselines = Baselines(40.0, 25.0, "a")
+    assert baselines.predictions(2) == [ParsedAnswer(None, "a", 40.0)] * 2
+    assert baselines.predictions(1, price="median") == [ParsedAnswer(None, "a", 25.0)]
+    with pytest.raises(ValueError, match="mean' or 'median"):
+        baselines.predictions(1, price="mode")
+
+
+def test_baseline_metrics_exact():
+    result = baseline_metrics(Baselines(40.0, 25.0, "a"), [20.0, 50.0], ["a", "b"], ["t1", "t2"])
+    common = {"category_accuracy": 0.5, "title_exact_match": 0.0, "title_similarity": 0.0, "parse_rate": 1.0,
+              "count": 2.0, "price_within_10pct": 0.0}
+    # mean 40: errors 20, 10 -> MAE 15; APEs 100%, 20% -> MAPE = median = 60; only 50 is within 25%
+    assert result["train_mean"] == pytest.approx(
+        {**common, "price_mae": 15.0, "price_mape": 60.0, "price_median_ape": 60.0, "price_within_25pct": 0.5}
+    )
+    # median 25: errors 5, 25 -> MAE 15; APEs 25%, 50% -> MAPE = median = 37.5; 25% counts as within 25%
+    assert result["train_median"] == pytest.approx(
+        {**common, "price_mae": 15.0, "price_mape": 37.5, "price_median_ape": 37.5, "price_within_25pct": 0.5}
+    )

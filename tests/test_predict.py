@@ -1,0 +1,160 @@
+"""Tier 2/3: predicting with an export, one photo or a whole split, in-process and from the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from test_export import ONE_THREAD, build_adapter, one_thread, product_image  # noqa: F401 (one_thread: autouse)
+
+from phi3v.data.datamodule import ProductDataModule
+from phi3v.data.prompts import ParsedAnswer
+from phi3v.data.synthetic import SyntheticSpec
+from phi3v.predict import (
+    COLUMNS,
+    UsageError,
+    check_config,
+    main,
+    predict_image,
+    prediction_row,
+    prediction_rows,
+    split_batches,
+    write_rows,
+)
+from phi3v.training.export import load_for_inference
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory) -> Path:
+    return build_adapter(tmp_path_factory.mktemp("predict") / "adapter")[1]
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "bag.png"
+    product_image("tan", (260, 340)).save(path)
+    return path
+
+
+def predict_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("predict", overrides=list(overrides))
+
+
+# ---- in-process --------------------------------------------------------------------------------
+def test_batched_split_predictions_equal_one_photo_at_a_time(adapter, tmp_path):
+    model, processor, template = load_for_inference(adapter)
+    datamodule = ProductDataModule(
+        data_dir=str(tmp_path / "data"), synthetic=SyntheticSpec(num_products=12), val_fraction=0.0,
+        test_fraction=0.3,
+    )
+    datamodule.connect(processor)
+    batches = split_batches(datamodule, template, "test", batch_size=3)  # 4 products: a full and a partial batch
+    rows = list(prediction_rows(model, processor, template, batches, MAX_NEW_TOKENS))
+    assert [row["product_id"] for row in rows] == datamodule.datasets["test"].table.column("product_id").to_pylist()
+    for row in rows:
+        assert list(row) == list(COLUMNS)
+        answer, parsed = predict_image(model, processor, template, row["image_path"], MAX_NEW_TOKENS)
+        assert row["prediction"] == answer  # left padding changes nothing
+        assert (row["parsed_title"], row["parsed_category"], row["parsed_price"]) == (
+            parsed.title, parsed.category, parsed.price
+        )
+
+
+def test_a_row_scores_the_parsed_price():
+    meta = {"product_id": ["7"], "image_path": ["a.jpg"], "target": ["Product: A, Category: B, Full Price: 200.0"],
+            "price": torch.tensor([200.0], dtype=torch.float64)}
+    row = prediction_row(meta, 0, "Product: A, Category: B, Full Price: 150.0", ParsedAnswer("A", "B", 150.0))
+    assert row["true_price"] == 200.0 and row["pct_error"] == pytest.approx(25.0)
+    assert prediction_row(meta, 0, "garbage", ParsedAnswer(None, None, None))["pct_error"] is None
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_rows_are_written_by_suffix_and_never_half(tmp_path, suffix):
+    rows = [dict.fromkeys(COLUMNS, "x") | {"pct_error": None, "true_price": 1.5} for _ in range(3)]
+    out = tmp_path / "sub" / f"p{suffix}"
+    assert write_rows(iter(rows), out) == 3
+    if suffix == ".jsonl":
+        read = [json.loads(line) for line in out.read_text().splitlines()]
+        assert read == rows
+    else:
+        read = list(csv.DictReader(out.open()))
+        assert len(read) == 3 and list(read[0]) == list(COLUMNS) and read[0]["true_price"] == "1.5"
+
+    def failing():
+        yield rows[0]
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_rows(failing(), tmp_path / f"failed{suffix}")
+    assert not list(tmp_path.glob("failed*"))
+
+
+def test_bad_values_are_reported_by_key(adapter, photo, tmp_path):
+    cases = [
+        ((), "adapter= is required"),
+        ((f"adapter={tmp_path / 'nope'}",), "adapter="),
+        ((f"adapter={tmp_path}",), "no model_spec.json"),
+        ((f"adapter={adapter}", f"image={tmp_path / 'none.jpg'}"), "image="),
+        ((f"adapter={adapter}", "split=dev"), "split=dev"),
+        ((f"adapter={adapter}", "out=p.parquet"), "out=p.parquet"),
+        ((f"adapter={adapter}", "dtype=fp8"), "dtype=fp8"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(UsageError, match=message):
+            check_config(predict_config(*overrides))
+    check_config(predict_config(f"adapter={adapter}", f"image={photo}"))
+
+
+def test_missing_adapter_exits_1_with_one_line_naming_the_key(tmp_path, capsys):
+    """The command's body, run in-process: Hydra's runtime (and its logging setup) stays out of the
+    test process, and the ~10 s import of a subprocess is saved. tests/test_export.py runs the same
+    error path through a real subprocess of `python -m phi3v.export`."""
+    with pytest.raises(SystemExit) as exit_info:
+        main.__wrapped__(predict_config(f"adapter={tmp_path / 'nope'}", "image=x.jpg"))
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"error: adapter={tmp_path / 'nope'}: no such directory\n" and captured.out == ""
+
+
+# ---- the command line ------------------------------------------------------------------------
+def run_predict(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "phi3v.predict", f"max_new_tokens={MAX_NEW_TOKENS}", *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=ONE_THREAD,
+    )
+
+
+@pytest.mark.slow
+def test_predict_cli_one_photo(adapter, photo):
+    result = run_predict(f"adapter={adapter}", f"image={photo}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[-4:]] == ["answer", "title", "category", "price"]
+
+
+@pytest.mark.slow
+def test_predict_cli_whole_test_split(adapter, tmp_path):
+    out = tmp_path / "p.jsonl"
+    result = run_predict(
+        f"adapter={adapter}", "data=sample", f"data.data_dir={tmp_path / 'data'}", "data.synthetic.num_products=20",
+        "split=test", f"out={out}", "batch_size=4",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2  # 10% of 20 products
+    for row in rows:
+        assert list(row) == list(COLUMNS)
+        assert row["target"].startswith("Product: ") and row["true_price"] > 0
+        assert Path(row["image_path"]).is_file()
+    assert f"wrote 2 predictions (test split) to {out}" in result.stdout

@@ -1,0 +1,86 @@
+"""Tier 3: `python train.py` end to end in a subprocess (Lightning re-launches are never run in pytest).
+
+A small run produces checkpoints, the adapter, metrics, the scatter PNG and offline W&B files; a run
+killed with SIGKILL and resumed ends at the same step with the same trainable weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "data.synthetic.num_products=64", "data.limit=64", "data.val_fraction=0.125", "data.test_fraction=0.125",
+    "data.batch_size=4", "data.eval_batch_size=8", "evaluation.max_new_tokens=24", "trainer.log_every_n_steps=2",
+]
+
+
+def train(run_dir: Path, data_dir: Path, *overrides: str, wait: bool = True, env: dict | None = None):
+    command = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", f"data.data_dir={data_dir}", *SMALL, *overrides]
+    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    environment.pop("WANDB_API_KEY", None)
+    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    if not wait:
+        return process
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.mark.slow
+def test_small_run_writes_everything(tmp_path):
+    run = tmp_path / "run"
+    output = train(run, tmp_path / "data", "trainer.max_steps=6", "trainer.val_check_interval=6",
+                   "checkpoint.every_n_train_steps=3")
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 1000
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "adapter" / "tokenizer.json").is_file()
+    assert list((run / "plots").glob("val_step*_price_scatter.png"))
+    assert (run / "plots" / "test_price_scatter.png").is_file()
+    assert (run / "splits.json").is_file()
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb")), "offline W&B run files in the run dir"
+    assert "test (generated answers vs baselines)" in output and "price_mape" in output
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert all("lora_" in k or "modules_to_save" in k for k in checkpoint["state_dict"])  # no frozen base weights
+
+
+def trainable_state(checkpoint_path: Path) -> tuple[int, dict]:
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    return checkpoint["global_step"], checkpoint["state_dict"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
+    settings = ["trainer.max_steps=12", "trainer.limit_val_batches=0", "checkpoint.monitor=null", "test=false",
+                "export=false", "logger=none", "checkpoint.every_n_train_steps=4"]
+    data = tmp_path / "data"
+    train(tmp_path / "full", data, *settings)
+    # The same run, killed hard once its step-4 checkpoint exists, then resumed from the run dir.
+    killed = tmp_path / "killed"
+    process = train(killed, data, *settings, wait=False)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (last.is_file() and trainable_state(last)[0] >= 4):
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    step_at_kill = trainable_state(last)[0]
+    assert 4 <= step_at_kill < 12
+    train(killed, data, *settings, f"resume={killed}")
+    full_step, full = trainable_state(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    resumed_step, resumed = trainable_state(last)
+    assert full_step == resumed_step == 12
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], atol=1e-6, rtol=1e-5, msg=key)

@@ -1,0 +1,119 @@
+"""Tier 2: LoRA selection, schedules, trainable-only checkpoints, the non-finite guard."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from PIL import Image
+
+from phi3v.data.prompts import PromptTemplate
+from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
+from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
+from phi3v.training.module import EvalSpec, Phi3VLitModule
+from phi3v.training.schedules import lr_factor, warmup_schedule
+
+SPEC = ModelSpec(num_crops=4)
+PROMPT = PromptTemplate().prompt()
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return load_processor(SPEC)
+
+
+@pytest.fixture(scope="module")
+def batch(processor):
+    images = [Image.new("RGB", (300, 200), "red"), Image.new("RGB", (200, 300), "blue")]
+    answers = ["Product: A, Category: B, Full Price: 10.0", "Product: C, Category: D, Full Price: 20.0"]
+    return processor([PROMPT, PROMPT], images, answers=answers)
+
+
+def lora_kind(name: str) -> str:
+    for kind in ("lora_A", "lora_B", "modules_to_save"):
+        if kind in name:
+            return kind
+    return "other"
+
+
+@pytest.mark.parametrize("projector", [False, True])
+def test_trainable_parameters_are_exactly_lora_and_each_learns(batch, projector):
+    model = apply_lora(load_base_model(SPEC), LoraSpec(r=4, alpha=8, dropout=0.0, train_projector=projector))
+    names = trainable_parameter_names(model)
+    kinds = {lora_kind(n) for n in names}
+    assert kinds == ({"lora_A", "lora_B", "modules_to_save"} if projector else {"lora_A", "lora_B"})
+    adapted = {n.split(".lora_")[0] for n in names if "lora_" in n}
+    # 2 decoder layers x 4 projections, nothing in the vision tower
+    assert len(adapted) == 8 and all(".layers." in n and "vision" not in n for n in adapted)
+    if projector:
+        assert all("img_projection" in n for n in names if "modules_to_save" in n)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):  # lora_B starts at zero, so lora_A gets a gradient from the 2nd step on
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_vision_lora_skips_the_unused_last_clip_layer():
+    model = apply_lora(load_base_model(SPEC), LoraSpec(r=4, vision=True))
+    vision = {n for n in trainable_parameter_names(model) if "vision_model" in n}
+    assert vision and all(".encoder.layers.0." in n for n in vision)  # tiny CLIP: 2 layers, only layer 0 feeds
+
+
+def test_schedule_factors():
+    assert lr_factor(0, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(80, 100, 10, "constant", 0.0) == 1.0
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    config = warmup_schedule(optimizer, 100, kind="linear", warmup_ratio=0.1, min_lr_ratio=0.0)
+    assert config["interval"] == "step" and optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="scheduler.kind"):
+        warmup_schedule(optimizer, 10, kind="step")
+
+
+def make_module(processor, **evaluation):
+    return Phi3VLitModule(
+        spec=SPEC, lora=LoraSpec(r=4, dropout=0.0), optimizer=partial(torch.optim.AdamW, lr=1e-3), scheduler=None,
+        processor=processor, template=PromptTemplate(), evaluation=EvalSpec(**evaluation),
+    )
+
+
+def test_checkpoints_hold_only_trainable_weights_and_refuse_mismatches(processor):
+    module = make_module(processor)
+    module.configure_model()
+    module.configure_model()  # idempotent
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == set(module.trainable_names())
+    assert {"torch", "numpy", "python"} <= set(checkpoint["rng"])
+    module.on_load_checkpoint(checkpoint)
+    del checkpoint["state_dict"][next(iter(checkpoint["state_dict"]))]
+    with pytest.raises(RuntimeError, match="lacks 1 trainable weights"):
+        module.on_load_checkpoint(checkpoint)
+
+
+class FakeTrainer:
+    world_size = 1
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(processor, monkeypatch):
+    module = make_module(processor, max_nonfinite_steps=3)
+    monkeypatch.setattr(Phi3VLitModule, "trainer", property(lambda self: FakeTrainer()))
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    assert module._finite_everywhere(torch.tensor(1.0))
+    assert not module._finite_everywhere(torch.tensor(float("nan")))
+    assert not module._finite_everywhere(torch.tensor(float("inf")))
+    assert module._finite_everywhere(torch.tensor(2.0)) and module.nonfinite_in_a_row == 0
+    assert module.nonfinite_total == 2
+    module._finite_everywhere(torch.tensor(float("nan")))
+    module._finite_everywhere(torch.tensor(float("nan")))
+    with pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
+        module._finite_everywhere(torch.tensor(float("nan")))

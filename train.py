@@ -1,0 +1,126 @@
+"""Train, evaluate and export: `python train.py [model=phi3v] [data=burberry] [key=value ...]`.
+
+The only place that instantiates from config. Everything below gets typed objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from phi3v.config_schema import register_schemas
+from phi3v.data.datamodule import ProductDataModule
+from phi3v.training.callbacks import EvaluationReport, SigtermCheckpoint
+from phi3v.training.export import export_adapter
+from phi3v.training.metrics import Baselines, baseline_metrics
+from phi3v.training.model_spec import load_processor
+from phi3v.training.module import Phi3VLitModule
+from phi3v.training.reporting import summary_table
+
+log = logging.getLogger("phi3v.train")
+
+
+
+def baselines_for(datamodule: ProductDataModule) -> dict:
+    """Metrics of constant predictions (train mean/median price, majority category) per eval split."""
+    train = datamodule.datasets["train"].table
+    fitted = Baselines.fit(train.column("price").to_pylist(), train.column("category").to_pylist())
+    scores = {}
+    for split in ("val", "test"):
+        table = datamodule.datasets[split].table
+        if table.num_rows:
+            columns = [table.column(c).to_pylist() for c in ("price", "category", "title")]
+            scores[split] = baseline_metrics(fitted, *columns)
+    return scores
+
+
+def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
+    """(checkpoint path, run dir to continue in) from `resume=` (a run dir or a .ckpt file)."""
+    if resume is None:
+        return None, None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume}: no checkpoint at {path}")
+    return str(path), path.parent.parent
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
+    checkpoints = run_dir / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
+                        save_top_k=1, save_last=False, auto_insert_metric_name=False),
+        ModelCheckpoint(dirpath=checkpoints, filename="last", every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+                        save_top_k=1, enable_version_counter=False),
+        EvaluationReport(run_dir),
+        SigtermCheckpoint(checkpoints),
+        TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps),  # plain lines in logs and CI, unlike rich
+    ]
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
+    return L.Trainer(
+        default_root_dir=run_dir, logger=logger or False, callbacks=callbacks,
+        use_distributed_sampler=False,  # the length-grouped sampler shards by rank itself
+        **hardware, **OmegaConf.to_container(cfg.trainer, resolve=True),
+    )
+
+
+# Typed schemas for conf/ (typos and wrong types fail naming the key); must precede composition.
+register_schemas()
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path, resumed_dir = resolve_resume(cfg.resume)
+    run_dir = resumed_dir or Path(HydraConfig.get().runtime.output_dir)
+    logging.getLogger("phi3v").setLevel(logging.INFO)
+
+    spec = instantiate(cfg.model.spec)
+    lora = instantiate(cfg.model.lora, _convert_="all")
+    processor = load_processor(spec)
+    datamodule: ProductDataModule = instantiate(cfg.data, output_dir=str(run_dir), _convert_="all")
+    datamodule.connect(processor)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    module = Phi3VLitModule(
+        spec=spec, lora=lora, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
+        processor=processor, template=datamodule.template, evaluation=instantiate(cfg.evaluation),
+        baseline_scores=baselines_for(datamodule),
+    )
+    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else None
+    if logger is not None:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # a plain dict, no objects
+    trainer = build_trainer(cfg, run_dir, logger)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if cfg.test and len(datamodule.datasets["test"]):
+        trainer.test(module, datamodule=datamodule, ckpt_path=None)
+    if trainer.is_global_zero:
+        finish(cfg, trainer, module, datamodule, processor, spec, run_dir)
+    value = trainer.callback_metrics.get(cfg.checkpoint.monitor)
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path) -> None:
+    if cfg.export:
+        out = export_adapter(module.model, processor, spec, datamodule.template, run_dir / "adapter")
+        log.info("adapter written to %s", out)
+    for split, scores in module.last_scores.items():
+        print(f"\n{split} (generated answers vs baselines)")
+        print(summary_table(scores, module.baseline_scores.get(split, {})))
+    print(f"\nrun dir: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
