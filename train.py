@@ -117,9 +117,28 @@ def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path) -> 
         out = export_adapter(module.model, processor, spec, datamodule.template, run_dir / "adapter")
         log.info("adapter written to %s", out)
     for split, scores in module.last_scores.items():
+        baselines = module.baseline_scores.get(split, {})
         print(f"\n{split} (generated answers vs baselines)")
-        print(summary_table(scores, module.baseline_scores.get(split, {})))
+        print(summary_table(scores, baselines, keys=SUMMARY_KEYS))
+        if "train_mean" in baselines:
+            print(learning_verdict(scores, baselines))
     print(f"\nrun dir: {run_dir}")
+
+
+SUMMARY_KEYS = ("price_mape", "price_median_ape", "price_within_25pct", "category_accuracy", "title_similarity")
+
+
+def learning_verdict(scores: dict, baselines: dict) -> str:
+    """The two questions a demo must answer: better prices than guessing the mean, better
+    categories than always naming the most common one?"""
+    mape, mean_mape = scores["price_mape"], baselines["train_mean"]["price_mape"]
+    accuracy, majority = scores["category_accuracy"], baselines["train_mean"]["category_accuracy"]
+    price = "better" if mape < mean_mape else "NOT better"
+    category = "better" if accuracy > majority else "NOT better"
+    return (
+        f"price MAPE {mape:.1f}% vs train-mean baseline {mean_mape:.1f}%: {price}; "
+        f"category accuracy {accuracy:.3f} vs majority baseline {majority:.3f}: {category}"
+    )
 
 
 if __name__ == "__main__":

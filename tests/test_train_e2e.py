@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,3 +85,26 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert full.keys() == resumed.keys()
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
+    run = tmp_path / "run"
+    process = train(run, tmp_path / "data", "trainer.max_steps=400", "trainer.limit_val_batches=0",
+                    "checkpoint.monitor=null", "checkpoint.every_n_train_steps=1000", "test=false", "export=false",
+                    "logger=none", "data.synthetic.num_products=400", "data.limit=400", wait=False)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: process.stdout.read(64), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and "train/loss" not in "".join(chunks):  # training steps are running
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    reader.join(timeout=10)
+    output = "".join(chunks)
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file(), output[-3000:]
+    step = trainable_state(last)[0]
+    assert 0 < step < 400
+    assert "SIGTERM: saved" in output

@@ -59,6 +59,18 @@ def test_trainable_parameters_are_exactly_lora_and_each_learns(batch, projector)
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+def test_fully_trained_modules_are_exactly_the_named_ones():
+    spec = LoraSpec(r=4, modules_to_save=("lm_head", "embed_tokens"), train_projector=True)
+    names = trainable_parameter_names(apply_lora(load_base_model(SPEC), spec))
+    whole = sorted({n.split(".modules_to_save")[0] for n in names if "modules_to_save" in n})
+    assert whole == [
+        "base_model.model.lm_head", "base_model.model.model.embed_tokens",
+        "base_model.model.model.vision_embed_tokens.img_projection",
+    ]  # not the vision tower, whose name also ends in "embed_tokens"
+    with pytest.raises(ValueError, match="model.lora.modules_to_save"):
+        LoraSpec(modules_to_save=("vision_embed_tokens",))
+
+
 def test_vision_lora_skips_the_unused_last_clip_layer():
     model = apply_lora(load_base_model(SPEC), LoraSpec(r=4, vision=True))
     vision = {n for n in trainable_parameter_names(model) if "vision_model" in n}

@@ -12,6 +12,17 @@ from phi3v.modeling import Phi3VForCausalLM
 DECODER_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 PROJECTOR = "img_projection"
+# Modules that can be trained whole, by their full names: PEFT matches `modules_to_save` by name
+# suffix, and a bare "embed_tokens" would also catch `vision_embed_tokens` (the whole vision tower).
+FULLY_TRAINABLE = {
+    "lm_head": "lm_head",
+    "embed_tokens": "model.embed_tokens",
+    PROJECTOR: "model.vision_embed_tokens.img_projection",
+    "vision_tower": "model.vision_embed_tokens.img_processor",  # the whole CLIP (random tiny models)
+}
+# Parts of CLIP that never influence the features (they come from the second-to-last layer): kept
+# frozen even when the tower trains whole, so every trainable weight gets a gradient (DDP-safe).
+UNUSED_CLIP = ("post_layernorm",)
 
 
 @dataclass(frozen=True)
@@ -26,8 +37,8 @@ class LoraSpec:
         vision: also adapt the CLIP tower (attention + MLP of every layer that feeds the features;
             the last CLIP layer never does, so it gets no adapter and no unused-parameter errors).
         train_projector: train the image projection MLP fully (saved with the adapter).
-        modules_to_save: other modules trained fully and saved with the adapter (e.g. lm_head for a
-            randomly initialised model).
+        modules_to_save: other modules trained fully and saved with the adapter: lm_head,
+            embed_tokens, vision_tower (useful for a randomly initialised model), img_projection.
         enabled: False trains every parameter instead (only sensible for tiny models).
     """
 
@@ -49,6 +60,9 @@ class LoraSpec:
         unknown = sorted(set(self.targets) - set(DECODER_TARGETS))
         if unknown:
             problems.append(f"model.lora.targets {unknown} are not decoder modules (choose from {DECODER_TARGETS})")
+        extra = sorted(set(self.modules_to_save) - set(FULLY_TRAINABLE))
+        if extra:
+            problems.append(f"model.lora.modules_to_save {extra} unknown (choose from {sorted(FULLY_TRAINABLE)})")
         if problems:
             raise ValueError("\n".join(problems))
 
@@ -71,7 +85,8 @@ def apply_lora(model: Phi3VForCausalLM, spec: LoraSpec) -> PeftModel | Phi3VForC
     if not spec.enabled:
         model.requires_grad_(True)
         return model
-    modules_to_save = [*spec.modules_to_save, *([PROJECTOR] if spec.train_projector else [])]
+    names = [*spec.modules_to_save, *([PROJECTOR] if spec.train_projector else [])]
+    modules_to_save = [FULLY_TRAINABLE[name] for name in dict.fromkeys(names)]
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
@@ -81,7 +96,16 @@ def apply_lora(model: Phi3VForCausalLM, spec: LoraSpec) -> PeftModel | Phi3VForC
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    _freeze_unused_clip(peft_model, model.config.vision_config.num_hidden_layers)
+    return peft_model
+
+
+def _freeze_unused_clip(model: PeftModel, clip_layers: int) -> None:
+    last_layer = f".encoder.layers.{clip_layers - 1}."
+    for name, parameter in model.named_parameters():
+        if "img_processor" in name and (last_layer in name or any(part in name for part in UNUSED_CLIP)):
+            parameter.requires_grad_(False)
 
 
 def trainable_parameter_names(model) -> list[str]:
