@@ -122,6 +122,9 @@ def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path) -> 
         print(summary_table(scores, baselines, keys=SUMMARY_KEYS))
         if "train_mean" in baselines:
             print(learning_verdict(scores, baselines))
+        history = module.loss_history.get(split, [])
+        if len(history) > 1:
+            print(f"{split} loss per evaluation: " + " -> ".join(f"{v:.3f}" for v in history))
     print(f"\nrun dir: {run_dir}")
 
 

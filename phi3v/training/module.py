@@ -65,6 +65,8 @@ class Phi3VLitModule(L.LightningModule):
         # same split, computed once from the data (see phi3v.training.metrics.baseline_metrics).
         self.baseline_scores = baseline_scores or {}
         self.last_scores: dict[str, dict[str, float]] = {}
+        self.loss_history: dict[str, list[float]] = {"val": [], "test": []}  # mean loss per evaluation
+        self._loss_sums = {"val": [0.0, 0], "test": [0.0, 0]}
         self.model = None
         self.metrics = torch.nn.ModuleDict({"val": ProductMetrics(), "test": ProductMetrics()})
         self.eval_records: dict[str, list[dict]] = {"val": [], "test": []}
@@ -162,6 +164,8 @@ class Phi3VLitModule(L.LightningModule):
         samples = len(meta["target"])
         loss = self.model(**model_inputs(batch["loss"])).loss
         self.log(f"{split}/loss", loss, sync_dist=True, batch_size=samples)
+        self._loss_sums[split][0] += float(loss) * samples
+        self._loss_sums[split][1] += samples
         answers = self.generate_answers(batch["generate"])
         parsed = [self.template.parse(a) for a in answers]
         self.metrics[split].update(parsed, meta["price"], meta["category"], meta["title"])
@@ -193,15 +197,17 @@ class Phi3VLitModule(L.LightningModule):
             for key, value in scores.items():
                 self.log(f"{split}/{name}/{key}", float(value))
         self.last_scores[split] = {key: float(value) for key, value in values.items()}
+        total, count = self._loss_sums[split]
+        if count:
+            self.loss_history[split].append(total / count)
+        self._loss_sums[split] = [0.0, 0]
         metric.reset()
 
     # ---- checkpoints: trainable weights + RNG state -----------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = set(self.trainable_names())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["rng"] = {
-            "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()
-        }
+        checkpoint["rng"] = capture_rng()
         checkpoint["nonfinite_total"] = self.nonfinite_total
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -211,10 +217,27 @@ class Phi3VLitModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} trainable weights (e.g. {missing[:3]}): it was written by a run "
                 "with a different model.lora / model.spec; resume with the same model settings"
             )
-        rng = checkpoint.get("rng")
-        if rng is not None:
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+        if checkpoint.get("rng") is not None:
+            restore_rng(checkpoint["rng"])
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
 
+
+
+def capture_rng() -> dict:
+    """torch/numpy/python RNG states as tensors and plain values, loadable with `weights_only=True`
+    (how Lightning reads checkpoints): LoRA dropout and data order continue exactly after a resume."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    version, state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
+        "python": [version, torch.tensor(state, dtype=torch.int64), gauss_next],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, python_state, gauss_next = state["python"]
+    random.setstate((version, tuple(int(v) for v in python_state.tolist()), gauss_next))
