@@ -110,7 +110,9 @@ class Phi3VLitModule(L.LightningModule):
 
     def _finite_everywhere(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).float()
-        finite = self.trainer.strategy.reduce(finite, reduce_op="min") if self.trainer.world_size > 1 else finite
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            # every rank must skip together, or DDP's gradient all-reduce would wait forever
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if bool(finite > 0):
             self.nonfinite_in_a_row = 0
             return True
