@@ -52,7 +52,11 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
 def test_defaults_are_the_offline_demo_and_real_run_has_gpu_defaults():
     demo = compose("train")
     assert (demo.model.spec.name_or_path, demo.data.source, demo.hardware.accelerator) == ("tiny", "synthetic", "cpu")
+    assert compose("train", overrides=["model=phi35v"]).hardware.precision == "bf16-mixed"
+    cpu_override = compose("train", overrides=["model=phi3v", "hardware.accelerator=cpu"])
+    assert cpu_override.hardware.accelerator == "cpu"  # the command line still wins
     real = compose("train", overrides=["model=phi3v", "data=burberry"])
+    assert (real.hardware.accelerator, real.hardware.precision) == ("gpu", "bf16-mixed")
     assert real.model.spec.name_or_path == "microsoft/Phi-3-vision-128k-instruct"
     assert real.model.spec.dtype == "bfloat16" and real.model.spec.activation_checkpointing
     assert 16 <= real.model.lora.r <= 64 and 1e-4 <= real.optimizer.lr <= 2e-4
