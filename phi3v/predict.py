@@ -27,11 +27,12 @@ from torch.utils.data import DataLoader
 from transformers.utils import logging as hf_logging
 
 from phi3v.config_schema import register_schemas
-from phi3v.data.collate import Phi3VCollator, model_inputs
+from phi3v.data.collate import Phi3VCollator
 from phi3v.data.datamodule import ProductDataModule
 from phi3v.data.images import ImageRejected, load_product_image
 from phi3v.data.prompts import ParsedAnswer, PromptTemplate
 from phi3v.modeling import Phi3VProcessor
+from phi3v.training.answers import greedy_answers
 from phi3v.training.export import load_for_inference
 from phi3v.training.model_spec import DTYPES
 
@@ -74,21 +75,6 @@ def check_config(cfg: DictConfig) -> None:
 
 
 # ---- generation ------------------------------------------------------------------------------
-def greedy_answers(model, processor: Phi3VProcessor, inputs: dict, max_new_tokens: int) -> list[str]:
-    """Greedy answers for a left-padded batch; only the new tokens are decoded."""
-    device = next(model.parameters()).device
-    batch = {key: value.to(device) for key, value in model_inputs(inputs).items()}
-    with torch.inference_mode():
-        tokens = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=processor.end_token_id,
-            pad_token_id=processor.pad_token_id,
-        )
-    return processor.batch_decode(tokens[:, batch["input_ids"].shape[1] :])
-
-
 def predict_image(
     model, processor: Phi3VProcessor, template: PromptTemplate, path: str | os.PathLike, max_new_tokens: int
 ) -> tuple[str, ParsedAnswer]:

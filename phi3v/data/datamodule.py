@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -212,13 +211,6 @@ class ProductDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self._restored_sampler = state.get("train_sampler")
-
-    def describe(self) -> dict:
-        """Plain-dict settings for logging (no secrets, no objects)."""
-        return {
-            "source": self.source, "data_dir": str(self.data_dir), "columns": asdict(self.columns),
-            "prompt": asdict(self.template), "batch_size": self.batch_size, "limit": self.limit,
-        }
 
 
 def default_data_dir(source: str) -> Path:

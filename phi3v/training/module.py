@@ -22,6 +22,7 @@ from phi3v.data.collate import model_inputs
 from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling import Phi3VProcessor
 
+from .answers import greedy_answers
 from .lora import LoraSpec, apply_lora, trainable_parameter_names
 from .metrics import ProductMetrics
 from .model_spec import ModelSpec, load_base_model
@@ -148,17 +149,6 @@ class Phi3VLitModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def generate_answers(self, inputs: dict) -> list[str]:
-        """Greedy answers for a left-padded generation batch, stopping at `<|end|>`."""
-        tokens = self.model.generate(
-            **model_inputs(inputs),
-            max_new_tokens=self.evaluation.max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.processor.end_token_id,
-            pad_token_id=self.processor.pad_token_id,
-        )
-        return self.processor.batch_decode(tokens[:, inputs["input_ids"].shape[1] :])
-
     def _evaluate(self, batch, split: str) -> None:
         if batch is None:
             return
@@ -168,7 +158,7 @@ class Phi3VLitModule(L.LightningModule):
         self.log(f"{split}/loss", loss, sync_dist=True, batch_size=samples)
         self._loss_sums[split][0] += float(loss) * samples
         self._loss_sums[split][1] += samples
-        answers = self.generate_answers(batch["generate"])
+        answers = greedy_answers(self.model, self.processor, batch["generate"], self.evaluation.max_new_tokens)
         parsed = [self.template.parse(a) for a in answers]
         self.metrics[split].update(parsed, meta["price"], meta["category"], meta["title"])
         room = self.evaluation.table_samples - len(self.eval_records[split])
