@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from phi3v.config_schema import register_schemas
 from phi3v.data.datamodule import ProductDataModule
 from phi3v.training.callbacks import EvaluationReport, SigtermCheckpoint
 from phi3v.training.export import export_adapter
+from phi3v.training.launch import join_external_launch, prepare_once
 from phi3v.training.metrics import Baselines, baseline_metrics
 from phi3v.training.model_spec import load_processor
 from phi3v.training.module import Phi3VLitModule
 from phi3v.training.reporting import summary_table
+from phi3v.training.sharding import ShardingSpec, gathered_adapter_state
+from phi3v.training.strategies import build_strategy, is_checkpoint
 
 log = logging.getLogger("phi3v.train")
 
@@ -47,9 +54,9 @@ def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
     if resume is None:
         return None, None
     path = Path(resume)
-    if path.is_dir():
+    if path.is_dir() and not is_checkpoint(path):  # a run dir, not the folder of a sharded checkpoint
         path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
+    if not is_checkpoint(path):
         raise FileNotFoundError(f"resume={resume}: no checkpoint at {path}")
     return str(path), path.parent.parent
 
@@ -68,11 +75,34 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
+    for key in ("ddp", "fsdp", "timeout_minutes", "strategy"):  # settings of the strategy, not Trainer arguments
+        hardware.pop(key)
+    strategy = build_strategy(cfg.hardware.strategy, instantiate(cfg.hardware.ddp), cfg.hardware.timeout_minutes)
     return L.Trainer(
-        default_root_dir=run_dir, logger=logger or False, callbacks=callbacks,
-        use_distributed_sampler=False,  # the length-grouped sampler shards by rank itself
+        default_root_dir=run_dir, logger=logger or False, callbacks=callbacks, strategy=strategy,
+        use_distributed_sampler=False,  # our samplers shard by rank themselves
         **hardware, **OmegaConf.to_container(cfg.trainer, resolve=True),
     )
+
+
+def sharding_spec(cfg: DictConfig) -> ShardingSpec:
+    """hardware.fsdp, with the gather dtype following hardware.precision unless set explicitly."""
+    spec: ShardingSpec = instantiate(cfg.hardware.fsdp)
+    if spec.param_dtype is None:
+        precision = str(cfg.hardware.precision)
+        dtype = "bfloat16" if precision.startswith("bf16") else "float16" if precision.startswith("16") else None
+        spec = ShardingSpec(spec.reshard_after_forward, dtype, spec.reduce_dtype)
+    return spec
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Fail before any work on combinations that cannot run."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.hardware.strategy != "auto":
+        raise SystemExit(
+            f"hardware.strategy={cfg.hardware.strategy} cannot run under Hydra multirun (-m): Lightning starts the "
+            "other ranks by re-running this command, so each would start the whole sweep again. Use a W&B sweep "
+            "(`wandb sweep sweep.yaml`, one `wandb agent` per GPU group) or run the jobs one after another."
+        )
 
 
 # Typed schemas for conf/ (typos and wrong types fail naming the key); must precede composition.
@@ -81,6 +111,7 @@ register_schemas()
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    check_launch(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path, resumed_dir = resolve_resume(cfg.resume)
     run_dir = resumed_dir or Path(HydraConfig.get().runtime.output_dir)
@@ -89,15 +120,17 @@ def main(cfg: DictConfig) -> float | None:
     spec = instantiate(cfg.model.spec)
     lora = instantiate(cfg.model.lora, _convert_="all")
     processor = load_processor(spec)
-    datamodule: ProductDataModule = instantiate(cfg.data, output_dir=str(run_dir), _convert_="all")
+    # rank 0 records the splits; every rank computes the same ones
+    splits_dir = str(run_dir) if rank_zero_only.rank == 0 else None
+    datamodule: ProductDataModule = instantiate(cfg.data, output_dir=splits_dir, _convert_="all")
     datamodule.connect(processor)
-    datamodule.prepare_data()
+    prepare_once(datamodule.prepare_data)
     datamodule.setup("fit")
 
     module = Phi3VLitModule(
         spec=spec, lora=lora, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
         processor=processor, template=datamodule.template, evaluation=instantiate(cfg.evaluation),
-        baseline_scores=baselines_for(datamodule),
+        baseline_scores=baselines_for(datamodule), sharding=sharding_spec(cfg),
     )
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else None
     if logger is not None:
@@ -106,15 +139,19 @@ def main(cfg: DictConfig) -> float | None:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if cfg.test and len(datamodule.datasets["test"]):
         trainer.test(module, datamodule=datamodule, ckpt_path=None)
+    # Under FSDP every rank holds a shard of the trained weights: all take part in gathering them.
+    trained = gathered_adapter_state(module.model) if cfg.export else None
     if trainer.is_global_zero:
-        finish(cfg, trainer, module, datamodule, processor, spec, run_dir)
+        finish(cfg, trainer, module, datamodule, processor, spec, run_dir, trained)
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # the next job of a multirun (or agent run) starts a new W&B run
     value = trainer.callback_metrics.get(cfg.checkpoint.monitor)
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path) -> None:
+def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path, trained: dict | None) -> None:
     if cfg.export:
-        out = export_adapter(module.model, processor, spec, datamodule.template, run_dir / "adapter")
+        out = export_adapter(module.model, processor, spec, datamodule.template, run_dir / "adapter", trained)
         log.info("adapter written to %s", out)
     for split, scores in module.last_scores.items():
         baselines = module.baseline_scores.get(split, {})
@@ -145,4 +182,5 @@ def learning_verdict(scores: dict, baselines: dict) -> str:
 
 
 if __name__ == "__main__":
+    sys.argv = join_external_launch(sys.argv)
     main()

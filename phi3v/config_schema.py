@@ -16,15 +16,19 @@ import typing
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from phi3v.data.catalogue import ColumnMap
 from phi3v.data.datamodule import ProductDataModule
 from phi3v.data.download import DownloadSettings
 from phi3v.data.prompts import PromptTemplate
 from phi3v.data.synthetic import SyntheticSpec
+from phi3v.training.launch import launch_time
 from phi3v.training.lora import LoraSpec
 from phi3v.training.model_spec import ModelSpec
 from phi3v.training.module import EvalSpec
+from phi3v.training.sharding import ShardingSpec
+from phi3v.training.strategies import DDPSettings
 
 # Nested arguments that are themselves configured objects (a `_target_` node in YAML).
 NESTED = {ColumnMap, PromptTemplate, DownloadSettings, SyntheticSpec}
@@ -108,10 +112,13 @@ class HardwareSchema:
     accelerator: str = "cpu"
     devices: Any = 1  # an int, a list of ids or "auto"
     num_nodes: int = 1
-    strategy: Any = "auto"  # a name or a strategy config
+    strategy: str = "auto"  # auto | ddp | fsdp (phi3v.training.strategies)
     precision: Any = "32-true"
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = 1.0  # noqa: UP045 (OmegaConf reads Optional)
+    timeout_minutes: int = 30  # how long ranks wait for each other in a collective before failing
+    ddp: schema_for(DDPSettings) = dataclasses.field(default_factory=lambda: schema_for(DDPSettings)())  # type: ignore[valid-type]
+    fsdp: schema_for(ShardingSpec) = dataclasses.field(default_factory=lambda: schema_for(ShardingSpec)())  # type: ignore[valid-type]
 
 
 def data_schema() -> type:
@@ -119,7 +126,9 @@ def data_schema() -> type:
 
 
 def register_schemas() -> None:
-    """Store the schemas; YAML group files list `<group>_schema` first in their defaults."""
+    """Store the schemas (YAML group files list `<group>_schema` first in their defaults) and the
+    `launch_time` resolver that names run dirs (one start time for all ranks, see training/launch.py)."""
+    OmegaConf.register_new_resolver("launch_time", lambda pattern: launch_time().strftime(pattern), replace=True)
     store = ConfigStore.instance()
     store.store(group="model", name="model_schema", node=ModelSchema)
     store.store(group="data", name="data_schema", node=data_schema())

@@ -10,8 +10,6 @@ Split predictions are written as .jsonl or .csv with one row per product (unread
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import sys
@@ -35,6 +33,7 @@ from phi3v.modeling import Phi3VProcessor
 from phi3v.training.answers import greedy_answers
 from phi3v.training.export import load_for_inference
 from phi3v.training.model_spec import DTYPES
+from phi3v.training.reporting import write_rows
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -93,11 +92,10 @@ def prediction_rows(
 ) -> Iterator[dict]:
     """One output row per product of the generation batches (collator mode "generate")."""
     for batch in batches:
-        if batch is None:  # every image of the batch was unreadable (logged by the dataset)
-            continue
         meta = batch["meta"]
         for i, answer in enumerate(greedy_answers(model, processor, batch, max_new_tokens)):
-            yield prediction_row(meta, i, answer, template.parse(answer))
+            if meta["supervised"][i]:  # else the image was unreadable (logged by the dataset): no row
+                yield prediction_row(meta, i, answer, template.parse(answer))
 
 
 def prediction_row(meta: dict, i: int, answer: str, parsed: ParsedAnswer) -> dict:
@@ -122,30 +120,6 @@ def split_batches(
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def write_rows(rows: Iterable[dict], out: str | os.PathLike) -> int:
-    """Write rows as JSON lines or CSV (by suffix) via a temp file renamed into place; returns the count."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    count = 0
-    try:
-        with partial.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS) if out.suffix.lower() == ".csv" else None
-            if writer is not None:
-                writer.writeheader()
-            for row in rows:
-                if writer is not None:
-                    writer.writerow(row)
-                else:
-                    handle.write(json.dumps(row) + "\n")
-                count += 1
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, out)
-    return count
-
-
 # ---- the command -----------------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -167,7 +141,7 @@ def run(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.data)
     datamodule.connect(processor)
     batches = split_batches(datamodule, template, cfg.split, cfg.batch_size)
-    count = write_rows(prediction_rows(model, processor, template, batches, cfg.max_new_tokens), cfg.out)
+    count = write_rows(prediction_rows(model, processor, template, batches, cfg.max_new_tokens), COLUMNS, cfg.out)
     print(f"wrote {count} predictions ({cfg.split} split) to {cfg.out}")
 
 

@@ -106,8 +106,14 @@ def test_unreadable_image_is_skipped_and_counted_or_fails_when_strict(prepared, 
     try:
         victim.write_bytes(b"<html>not an image</html>")
         batch = next(iter(module.val_dataloader()))
-        assert batch["meta"]["skipped_images"] == 1
-        assert len(batch["meta"]["product_id"]) == len(dataset) - 1
+        meta = batch["meta"]
+        assert meta["skipped_images"] == 1
+        # kept with a white placeholder photo (every rank runs the same graph) but unsupervised
+        assert len(meta["product_id"]) == len(dataset)
+        victim_row = meta["index"].index(0)
+        assert meta["supervised"] == [row != victim_row for row in range(len(dataset))]
+        labels = batch["loss"]["labels"]
+        assert (labels[victim_row] == -100).all() and (labels[1 - victim_row] != -100).any()
         strict = make(data_dir, processor, strict_images=True)
         with pytest.raises(ValueError, match=str(victim.name)):
             next(iter(strict.val_dataloader()))

@@ -26,9 +26,9 @@ from phi3v.predict import (
     prediction_row,
     prediction_rows,
     split_batches,
-    write_rows,
 )
 from phi3v.training.export import load_for_inference
+from phi3v.training.reporting import write_rows
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 6
@@ -83,7 +83,7 @@ def test_a_row_scores_the_parsed_price():
 def test_rows_are_written_by_suffix_and_never_half(tmp_path, suffix):
     rows = [dict.fromkeys(COLUMNS, "x") | {"pct_error": None, "true_price": 1.5} for _ in range(3)]
     out = tmp_path / "sub" / f"p{suffix}"
-    assert write_rows(iter(rows), out) == 3
+    assert write_rows(iter(rows), COLUMNS, out) == 3
     if suffix == ".jsonl":
         read = [json.loads(line) for line in out.read_text().splitlines()]
         assert read == rows
@@ -96,7 +96,7 @@ def test_rows_are_written_by_suffix_and_never_half(tmp_path, suffix):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        write_rows(failing(), tmp_path / f"failed{suffix}")
+        write_rows(failing(), COLUMNS, tmp_path / f"failed{suffix}")
     assert not list(tmp_path.glob("failed*"))
 
 

@@ -237,3 +237,42 @@ def test_lightning_epoch_hook_reaches_the_batch_sampler():
     loader = DataLoader(Indices(16), batch_sampler=sampler)
     loader.batch_sampler.sampler.set_epoch(6)
     assert sampler.epoch == 6
+
+
+# ---- padding repeats are flagged; evaluation shards ------------------------------------------------
+@pytest.mark.parametrize("n,batch_size,world,group", [(10, 4, 2, True), (37, 3, 4, True), (5, 4, 3, False)])
+def test_every_sample_counts_exactly_once_per_epoch_across_ranks(n, batch_size, world, group):
+    from phi3v.data.sampler import PaddingIndex
+
+    lengths = np.random.default_rng(n).integers(50, 500, n)
+    real, counts = [], set()
+    for rank in range(world):
+        sampler = LengthGroupedBatchSampler(lengths, batch_size, group_by_length=group, num_replicas=world, rank=rank)
+        batches = list(sampler)
+        counts.add(len(batches))
+        assert all(len(b) == batch_size for b in batches)
+        real += [int(i) for b in batches for i in b if not isinstance(i, PaddingIndex)]
+    assert len(counts) == 1  # equal batch counts on every rank
+    assert sorted(real) == list(range(n))  # the repeats are all flagged: each sample once
+
+
+@pytest.mark.parametrize("n,batch_size,world", [(6, 8, 1), (6, 8, 2), (23, 4, 3), (2, 4, 3)])
+def test_eval_batches_cover_the_split_once_with_equal_counts_per_rank(n, batch_size, world):
+    import pickle
+
+    from phi3v.data.eval_sampler import EvalBatchSampler
+    from phi3v.data.sampler import PaddingIndex
+
+    lengths = np.random.default_rng(n).integers(50, 500, n)
+    real, padding, counts = [], 0, set()
+    for rank in range(world):
+        batches = list(EvalBatchSampler(lengths, batch_size, num_replicas=world, rank=rank))
+        counts.add(len(batches))
+        flat = [i for b in batches for i in b]
+        padding += sum(isinstance(i, PaddingIndex) for i in flat)
+        real += [int(i) for i in flat if not isinstance(i, PaddingIndex)]
+        first = pickle.loads(pickle.dumps(flat))  # DataLoader workers receive the indices pickled
+        assert [type(i) for i in first] == [type(i) for i in flat]
+    assert len(counts) == 1
+    assert sorted(real) == list(range(n))
+    assert padding == -n % world  # fewer repeats than ranks

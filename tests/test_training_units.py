@@ -116,16 +116,54 @@ class FakeTrainer:
     world_size = 1
 
 
-def test_nonfinite_losses_are_skipped_then_stop_the_run(processor, monkeypatch):
-    module = make_module(processor, max_nonfinite_steps=3)
+def training_batch(batch, supervised):
+    labels = batch["labels"].clone()
+    labels[~torch.tensor(supervised)] = -100
+    return {**batch, "labels": labels, "meta": {"supervised": supervised, "skipped_images": 0}}
+
+
+def test_training_loss_is_the_token_mean_of_supervised_rows_only(processor, batch, monkeypatch):
+    module = make_module(processor)
+    module.configure_model()
     monkeypatch.setattr(Phi3VLitModule, "trainer", property(lambda self: FakeTrainer()))
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    assert module._finite_everywhere(torch.tensor(1.0))
-    assert not module._finite_everywhere(torch.tensor(float("nan")))
-    assert not module._finite_everywhere(torch.tensor(float("inf")))
-    assert module._finite_everywhere(torch.tensor(2.0)) and module.nonfinite_in_a_row == 0
+    both = module.training_step(training_batch(batch, [True, True]), 0)
+    torch.testing.assert_close(both, module.model(**batch).loss)  # the model's own token mean
+    first_only = module.training_step(training_batch(batch, [True, False]), 0)
+    alone = {key: value[:1] for key, value in batch.items()}
+    alone["pixel_values"], alone["image_sizes"] = batch["pixel_values"][:1], batch["image_sizes"][:1]
+    torch.testing.assert_close(first_only, module.model(**alone).loss, rtol=1e-5, atol=1e-6)
+    first_only.backward()  # every trainable weight takes part, also through the unsupervised row
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+    assert module.training_step(training_batch(batch, [False, False]), 0) is None  # nothing to learn from
+    assert module.nonfinite_total == 0
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(processor, batch, monkeypatch):
+    module = make_module(processor, max_nonfinite_steps=3)
+    module.configure_model()
+    monkeypatch.setattr(Phi3VLitModule, "trainer", property(lambda self: FakeTrainer()))
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    forward, poison = module.model.forward, {"value": 1.0}
+
+    def poisoned(**inputs):
+        output = forward(**inputs)
+        output.logits = output.logits * poison["value"]
+        return output
+
+    monkeypatch.setattr(module.model, "forward", poisoned)
+    step = partial(module.training_step, training_batch(batch, [True, True]), 0)
+
+    def step_with(value):
+        poison["value"] = value
+        return step()
+
+    assert step_with(1.0) is not None
+    assert step_with(float("nan")) is None
+    assert step_with(float("inf")) is None
+    assert step_with(1.0) is not None and module.nonfinite_in_a_row == 0
     assert module.nonfinite_total == 2
-    module._finite_everywhere(torch.tensor(float("nan")))
-    module._finite_everywhere(torch.tensor(float("nan")))
+    step_with(float("nan"))
+    step_with(float("nan"))
     with pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
-        module._finite_everywhere(torch.tensor(float("nan")))
+        step_with(float("nan"))

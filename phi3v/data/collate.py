@@ -6,6 +6,11 @@ Modes:
   eval      both of the above sharing one `pixel_values` tensor, for val loss + generation
 Every batch carries `meta` (ids, targets, prices, skipped-image count); pass only the model keys
 to the model: `model(**model_inputs(batch))`.
+
+A batch always keeps every sample it was given, so all ranks of a distributed run run the same
+graph: a sample whose image is unreadable gets a white placeholder photo, and it and the padding
+repeats of a distributed sampler get no labels (`meta["supervised"]` False): they add nothing to
+the loss, and evaluation leaves them out of its records.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from __future__ import annotations
 from typing import Literal, TypedDict
 
 import torch
+from PIL import Image
 
-from phi3v.modeling import Phi3VProcessor
+from phi3v.modeling import IGNORE_INDEX, Phi3VProcessor
 
 from .dataset import Sample
 from .prompts import PromptTemplate
 
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "labels")
+PLACEHOLDER_SIDE = 336  # one CLIP crop: the cheapest photo the model accepts
 
 
 class Phi3VBatch(TypedDict, total=False):
@@ -31,13 +38,15 @@ class Phi3VBatch(TypedDict, total=False):
 
 
 class BatchMeta(TypedDict):
+    index: list[int]  # dataset index of each row
+    supervised: list[bool]  # False: unreadable image or distributed padding (no labels, no record)
     product_id: list[str]
     title: list[str]
     category: list[str]
     price: torch.Tensor  # (batch,) float64
     target: list[str]  # the answer the model should generate
     image_path: list[str]
-    skipped_images: int  # samples of this batch dropped because their image was unreadable
+    skipped_images: int  # samples of this batch whose image was unreadable (not padding repeats)
 
 
 def model_inputs(batch: dict) -> Phi3VBatch:
@@ -46,7 +55,7 @@ def model_inputs(batch: dict) -> Phi3VBatch:
 
 
 class Phi3VCollator:
-    """collate_fn for `Sample`s. Returns None when every image of the batch was unreadable."""
+    """collate_fn for `Sample`s."""
 
     def __init__(
         self,
@@ -61,28 +70,36 @@ class Phi3VCollator:
         self.mode = mode
         self.prompt = template.prompt()
 
-    def __call__(self, samples: list[Sample]) -> dict | None:
-        usable = [s for s in samples if s.image is not None]
-        if not usable:
-            return None
-        vision = self.processor.image_processor([s.image for s in usable])
-        prompts = [self.prompt] * len(usable)
+    def __call__(self, samples: list[Sample]) -> dict:
+        if not samples:
+            raise ValueError("empty batch: the sampler yielded no indices")
+        placeholder = Image.new("RGB", (PLACEHOLDER_SIDE, PLACEHOLDER_SIDE), "white")
+        vision = self.processor.image_processor([s.image or placeholder for s in samples])
+        prompts = [self.prompt] * len(samples)
         counts = [[n] for n in vision["num_img_tokens"]]
-        targets = [self.template.target(s.title, s.category, s.price) for s in usable]
+        targets = [self.template.target(s.title, s.category, s.price) for s in samples]
+        supervised = [s.image is not None and not s.padding for s in samples]
         pixels = {"pixel_values": vision["pixel_values"], "image_sizes": vision["image_sizes"]}
         meta: BatchMeta = {
-            "product_id": [s.product_id for s in usable],
-            "title": [s.title for s in usable],
-            "category": [s.category for s in usable],
-            "price": torch.tensor([s.price for s in usable], dtype=torch.float64),
+            "index": [s.index for s in samples],
+            "supervised": supervised,
+            "product_id": [s.product_id for s in samples],
+            "title": [s.title for s in samples],
+            "category": [s.category for s in samples],
+            "price": torch.tensor([s.price for s in samples], dtype=torch.float64),
             "target": targets,
-            "image_path": [s.image_path for s in usable],
-            "skipped_images": len(samples) - len(usable),
+            "image_path": [s.image_path for s in samples],
+            "skipped_images": sum(s.image is None and not s.padding for s in samples),
         }
         if self.mode == "train":
-            return {**self.processor.tokenize(prompts, counts, targets, "right"), **pixels, "meta": meta}
+            return {**self._labelled(prompts, counts, targets, supervised), **pixels, "meta": meta}
         generate = {**self.processor.tokenize(prompts, counts, None, "left"), **pixels}
         if self.mode == "generate":
             return {**generate, "meta": meta}
-        supervised = {**self.processor.tokenize(prompts, counts, targets, "right"), **pixels}
-        return {"loss": supervised, "generate": generate, "meta": meta}
+        loss = {**self._labelled(prompts, counts, targets, supervised), **pixels}
+        return {"loss": loss, "generate": generate, "meta": meta}
+
+    def _labelled(self, prompts: list[str], counts: list[list[int]], targets: list[str], supervised: list[bool]):
+        encoded = self.processor.tokenize(prompts, counts, targets, "right")
+        encoded["labels"][~torch.tensor(supervised)] = IGNORE_INDEX
+        return encoded

@@ -21,6 +21,7 @@ from .catalogue import ColumnMap
 from .collate import Phi3VCollator
 from .dataset import ProductDataset, read_manifest
 from .download import DownloadSettings
+from .eval_sampler import EvalBatchSampler
 from .prepare import MANIFEST, REPORT, SYNTHETIC, PrepareReport, catalogue_signature, prepare_catalogue
 from .prompts import PromptTemplate
 from .sampler import LengthGroupedBatchSampler
@@ -184,8 +185,12 @@ class ProductDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, split: str, mode: str) -> DataLoader:
+        """Each rank gets its share of the split (see EvalBatchSampler): equal batch counts on all ranks."""
+        if len(self.datasets[split]) == 0:  # e.g. data.val_fraction=0: no batches
+            return DataLoader(self.datasets[split], batch_size=self.eval_batch_size)
+        sampler = EvalBatchSampler(self.lengths[split], self.eval_batch_size, group_by_length=self.group_by_length)
         return DataLoader(
-            self.datasets[split], batch_size=self.eval_batch_size, shuffle=False,
+            self.datasets[split], batch_sampler=sampler,
             collate_fn=Phi3VCollator(self.processor, self.template, mode), **self.loader_options,
         )
 

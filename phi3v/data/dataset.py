@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .images import ImageRejected, load_product_image
+from .sampler import PaddingIndex
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ MANIFEST_COLUMNS = {
 
 @dataclass(frozen=True)
 class Sample:
-    """One product with its photo; `image` is None when the file could not be read (skipped)."""
+    """One product with its photo; `image` is None when the file could not be read (skipped).
+    `padding`: a repeat that only fills a distributed batch (see sampler.PaddingIndex)."""
 
     index: int
     product_id: str
@@ -44,6 +46,7 @@ class Sample:
     image_path: str
     image: Image.Image | None
     error: str | None = None
+    padding: bool = False
 
 
 def read_manifest(path: str | Path) -> pa.Table:
@@ -94,7 +97,7 @@ class ProductDataset(torch.utils.data.Dataset):
             log.warning("skipping sample %d: image %s is unreadable (%s)", index, path, problem.reason)
             error = problem.reason
         return Sample(
-            index=index,
+            index=int(index),
             product_id=self.value("product_id", index),
             title=self.value("title", index),
             category=self.value("category", index),
@@ -102,4 +105,5 @@ class ProductDataset(torch.utils.data.Dataset):
             image_path=str(path),
             image=image,
             error=error,
+            padding=isinstance(index, PaddingIndex),
         )

@@ -32,7 +32,20 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["LengthGroupedBatchSampler", "padding_share"]
+__all__ = ["LengthGroupedBatchSampler", "PaddingIndex", "padding_share"]
+
+
+class PaddingIndex(int):
+    """A dataset index repeated only to give every rank the same number of full batches.
+
+    Equal to the plain index (the same sample is loaded), but the dataset marks such samples as padding and the
+    collator gives them no labels and evaluation no records: under DDP every sample still counts exactly once per
+    epoch. An int subclass, so it survives pickling to DataLoader workers unchanged."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"PaddingIndex({int(self)})"
 
 # Keys that fix the epoch plan: a state saved under other values would skip the wrong batches.
 _PLAN_KEYS = (
@@ -85,9 +98,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Yields this rank's batches of dataset indices; each step's samples have similar lengths on every rank.
 
     Per epoch: shuffle (seed + epoch); pad by wrapping around the permutation (``drop_last=False``, like
-    DistributedSampler) or cut the tail (``drop_last=True``); sort mega-buckets of ``bucket_size_multiplier``
-    global batches by length (descending, stable); cut global batches of ``batch_size * num_replicas``; shuffle their
-    order but put the one holding the longest sample first, so an out-of-memory batch fails at step 0 rather than hours
+    DistributedSampler, but the repeats come as ``PaddingIndex`` so they can be left out of losses and metrics) or
+    cut the tail (``drop_last=True``); sort mega-buckets of ``bucket_size_multiplier`` global batches by length
+    (descending, stable); cut global batches of ``batch_size * num_replicas``; shuffle their order but put the one
+    holding the longest sample first, so an out-of-memory batch fails at step 0 rather than hours
     in; rank r takes the contiguous slice ``[r * batch_size, (r + 1) * batch_size)`` of each sorted global batch.
     The slowest rank (the one with the longest sample) sets the step time either way, and contiguous slices give the
     other ranks less padding than strided ones would. Without ``group_by_length`` the shuffled (or, with
@@ -141,32 +155,44 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def global_batches(self, epoch: int) -> np.ndarray:
         """The (num_batches, batch_size * num_replicas) plan of an epoch, identical on every rank."""
+        return self._plan(epoch)[0]
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(plan, padding): the epoch's global batches and which of their slots repeat an earlier sample."""
         rng = np.random.default_rng(self.seed + epoch)
         n, total = len(self.lengths), self.num_batches * self.global_batch_size
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         # np.resize repeats cyclically: wrap-around padding (even when the padding exceeds n) or the drop_last cut.
         order = np.resize(order, total)
+        padding = np.arange(total) >= n  # the repeats; sorted along with their slots below
         if not self.group_by_length:
-            return order.reshape(self.num_batches, self.global_batch_size)
+            shape = (self.num_batches, self.global_batch_size)
+            return order.reshape(shape), padding.reshape(shape)
         bucket = self.global_batch_size * self.bucket_size_multiplier  # a multiple of the global batch: no straddling
         for start in range(0, total, bucket):
-            chunk = order[start : start + bucket]
-            order[start : start + bucket] = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            chunk = slice(start, start + bucket)
+            by_length = np.argsort(-self.lengths[order[chunk]], kind="stable")
+            order[chunk], padding[chunk] = order[chunk][by_length], padding[chunk][by_length]
         batches = order.reshape(self.num_batches, self.global_batch_size)
+        padding = padding.reshape(batches.shape)
         if self.shuffle:
-            batches = batches[rng.permutation(self.num_batches)]
+            permutation = rng.permutation(self.num_batches)
+            batches, padding = batches[permutation], padding[permutation]
         longest = int(np.argmax(self.lengths[batches[:, 0]]))  # rows are sorted: column 0 holds each row's maximum
         batches[[0, longest]] = batches[[longest, 0]]
-        return batches
+        padding[[0, longest]] = padding[[longest, 0]]
+        return batches, padding
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator: nothing below runs before the first next() (after Lightning's set_epoch when num_workers=0).
         start, self._resume_from = self._resume_from, 0
         self._yielded = start
         lo = self.rank * self.batch_size
-        for batch in self.global_batches(self.epoch)[start:, lo : lo + self.batch_size]:
+        plan, padding = self._plan(self.epoch)
+        mine = slice(lo, lo + self.batch_size)
+        for batch, repeats in zip(plan[start:, mine], padding[start:, mine]):
             self._yielded += 1  # before the yield: a state saved while the consumer holds batch k says k
-            yield batch.tolist()
+            yield [PaddingIndex(i) if repeat else i for i, repeat in zip(batch.tolist(), repeats.tolist())]
 
     def __len__(self) -> int:
         """Batches per rank in a full epoch (also after a restore: Lightning keeps counting from the restored step)."""

@@ -10,17 +10,20 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .reporting import prediction_rows, price_scatter, wandb_prediction_table
+from .reporting import prediction_rows, price_scatter, wandb_prediction_table, write_rows
 
 log = logging.getLogger(__name__)
 
 
 class EvaluationReport(L.Callback):
-    """After each evaluation: a predicted-vs-true price scatter (PNG in `plots/`, and to W&B) and a
-    W&B table of the fixed first validation samples (image, target, prediction, parsed price, error)."""
+    """After each evaluation, on rank 0, from the records of all ranks: every answer in
+    `predictions/<split>[_step]<n>.csv`, a predicted-vs-true price scatter (PNG in `plots/`, and to
+    W&B) and a W&B table of the first `evaluation.table_samples` samples (image, target, prediction,
+    parsed price, error)."""
 
     def __init__(self, run_dir: str | Path):
         self.plots = Path(run_dir) / "plots"
+        self.predictions = Path(run_dir) / "predictions"
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -35,6 +38,7 @@ class EvaluationReport(L.Callback):
         if not records:
             return
         self.plots.mkdir(parents=True, exist_ok=True)
+        self.predictions.mkdir(parents=True, exist_ok=True)
         true = [r["price"] for r in records]
         predicted = [r["parsed"].price for r in records]
         title = f"{split} step {trainer.global_step}"
@@ -43,6 +47,8 @@ class EvaluationReport(L.Callback):
             [r["image_path"] for r in records], [r["target"] for r in records], [r["prediction"] for r in records],
             [r["parsed"] for r in records], true,
         )
+        write_rows(rows, list(rows[0]), self.predictions / f"{name}.csv")
+        rows = rows[: module.evaluation.table_samples]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb

@@ -48,15 +48,19 @@ def export_adapter(
     spec: ModelSpec,
     template: PromptTemplate,
     out_dir: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the adapter (or, for a full fine-tune, the whole model) and its companions to `out_dir`.
+
+    `state_dict`: whole tensors to save instead of the model's own, needed when the model is sharded
+    (FSDP): see sharding.gathered_adapter_state, which every rank must call before rank 0 exports.
 
     Raises RuntimeError when the written weights are empty or lack a trained tensor (a PEFT save
     under some FSDP wrappings silently writes an empty dict; an empty adapter is never shipped).
     """
     out_dir = Path(out_dir)
     with _staging(out_dir) as staging:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=state_dict)
         if isinstance(model, PeftModel):
             check_adapter_file(staging / ADAPTER_WEIGHTS, adapter_keys(model))
         else:

@@ -9,6 +9,7 @@ title, category and price against the truth and against trivial baselines.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -23,9 +24,12 @@ from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling import Phi3VProcessor
 
 from .answers import greedy_answers
+from .gathering import gather_records
 from .lora import LoraSpec, apply_lora, trainable_parameter_names
+from .losses import per_sample_loss, supervised_loss_sum
 from .metrics import ProductMetrics
 from .model_spec import ModelSpec, load_base_model
+from .sharding import ShardingSpec, full_tensor, shard_model
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +60,22 @@ class Phi3VLitModule(L.LightningModule):
         template: PromptTemplate,
         evaluation: EvalSpec | None = None,
         baseline_scores: dict[str, dict[str, dict[str, float]]] | None = None,
+        sharding: ShardingSpec | None = None,
     ):
         super().__init__()
         self.spec, self.lora = spec, lora
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.processor, self.template = processor, template
         self.evaluation = evaluation or EvalSpec()
+        self.sharding = sharding or ShardingSpec()  # used when the strategy provides a device mesh (fsdp)
         # {"val": {"train_mean": {metric: value}, ...}, "test": ...}: constant predictions on the
         # same split, computed once from the data (see phi3v.training.metrics.baseline_metrics).
         self.baseline_scores = baseline_scores or {}
         self.last_scores: dict[str, dict[str, float]] = {}
         self.loss_history: dict[str, list[float]] = {"val": [], "test": []}  # mean loss per evaluation
-        self._loss_sums = {"val": [0.0, 0], "test": [0.0, 0]}
         self.model = None
-        self.metrics = torch.nn.ModuleDict({"val": ProductMetrics(), "test": ProductMetrics()})
-        self.eval_records: dict[str, list[dict]] = {"val": [], "test": []}
+        self._records: dict[str, list[dict]] = {"val": [], "test": []}  # this rank's, during an evaluation
+        self.eval_records: dict[str, list[dict]] = {"val": [], "test": []}  # all ranks' of the last one, by index
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.strict_loading = False  # checkpoints hold only the trainable weights (checked on load)
@@ -80,7 +85,10 @@ class Phi3VLitModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:  # idempotent: Lightning may call it again (e.g. test after fit)
             return
-        self.model = apply_lora(load_base_model(self.spec), self.lora)
+        model = apply_lora(load_base_model(self.spec), self.lora)
+        if self.device_mesh is not None:  # FullyShardedStrategy: shard over its data-parallel ranks
+            shard_model(model, self.device_mesh["data_parallel"], self.sharding)
+        self.model = model
 
     def trainable_names(self) -> list[str]:
         return trainable_parameter_names(self)
@@ -93,30 +101,48 @@ class Phi3VLitModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, total)}
 
-    # ---- training ------------------------------------------------------------------------
+    # ---- training ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int):
-        if batch is None:  # every image of this batch was unreadable (already logged)
-            return None
         meta = batch["meta"]
         inputs = model_inputs(batch)
-        loss = self.model(**inputs).loss
-        if not self._finite_everywhere(loss):
-            return None  # skip the optimizer step on every rank together
-        tokens = int(inputs["attention_mask"].sum())
-        samples = inputs["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=samples)
-        self.log("train/skipped_images", float(meta["skipped_images"]), reduce_fx="sum", batch_size=samples)
-        self._log_throughput(samples, tokens)
+        labels = inputs.pop("labels")  # the loss is computed here, as sums (see losses.py)
+        output = self.model(**inputs)
+        token_loss_sum, tokens = supervised_loss_sum(output.logits, labels)
+        # The loss of the whole global batch, mean over its supervised tokens: one all-reduce of
+        # (sum, count) gives every rank the same value, so a non-finite loss is skipped everywhere
+        # together (a rank skipping alone would leave the others waiting in the gradient all-reduce).
+        samples = sum(meta["supervised"])
+        totals = torch.stack([
+            token_loss_sum.detach().float(), tokens.float(),
+            torch.tensor(float(samples), device=tokens.device), inputs["attention_mask"].sum().float(),
+        ])
+        world = self._all_reduce_sum(totals)  # (loss sum, supervised tokens, samples, tokens) of all ranks
+        global_tokens = float(totals[1])
+        mean = totals[0] / totals[1].clamp(min=1)
+        if global_tokens == 0 or not torch.isfinite(mean):
+            return self._skip_nonfinite(global_tokens)
+        self.nonfinite_in_a_row = 0
+        # DDP and FSDP average gradients over ranks: scaling by world / global tokens makes the averaged
+        # gradient that of the global token mean, exactly what one process with the whole batch computes.
+        # A rank without supervised tokens (unreadable images, padding) contributes logits * 0, so every
+        # parameter still takes part in backward.
+        loss = token_loss_sum * (world / global_tokens) + output.logits.sum() * 0.0
+        self.log("train/loss", mean, prog_bar=True, batch_size=max(samples, 1))
+        self.log("train/skipped_images", float(meta["skipped_images"]), reduce_fx="sum", batch_size=max(samples, 1))
+        self._log_throughput(int(totals[2]), int(totals[3]))
         return loss
 
-    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
-        finite = torch.isfinite(loss.detach()).float()
+    def _all_reduce_sum(self, values: torch.Tensor) -> int:
+        """Sum `values` in place over ranks; returns the world size."""
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            # every rank must skip together, or DDP's gradient all-reduce would wait forever
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if bool(finite > 0):
-            self.nonfinite_in_a_row = 0
-            return True
+            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+            return self.trainer.world_size
+        return 1
+
+    def _skip_nonfinite(self, global_tokens: float):
+        if global_tokens == 0:  # every sample of the global batch unreadable: nothing to learn from
+            log.warning("step %d: no readable sample in the batch on any rank; step skipped", self.global_step)
+            return None
         self.nonfinite_in_a_row += 1
         self.nonfinite_total += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_total))
@@ -127,22 +153,24 @@ class Phi3VLitModule(L.LightningModule):
                 "diverged. Lower optimizer.lr, use hardware.precision=bf16-mixed instead of 16-mixed, or set "
                 "hardware.gradient_clip_val"
             )
-        return False
+        return None
 
     def _log_throughput(self, samples: int, tokens: int) -> None:
+        """Samples and tokens of the global batch (all ranks) per second."""
         now = time.perf_counter()
         if self._step_started is not None:
             seconds = max(now - self._step_started, 1e-9)
-            self.log("train/samples_per_s", samples / seconds * self.trainer.world_size, batch_size=samples)
-            self.log("train/tokens_per_s", tokens / seconds * self.trainer.world_size, batch_size=samples)
+            self.log("train/samples_per_s", samples / seconds, batch_size=max(samples, 1))
+            self.log("train/tokens_per_s", tokens / seconds, batch_size=max(samples, 1))
         self._step_started = now
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        # sharded gradients give partial norms; full_tensor() sums them over ranks (all ranks run this)
+        grads = [full_tensor(p.grad.detach().float().norm()) for p in self.parameters() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.stack(grads).norm())
 
-    # ---- evaluation by generation ----------------------------------------------------------
+    # ---- evaluation by generation ----------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
@@ -150,29 +178,36 @@ class Phi3VLitModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch, split: str) -> None:
-        if batch is None:
-            return
+        """Per sample: teacher-forced loss (sum and token count) and the greedy answer, parsed. Kept as
+        records of this rank; the epoch end gathers every rank's and scores them once."""
         meta = batch["meta"]
-        samples = len(meta["target"])
-        loss = self.model(**model_inputs(batch["loss"])).loss
-        self.log(f"{split}/loss", loss, sync_dist=True, batch_size=samples)
-        self._loss_sums[split][0] += float(loss) * samples
-        self._loss_sums[split][1] += samples
-        answers = greedy_answers(self.model, self.processor, batch["generate"], self.evaluation.max_new_tokens)
-        parsed = [self.template.parse(a) for a in answers]
-        self.metrics[split].update(parsed, meta["price"], meta["category"], meta["title"])
-        room = self.evaluation.table_samples - len(self.eval_records[split])
-        for i in range(min(room, samples)):
-            self.eval_records[split].append(
-                {"image_path": meta["image_path"][i], "target": meta["target"][i], "prediction": answers[i],
-                 "parsed": parsed[i], "price": float(meta["price"][i])}
+        inputs = model_inputs(batch["loss"])
+        labels = inputs.pop("labels")
+        output = self.model(**inputs)
+        loss_sums, tokens = per_sample_loss(output.logits, labels)
+        answers = greedy_answers(
+            self.model, self.processor, batch["generate"], self.evaluation.max_new_tokens, synced=self._sharded
+        )
+        for i, answer in enumerate(answers):
+            if not meta["supervised"][i]:  # unreadable image or a padding repeat
+                continue
+            self._records[split].append(
+                {"index": meta["index"][i], "loss_sum": float(loss_sums[i]), "tokens": int(tokens[i]),
+                 "image_path": meta["image_path"][i], "target": meta["target"][i], "prediction": answer,
+                 "parsed": self.template.parse(answer), "price": float(meta["price"][i]),
+                 "category": meta["category"][i], "title": meta["title"][i]}
             )
 
+    @property
+    def _sharded(self) -> bool:
+        """Parameters are sharded over ranks: every rank must run the same number of forward passes."""
+        return self.device_mesh is not None
+
     def on_validation_epoch_start(self) -> None:
-        self.eval_records["val"] = []
+        self._records["val"] = []
 
     def on_test_epoch_start(self) -> None:
-        self.eval_records["test"] = []
+        self._records["test"] = []
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_metrics("val")
@@ -181,19 +216,25 @@ class Phi3VLitModule(L.LightningModule):
         self._log_eval_metrics("test")
 
     def _log_eval_metrics(self, split: str) -> None:
-        metric = self.metrics[split]
-        values = metric.compute()
+        records = gather_records(self._records[split], self.trainer.world_size)
+        self._records[split] = []
+        self.eval_records[split] = records
+        if not records:
+            return
+        metric = ProductMetrics(sync_on_compute=False)  # the records are already those of every rank
+        metric.update([r["parsed"] for r in records], [r["price"] for r in records],
+                      [r["category"] for r in records], [r["title"] for r in records])
+        values = {key: float(value) for key, value in metric.compute().items()}
+        tokens = sum(r["tokens"] for r in records)
+        values["loss"] = math.fsum(r["loss_sum"] for r in records) / tokens if tokens else math.nan
+        # identical on every rank already; sync_dist only keeps Lightning's distributed checks satisfied
         for key, value in values.items():
-            self.log(f"{split}/{key}", value.float(), sync_dist=False)
+            self.log(f"{split}/{key}", value, sync_dist=True)
         for name, scores in self.baseline_scores.get(split, {}).items():
             for key, value in scores.items():
-                self.log(f"{split}/{name}/{key}", float(value))
-        self.last_scores[split] = {key: float(value) for key, value in values.items()}
-        total, count = self._loss_sums[split]
-        if count:
-            self.loss_history[split].append(total / count)
-        self._loss_sums[split] = [0.0, 0]
-        metric.reset()
+                self.log(f"{split}/{name}/{key}", float(value), sync_dist=True)
+        self.last_scores[split] = {key: value for key, value in values.items() if key != "loss"}
+        self.loss_history[split].append(values["loss"])
 
     # ---- checkpoints: trainable weights + RNG state -----------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -203,7 +244,8 @@ class Phi3VLitModule(L.LightningModule):
         checkpoint["nonfinite_total"] = self.nonfinite_total
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        missing = sorted(set(self.trainable_names()) - set(checkpoint["state_dict"]))
+        # A sharded checkpoint's weights were already loaded (and checked) by FullyShardedStrategy.
+        missing = sorted(set(self.trainable_names()) - set(checkpoint.get("state_dict", self.trainable_names())))
         if missing:
             raise RuntimeError(
                 f"checkpoint lacks {len(missing)} trainable weights (e.g. {missing[:3]}): it was written by a run "

@@ -7,10 +7,12 @@ needs it.
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -186,3 +188,27 @@ def summary_table(
 
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{float(value):.4f}"
+
+
+def write_rows(rows: Iterable[dict], columns: Sequence[str], out: str | os.PathLike) -> int:
+    """Write rows as JSON lines or CSV (by suffix) via a temp file renamed into place; returns the count."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    count = 0
+    try:
+        with partial.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns)) if out.suffix.lower() == ".csv" else None
+            if writer is not None:
+                writer.writeheader()
+            for row in rows:
+                if writer is not None:
+                    writer.writerow(row)
+                else:
+                    handle.write(json.dumps(row) + "\n")
+                count += 1
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, out)
+    return count
