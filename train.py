@@ -136,15 +136,20 @@ def main(cfg: DictConfig) -> float | None:
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # a plain dict, no objects
     trainer = build_trainer(cfg, run_dir, logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    if cfg.test and len(datamodule.datasets["test"]):
-        trainer.test(module, datamodule=datamodule, ckpt_path=None)
-    # Under FSDP every rank holds a shard of the trained weights: all take part in gathering them.
-    trained = gathered_adapter_state(module.model) if cfg.export else None
-    if trainer.is_global_zero:
-        finish(cfg, trainer, module, datamodule, processor, spec, run_dir, trained)
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # the next job of a multirun (or agent run) starts a new W&B run
+    exit_code = 1
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if cfg.test and len(datamodule.datasets["test"]):
+            trainer.test(module, datamodule=datamodule, ckpt_path=None)
+        # Under FSDP every rank holds a shard of the trained weights: all take part in gathering them.
+        trained = gathered_adapter_state(module.model) if cfg.export else None
+        if trainer.is_global_zero:
+            finish(cfg, trainer, module, datamodule, processor, spec, run_dir, trained)
+        exit_code = 0
+    finally:
+        # Close this job's W&B run (marked failed on an exception): the next job of a multirun starts its own.
+        if trainer.is_global_zero and isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish(exit_code=exit_code)
     value = trainer.callback_metrics.get(cfg.checkpoint.monitor)
     return None if value is None or not math.isfinite(float(value)) else float(value)
 

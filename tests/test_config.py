@@ -30,7 +30,7 @@ def test_every_group_has_the_documented_options():
     assert {"tiny", "phi3v", "phi35v"} <= set(GROUPS["model"])
     assert {"sample", "burberry", "table"} <= set(GROUPS["data"])
     assert {"cosine", "linear", "constant"} <= set(GROUPS["scheduler"])
-    assert {"cpu", "gpu", "auto"} <= set(GROUPS["hardware"])
+    assert {"cpu", "gpu", "auto", "ddp", "fsdp", "multinode"} <= set(GROUPS["hardware"])
     assert {"wandb", "csv", "none"} <= set(GROUPS["logger"])
     assert {"demo", "burberry_lora"} <= set(GROUPS["experiment"])
 
@@ -89,3 +89,49 @@ def test_job_config_has_no_now_interpolation():
     text = "\n".join(p.read_text() for p in CONF.rglob("*.yaml") if p.name != "train.yaml")
     job_part = (CONF / "train.yaml").read_text().split("\nhydra:")[0]
     assert "${now:" not in text + job_part
+
+
+def test_hardware_options_build_their_strategies_and_every_field_is_overridable():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    import train
+    from phi3v.training.strategies import FullyShardedStrategy, build_strategy
+
+    cfg = compose("train", overrides=["hardware=fsdp", "hardware.devices=8", "hardware.num_nodes=2",
+                                      "hardware.precision=bf16-mixed", "hardware.accumulate_grad_batches=4",
+                                      "hardware.fsdp.reshard_after_forward=false"])
+    hardware = cfg.hardware
+    assert (hardware.devices, hardware.num_nodes, hardware.precision, hardware.accumulate_grad_batches) == (
+        8, 2, "bf16-mixed", 4)
+    assert isinstance(build_strategy(hardware.strategy, instantiate(hardware.ddp)), FullyShardedStrategy)
+    spec = train.sharding_spec(cfg)  # bf16 precision: weights gathered in bf16, gradients reduced in fp32
+    assert (spec.param_dtype, spec.reduce_dtype, spec.reshard_after_forward) == ("bfloat16", "float32", False)
+    assert train.sharding_spec(compose("train", overrides=["hardware=fsdp"])).param_dtype is None
+    ddp_cfg = compose("train", overrides=["hardware=ddp", "hardware.ddp.static_graph=true"])
+    ddp = build_strategy(ddp_cfg.hardware.strategy, instantiate(ddp_cfg.hardware.ddp), 5)
+    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs["static_graph"] is True
+    assert ddp._ddp_kwargs["find_unused_parameters"] is False
+    multinode = compose("train", overrides=["hardware=multinode"]).hardware
+    assert (multinode.num_nodes, multinode.strategy) == (2, "ddp")
+    for name in ("cpu", "gpu", "auto"):
+        assert compose("train", overrides=[f"hardware={name}"]).hardware.strategy == "auto"
+
+
+@pytest.mark.parametrize(("override", "key"), [("hardware.strategy=deepspeed", "hardware.strategy"),
+                                                 ("hardware.fsdp.param_dtype=fp8", "hardware.fsdp.param_dtype")])
+def test_unknown_strategy_settings_fail_naming_the_key(override, key):
+    import train
+    from phi3v.training.strategies import build_strategy
+
+    cfg = compose("train", overrides=["hardware=fsdp", override])
+    with pytest.raises(Exception, match=key.replace(".", r"\.")):  # ValueError, or Hydra's wrapping it
+        build_strategy(cfg.hardware.strategy, instantiate(cfg.hardware.ddp))
+        train.sharding_spec(cfg)
+
+
+def test_run_dirs_follow_the_launch_time_shared_by_all_ranks(monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("PHI3V_LAUNCH_TIME", "2026-01-02T03:04:05")
+    cfg = compose("train", return_hydra_config=True)
+    assert OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"] == "outputs/2026-01-02/03-04-05"

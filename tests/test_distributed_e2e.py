@@ -129,12 +129,16 @@ def test_fsdp_on_two_processes_trains_exports_the_gathered_adapter_and_resumes(t
         assert torch.equal(adapter[key], value), key
         assert adapter[key].abs().sum() > 0 or "lora_B" in key
     assert any(adapter[k].abs().sum() > 0 for k in adapter if "lora_B" in k)  # trained, not the zero init
-    # Resume from the run dir: continues at step 4 and finishes at step 6 with new weights.
-    output = train(run, data, *fsdp, "trainer.max_steps=6", f"resume={run}")
+    # Resume from the run dir: continues at step 4 and finishes at step 6 with new weights; then the
+    # test split is evaluated by generation on the sharded model (ranks step in sync) and gathered.
+    output = train(run, data, *fsdp, "trainer.max_steps=6", f"resume={run}", "test=true")
     resumed = dcp_state(last, tmp_path / "step6.pt")
     assert torch.load(last / "meta.pt", weights_only=False)["global_step"] == 6
     assert any(not torch.equal(resumed["state_dict"][k], saved[k]) for k in saved)
     assert "Restoring states from the checkpoint path" in output or "Restored all states" in output
+    assert "test (generated answers vs baselines)" in output
+    tested = list(csv.DictReader(open(run / "predictions" / "test.csv")))
+    assert len(tested) == 8  # the whole test split, each product once
 
 
 def test_multirun_refuses_multi_process_strategies_before_any_work(tmp_path):

@@ -262,20 +262,34 @@ def read_offline_run(run_dir: Path, run_id: str) -> dict:
     return out
 
 
+def with_ddp(config: dict) -> dict:
+    """The sweep as an agent owning two devices runs it (README): DDP overrides before the sampled args;
+    here two CPU processes stand in for two GPUs."""
+    command = list(config["command"])
+    at = command.index("${args_no_hyphens}")
+    command[at:at] = ["hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2"]
+    return {**config, "command": command}
+
+
 @pytest.mark.slow
 def test_agent_runs_train_and_log_into_their_sweep_runs(tmp_path):
+    """Two proposals, the second after feeding back the first's result; the second runs as an agent
+    with two devices does (DDP, 2 processes): still exactly one W&B run, the agent's."""
     metric = SWEEP["metric"]["name"]
     config = tiny_sweep(tmp_path / "data")
     sweep_id = "tst" + str(os.getpid())[-5:]
     finished: list[sweeps.SweepRun] = []
-    for _ in range(2):
+    for attempt in range(2):
         proposal = sweeps.next_run(config, finished, validate=True)
         assert proposal is not None and set(proposal.config) == set(SWEEP["parameters"])
         assert all(p.config != proposal.config for p in finished)  # the engine moved on
-        run_id, args = run_as_agent(config, proposal, tmp_path, sweep_id)
+        run_id, args = run_as_agent(config if attempt == 0 else with_ddp(config), proposal, tmp_path, sweep_id)
 
         run_dir = tmp_path / "outputs" / "sweeps" / sweep_id / run_id  # the command's hydra.run.dir
         assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, whatever the ranks
+        if attempt == 1:
+            assert (run_dir / "train_ddp_process_1.log").is_file()  # rank 1 ran, in the same run dir
         logged = read_offline_run(run_dir, run_id)
         assert (logged["run"].run_id, logged["run"].sweep_id) == (run_id, sweep_id)  # the agent's run
         assert logged["exit_code"] == 0

@@ -43,10 +43,10 @@ class ShardingSpec:
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
-    """The modules that become their own FSDP unit: instances of the model's `_no_split_modules`."""
-    names = set()
-    for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or [])
+    """The modules that become their own FSDP unit: instances of the model's `_no_split_modules`
+    (the outer model's list: a PEFT wrapper forwards the attribute; inner models' lists, such as
+    CLIP's, name finer pieces)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
     units = [module for module in model.modules() if type(module).__name__ in names]
     if not units:
         raise ValueError(f"{type(model).__name__} declares no _no_split_modules: nothing to shard layer by layer")
