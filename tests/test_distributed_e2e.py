@@ -2,7 +2,8 @@
 
 - 2-process DDP matches one process with the same global batch (per-step training loss, validation
   loss and generated-answer metrics), with one run dir and one adapter;
-- two "nodes" launched by torchrun on 127.0.0.1 share one run dir named by rank 0's start time;
+- two "nodes" launched by torchrun, or started as SLURM tasks, on 127.0.0.1 share one run dir named by
+  rank 0's start time;
 - FSDP2 on 2 processes trains, exports the gathered LoRA weights and resumes from its sharded checkpoint;
 - Hydra multirun gives every job its own dir and W&B run, and refuses multi-process strategies early.
 """
@@ -72,33 +73,47 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_nodes_launched_by_torchrun_share_one_run_dir(tmp_path):
-    """Two torchrun launches with --nnodes=2 (one process each), as on two machines; node 1 starts
-    later, so run dirs named by each process's own clock would differ."""
-    work = tmp_path / "work"
-    work.mkdir()
+def node_commands(launcher: str, tmp_path: Path) -> list[tuple[list[str], dict]]:
+    """(argv, environment) of the two nodes: two torchrun launches, or the two tasks srun would start
+    (the SLURM variables srun sets for `--nodes=2 --ntasks-per-node=1`)."""
     port = free_port()
-    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-               "--master-addr=127.0.0.1", f"--master-port={port}"]
+    base = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    for variable in [v for v in base if v.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        base.pop(variable)
     arguments = [str(REPO / "train.py"), f"data.data_dir={tmp_path / 'data'}", *SMALL, "hardware=multinode",
                  "hardware.accelerator=cpu", "hardware.devices=1", "hardware.precision=32-true",
                  "trainer.max_steps=2", "trainer.val_check_interval=2", "test=false", "logger=none"]
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                   "--master-addr=127.0.0.1", f"--master-port={port}"]
+        return [([*command, f"--node-rank={node}", *arguments], base) for node in (0, 1)]
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "phi3v", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_NNODES": "2", "SLURM_NODELIST": "127.0.0.1", "SLURM_LOCALID": "0", "MASTER_PORT": str(port)}
+    return [([sys.executable, *arguments], {**base, **slurm, "SLURM_PROCID": str(node), "SLURM_NODEID": str(node)})
+            for node in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
+def test_two_nodes_launched_externally_share_one_run_dir(launcher, tmp_path):
+    """Two nodes of one process each, started by torchrun (--nnodes=2) or as SLURM tasks, on 127.0.0.1.
+    Node 1 starts later, so run dirs named by each process's own clock would differ."""
+    work = tmp_path / "work"
+    work.mkdir()
     nodes = []
-    for node_rank in (0, 1):
-        nodes.append(subprocess.Popen([*command, f"--node-rank={node_rank}", *arguments], cwd=work, env=environment,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for command, environment in node_commands(launcher, tmp_path):
+        nodes.append(subprocess.Popen(command, cwd=work, env=environment, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
         time.sleep(2.5)
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     for node, output in zip(nodes, outputs):
         assert node.returncode == 0, output[-4000:]
     runs = [p.parent for p in (work / "outputs").glob("*/*/.hydra")]
     assert len(runs) == 1, sorted(str(p) for p in (work / "outputs").rglob("*"))
+    assert len([p for p in (work / "outputs").glob("*/*") if p.is_dir()]) == 1  # no second run dir
     run = runs[0]
     assert (run / "train_rank_1.log").is_file()  # rank 1 logged into rank 0's run dir
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "splits.json").is_file()
-    assert len([p for p in (work / "outputs").rglob("*") if p.is_dir() and p.parent.parent == work / "outputs"]) == 1
 
 
 def dcp_state(checkpoint_dir: Path, target: Path) -> dict:

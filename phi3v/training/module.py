@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ class Phi3VLitModule(L.LightningModule):
         self.log("train/loss", mean, prog_bar=True, batch_size=max(samples, 1))
         self.log("train/skipped_images", float(meta["skipped_images"]), reduce_fx="sum", batch_size=max(samples, 1))
         self._log_throughput(int(totals[2]), int(totals[3]))
+        self.log("train/peak_memory_gib", peak_memory_gib(self.device), batch_size=max(samples, 1))
         return loss
 
     def _all_reduce_sum(self, values: torch.Tensor) -> int:
@@ -255,6 +257,13 @@ class Phi3VLitModule(L.LightningModule):
             restore_rng(checkpoint["rng"])
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
 
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory of this process so far: allocated GPU memory on CUDA, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def capture_rng() -> dict:
