@@ -82,7 +82,10 @@ def node_commands(launcher: str, tmp_path: Path) -> list[tuple[list[str], dict]]
         base.pop(variable)
     arguments = [str(REPO / "train.py"), f"data.data_dir={tmp_path / 'data'}", *SMALL, "hardware=multinode",
                  "hardware.accelerator=cpu", "hardware.devices=1", "hardware.precision=32-true",
-                 "trainer.max_steps=2", "trainer.val_check_interval=2", "test=false", "logger=none"]
+                 "trainer.max_steps=2", "trainer.val_check_interval=2", "test=false", "logger=none",
+                 # LoRA in the CLIP tower too: DDP (find_unused_parameters=false) must find a gradient for
+                 # every trainable weight, which holds because the unused last CLIP layer gets no adapter
+                 "model.lora.vision=true", "model.lora.modules_to_save=[lm_head]"]
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
                    "--master-addr=127.0.0.1", f"--master-port={port}"]
