@@ -167,3 +167,26 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(processor, batch, monkey
     step_with(float("nan"))
     with pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
         step_with(float("nan"))
+
+
+def test_a_rank_without_supervised_rows_still_backpropagates_through_every_weight(processor, batch, monkeypatch):
+    """Under DDP, a rank whose rows are all padding/unreadable must still give every trainable weight a
+    (zero) gradient, or the gradient all-reduce would wait for it. The other rank is simulated by an
+    all-reduce that adds its (loss sum, tokens, samples, tokens) totals."""
+    module = make_module(processor)
+    module.configure_model()
+
+    class TwoRanks:
+        world_size = 2
+
+    other_rank = torch.tensor([20.0, 10.0, 2.0, 500.0])
+    monkeypatch.setattr(Phi3VLitModule, "trainer", property(lambda self: TwoRanks()))
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda values, op=None: values.add_(other_rank))
+    loss = module.training_step(training_batch(batch, [False, False]), 0)
+    assert loss is not None and float(loss) == 0.0
+    loss.backward()
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and not parameter.grad.any(), name

@@ -125,9 +125,9 @@ class Phi3VLitModule(L.LightningModule):
         self.nonfinite_in_a_row = 0
         # DDP and FSDP average gradients over ranks: scaling by world / global tokens makes the averaged
         # gradient that of the global token mean, exactly what one process with the whole batch computes.
-        # A rank without supervised tokens (unreadable images, padding) contributes logits * 0, so every
-        # parameter still takes part in backward.
-        loss = token_loss_sum * (world / global_tokens) + output.logits.sum() * 0.0
+        # A rank without supervised tokens (unreadable images, padding) has an empty sum that still hangs
+        # off the logits: its backward gives every weight a zero gradient, so the all-reduce completes.
+        loss = token_loss_sum * (world / global_tokens)
         self.log("train/loss", mean, prog_bar=True, batch_size=max(samples, 1))
         self.log("train/skipped_images", float(meta["skipped_images"]), reduce_fx="sum", batch_size=max(samples, 1))
         self._log_throughput(int(totals[2]), int(totals[3]))
