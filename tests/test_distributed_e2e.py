@@ -131,7 +131,8 @@ def dcp_state(checkpoint_dir: Path, target: Path) -> dict:
 @pytest.mark.slow
 def test_fsdp_on_two_processes_trains_exports_the_gathered_adapter_and_resumes(tmp_path):
     data, run = tmp_path / "data", tmp_path / "fsdp"
-    fsdp = ["hardware=fsdp", "hardware.accelerator=cpu", "hardware.devices=2",
+    # bf16-mixed: FSDP gathers weights in bf16 (MixedPrecisionPolicy), reduces gradients in fp32
+    fsdp = ["hardware=fsdp", "hardware.accelerator=cpu", "hardware.devices=2", "hardware.precision=bf16-mixed",
             "model.spec.activation_checkpointing=true", "data.batch_size=2", "logger=none", "test=false",
             "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=4"]
     train(run, data, *fsdp, "trainer.max_steps=4")
