@@ -422,3 +422,19 @@ def test_from_pretrained_without_config_uses_defaults(tmp_path):
         Phi3VImageProcessor.from_pretrained(tmp_path, crops=4)
     with pytest.raises(ValueError, match="num_crops must be >= 1, got 0"):
         Phi3VImageProcessor.from_pretrained(tmp_path, num_crops=0)
+
+
+def test_band_export_fallback_gives_identical_pixels(monkeypatch):
+    """Images Pillow cannot export through Arrow (older Pillow, rows in several memory blocks) take
+    the per-band tobytes path: same pixels."""
+    import phi3v.modeling.image_processing as image_processing
+
+    processor = Phi3VImageProcessor(num_crops=4)
+    images = [noise_image(700, 500), noise_image(300, 640)]
+    fast = processor(images)["pixel_values"]
+
+    def not_exportable(_band):
+        raise ValueError("Image rows are not contiguous in memory")
+
+    monkeypatch.setattr(image_processing.pa, "array", not_exportable)
+    assert torch.equal(processor(images)["pixel_values"], fast)
