@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -91,7 +92,7 @@ def sharding_spec(cfg: DictConfig) -> ShardingSpec:
     if spec.param_dtype is None:
         precision = str(cfg.hardware.precision)
         dtype = "bfloat16" if precision.startswith("bf16") else "float16" if precision.startswith("16") else None
-        spec = ShardingSpec(spec.reshard_after_forward, dtype, spec.reduce_dtype)
+        spec = replace(spec, param_dtype=dtype)
     return spec
 
 

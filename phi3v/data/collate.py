@@ -26,7 +26,8 @@ from .dataset import Sample
 from .prompts import PromptTemplate
 
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "labels")
-PLACEHOLDER_SIDE = 336  # one CLIP crop: the cheapest photo the model accepts
+# Stands in for an unreadable photo: one CLIP crop (the cheapest photo the model accepts), white.
+PLACEHOLDER = Image.new("RGB", (336, 336), "white")
 
 
 class Phi3VBatch(TypedDict, total=False):
@@ -73,8 +74,7 @@ class Phi3VCollator:
     def __call__(self, samples: list[Sample]) -> dict:
         if not samples:
             raise ValueError("empty batch: the sampler yielded no indices")
-        placeholder = Image.new("RGB", (PLACEHOLDER_SIDE, PLACEHOLDER_SIDE), "white")
-        vision = self.processor.image_processor([s.image or placeholder for s in samples])
+        vision = self.processor.image_processor([PLACEHOLDER if s.image is None else s.image for s in samples])
         prompts = [self.prompt] * len(samples)
         counts = [[n] for n in vision["num_img_tokens"]]
         targets = [self.template.target(s.title, s.category, s.price) for s in samples]

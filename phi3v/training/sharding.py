@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .lora import trainable_parameter_names
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -81,7 +83,7 @@ def gathered_adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     as the unused last CLIP layer included: PEFT saves those copies whole); for a fully trained
     model, everything. The frozen base is never gathered: it would move the whole 4.2B-parameter
     model to every rank."""
-    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    trainable = set(trainable_parameter_names(model))
     everything = not hasattr(model, "peft_config")
     return {
         name: full_tensor(value.detach()).cpu()

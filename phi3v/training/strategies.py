@@ -18,6 +18,8 @@ import torch
 from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 
+from .lora import trainable_parameter_names
+
 STRATEGIES = ("auto", "ddp", "fsdp")
 
 
@@ -104,7 +106,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
         if not (path / _METADATA_FILENAME).is_file():
             raise FileNotFoundError(f"{path} is not an FSDP checkpoint folder (no {_METADATA_FILENAME}); resume= "
                                     "a checkpoint written by a hardware=fsdp run")
-        trainable = {name for name, p in self.lightning_module.named_parameters() if p.requires_grad}
+        trainable = set(trainable_parameter_names(self.lightning_module))
         weights = {k: v for k, v in get_model_state_dict(self.lightning_module).items() if k in trainable}
         load({"state_dict": weights}, checkpoint_id=path)  # fails naming any trainable key the folder lacks
         set_model_state_dict(self.lightning_module, weights, options=StateDictOptions(strict=False))
