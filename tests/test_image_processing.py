@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+import phi3v.modeling.image_processing as image_processing
 from phi3v.modeling.image_processing import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -74,6 +75,15 @@ def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
+@pytest.fixture(params=["c-kernels", "no-c-kernels"])
+def kernels(request, monkeypatch) -> str:
+    """Run a test with the C kernels (where built) and with the Pillow + numpy path that machines
+    without a C compiler get (tests/test_image_kernels.py checks the kernels are built here)."""
+    if request.param == "no-c-kernels":
+        monkeypatch.setattr(image_processing, "_hd_canvas", None)
+    return request.param
+
+
 # ---- golden images --------------------------------------------------------------------------------
 def test_golden_image_set_is_complete():
     expected = {"extreme_64x900", "gray_333x222", "landscape_300x200", "portrait_200x640"}
@@ -81,7 +91,7 @@ def test_golden_image_set_is_complete():
 
 
 @pytest.mark.parametrize("name", IMAGE_NAMES)
-def test_hd_canvas_equals_golden_png(name):
+def test_hd_canvas_equals_golden_png(name, kernels):
     expected = np.asarray(Image.open(GOLDEN / "images" / "hd_canvas" / f"{name}.png").convert("RGB"))
     canvas = Phi3VImageProcessor().hd_canvas(golden_image(name))
     assert canvas.dtype == np.uint8
@@ -221,7 +231,7 @@ GRIDS += [(700, 700, 4), (480, 700, 9), (1000, 140, 7)]
 
 
 @pytest.mark.parametrize(("width", "height", "num_crops"), GRIDS)
-def test_fast_path_equals_straightforward_reference(width, height, num_crops):
+def test_fast_path_equals_straightforward_reference(width, height, num_crops, kernels):
     processor = Phi3VImageProcessor(num_crops=num_crops)
     image = noise_image(width, height)
     pixels = processor(image)["pixel_values"][0]
@@ -230,7 +240,7 @@ def test_fast_path_equals_straightforward_reference(width, height, num_crops):
     torch.testing.assert_close(pixels[0], expected[0], rtol=0, atol=GLOBAL_ATOL)
 
 
-def test_normalisation_is_bit_identical_for_every_byte_value():
+def test_normalisation_is_bit_identical_for_every_byte_value(kernels):
     levels = np.arange(256, dtype=np.uint8)
     image = Image.fromarray(
         np.stack([levels, levels[::-1], np.roll(levels, 7)], axis=-1)[None].repeat(256, 0)
@@ -242,7 +252,7 @@ def test_normalisation_is_bit_identical_for_every_byte_value():
     assert torch.equal(processor(image)["pixel_values"][0, 1], expected[1])
 
 
-def test_threads_get_identical_results():
+def test_threads_get_identical_results(kernels):
     images = [noise_image(700, 500, seed) for seed in range(4)]
     processor = Phi3VImageProcessor(num_crops=6)
     sequential = [processor(image)["pixel_values"] for image in images]
