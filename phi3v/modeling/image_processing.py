@@ -384,7 +384,7 @@ def _empty_float32(shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
 def _render_planes(rgb: Image.Image, geometry: HDGeometry) -> Planes:
     """The uint8 canvas in the image's own orientation: transpose if portrait, resize, transpose
     back, pad with white. The planes are read-only, and views of a per-thread workspace (the next
-    call overwrites them) when the image needs padding."""
+    call overwrites them) when the C kernels render them or the image needs padding."""
     if _hd_canvas is not None and _hd_canvas.available():
         planes = _render_planes_natively(rgb, geometry)
         if planes is not None:
