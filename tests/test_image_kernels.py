@@ -47,8 +47,9 @@ def test_kernels_are_built():
     assert KERNELS is not None, "phi3v.modeling._hd_canvas is not built: reinstall with a C compiler (make install)"
 
 
-@needs_avx2
-def test_processor_uses_the_native_resize(monkeypatch):
+@pytest.fixture
+def render_calls(monkeypatch) -> list[tuple]:
+    """The (width, height, source type) of every render_canvas call the processor makes."""
     calls = []
 
     class Spy:
@@ -57,12 +58,17 @@ def test_processor_uses_the_native_resize(monkeypatch):
 
         @staticmethod
         def render_canvas(*args):
-            calls.append(args[1:3])
+            calls.append((*args[1:3], type(args[0]).__name__))
             return KERNELS.render_canvas(*args)
 
     monkeypatch.setattr(image_processing, "_hd_canvas", Spy)
+    return calls
+
+
+@needs_avx2
+def test_processor_uses_the_native_resize(render_calls):
     Phi3VImageProcessor(num_crops=4)([noise_image(500, 300), noise_image(200, 640)])
-    assert calls == [(500, 300), (200, 640)]
+    assert render_calls == [(500, 300, "memoryview"), (200, 640, "memoryview")]
 
 
 # (width, height, num_crops): downscales and upscales on both axes, portrait and landscape, axes the
@@ -120,11 +126,11 @@ def test_lazily_loaded_file_is_read(tmp_path):
 
 
 @needs_avx2
-def test_image_in_several_memory_blocks_takes_the_pillow_path(monkeypatch):
-    """Pillow stores big images in several blocks, which it cannot export without a copy."""
+def test_image_in_several_memory_blocks_is_copied_then_resized_natively(render_calls):
+    """Pillow keeps big images in several memory blocks, which it cannot export without a copy."""
     image = noise_image(700, 500, seed=4)
     expected = pillow_canvas(image, 4)
-    Image.core.set_block_size(4096)  # 1,400 pixels a block: the 500 rows span many blocks
+    Image.core.set_block_size(4096)  # 1,024 pixels a block: the 500 rows span many blocks
     try:
         blocked = Image.frombytes("RGB", image.size, image.tobytes())
     finally:
@@ -132,6 +138,8 @@ def test_image_in_several_memory_blocks_takes_the_pillow_path(monkeypatch):
     with pytest.raises(ValueError, match="not contiguous"):
         image_processing.pa.array(blocked)
     assert np.array_equal(Phi3VImageProcessor(num_crops=4).hd_canvas(blocked), expected)
+    assert np.array_equal(Phi3VImageProcessor(num_crops=4).hd_canvas(image), expected)
+    assert render_calls == [(700, 500, "bytes"), (700, 500, "memoryview")]  # copied, then read in place
 
 
 @needs_avx2

@@ -434,11 +434,9 @@ def test_from_pretrained_without_config_uses_defaults(tmp_path):
         Phi3VImageProcessor.from_pretrained(tmp_path, num_crops=0)
 
 
-def test_band_export_fallback_gives_identical_pixels(monkeypatch):
-    """Images Pillow cannot export through Arrow (older Pillow, rows in several memory blocks) take
-    the per-band tobytes path: same pixels."""
-    import phi3v.modeling.image_processing as image_processing
-
+def test_band_export_fallback_gives_identical_pixels(monkeypatch, kernels):
+    """Images Pillow cannot export through Arrow (older Pillow, rows in several memory blocks) are
+    copied out with tobytes (whole for the C kernels, per band otherwise): same pixels."""
     processor = Phi3VImageProcessor(num_crops=4)
     images = [noise_image(700, 500), noise_image(300, 640)]
     fast = processor(images)["pixel_values"]
