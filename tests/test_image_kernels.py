@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_image_processing import noise_image
 
 import phi3v.modeling.image_processing as image_processing
 from phi3v.modeling.image_processing import Phi3VImageProcessor, hd_geometry
 
 KERNELS = image_processing._hd_canvas
-
-
-def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def pillow_canvas(image: Image.Image, num_crops: int) -> np.ndarray:

@@ -399,9 +399,7 @@ def _render_planes(rgb: Image.Image, geometry: HDGeometry) -> Planes:
     bands = _bands(image)
     if geometry.padded_height == geometry.height:
         return bands  # no padding: the canvas is the image, used without a copy
-    canvas_width, canvas_height = geometry.canvas_size
-    (canvas,) = _workspace("canvas", ((3, canvas_height, canvas_width), np.uint8))
-    before = (geometry.padded_height - geometry.height) // 2  # the floor of half the padding
+    canvas, before = _canvas_workspace(geometry)
     after = before + geometry.height
     # The padded axis: rows (top/bottom) of a landscape image, columns (left/right) of a portrait.
     padded = canvas.transpose(0, 2, 1) if geometry.transposed else canvas
@@ -420,21 +418,10 @@ def _render_planes_natively(rgb: Image.Image, geometry: HDGeometry) -> Planes:
     memory blocks, which it cannot export so: those (and all images on older Pillow) are copied out
     first, ~1.3 ms a megapixel. Measured for a 3000x2000 photo at num_crops 16: 8 ms of copy, 30 ms
     for the whole processor, 65 ms with Pillow's resize."""
-    source: memoryview | bytes | None = None
-    if hasattr(rgb, "__arrow_c_array__"):
-        try:
-            exported = pa.array(rgb)
-        except ValueError:  # "Image rows are not contiguous in memory"
-            exported = None
-        if exported is not None and exported.type.list_size == 4:  # 4 bytes a pixel, as Pillow stores RGB
-            pixels = exported.values
-            start = pixels.offset + 4 * exported.offset
-            source = memoryview(pixels.buffers()[1])[start : start + 4 * rgb.width * rgb.height]
+    source = _exported_pixels(rgb, 4)
     if source is None:
         source = rgb.tobytes("raw", "RGBX")
-    canvas_width, canvas_height = geometry.canvas_size
-    (canvas,) = _workspace("canvas", ((3, canvas_height, canvas_width), np.uint8))
-    before = (geometry.padded_height - geometry.height) // 2  # the floor of half the padding
+    canvas, before = _canvas_workspace(geometry)
     _hd_canvas.render_canvas(
         source, rgb.width, rgb.height, 4 * rgb.width, geometry.transposed, geometry.width, geometry.height, before,
         canvas,
@@ -452,19 +439,40 @@ def _bands(image: Image.Image) -> Planes:
     join). Measured 0.2 ms an image faster for 672x672 canvases, 1.6 ms for 1344x1344. Images
     whose rows span several memory blocks (bands over 16 MB by default) are not exportable."""
     shape = (image.height, image.width)
-    if hasattr(image, "__arrow_c_array__"):
-        try:
-            exported = [pa.array(band) for band in image.split()]
-        except ValueError:  # "Image rows are not contiguous in memory"
-            pass
-        else:
-            return tuple(
-                np.frombuffer(band.buffers()[1], np.uint8, math.prod(shape), band.offset).reshape(shape)
-                for band in exported
-            )
+    exported = [_exported_pixels(band, 1) for band in image.split()] if hasattr(image, "__arrow_c_array__") else [None]
+    if all(band is not None for band in exported):
+        return tuple(np.frombuffer(band, np.uint8).reshape(shape) for band in exported)
     # Older Pillow or multi-block image: one band per raw-encoder call, 2x faster than split() +
     # np.asarray and 5x faster than numpy's HWC -> CHW transpose of np.asarray(image).
     return tuple(np.frombuffer(image.tobytes("raw", band), np.uint8).reshape(shape) for band in "RGB")
+
+
+def _canvas_workspace(geometry: HDGeometry) -> tuple[np.ndarray, int]:
+    """(canvas, before): the per-thread (3, H, W) uint8 canvas workspace for `geometry`, and where
+    the resized image starts along the padded axis (the floor of half the padding)."""
+    canvas_width, canvas_height = geometry.canvas_size
+    (canvas,) = _workspace("canvas", ((3, canvas_height, canvas_width), np.uint8))
+    return canvas, (geometry.padded_height - geometry.height) // 2
+
+
+def _exported_pixels(image: Image.Image, bytes_per_pixel: int) -> memoryview | None:
+    """The pixel bytes of `image` without a copy, through the Arrow C data interface of Pillow >=
+    11.2 (pyarrow wraps the image's own memory): 1 byte a pixel for a single band, 4 (R, G, B, X)
+    for RGB. None when the image cannot be exported so (older Pillow, or rows in several memory
+    blocks: images over 16 MB by default) or its layout is not `bytes_per_pixel`."""
+    if not hasattr(image, "__arrow_c_array__"):
+        return None
+    try:
+        exported = pa.array(image)
+    except ValueError:  # "Image rows are not contiguous in memory"
+        return None
+    values, offset = exported, exported.offset
+    if pa.types.is_fixed_size_list(exported.type):  # multi-band: one list of bytes a pixel
+        values, offset = exported.values, exported.values.offset + exported.type.list_size * exported.offset
+    length = bytes_per_pixel * image.width * image.height
+    if values.type != pa.uint8() or len(values) - (offset - values.offset) < length:
+        return None
+    return memoryview(values.buffers()[1])[offset : offset + length]
 
 
 def _positive_int(name: str, value: object) -> int:
