@@ -1,4 +1,11 @@
-"""Named model presets. `tiny` is a randomly initialised Phi-3-V with the real geometry.
+"""Named model presets: randomly initialised models built from files shipped in the package.
+
+- `tiny`: the real geometry with small widths and depths (CPU demo, tests).
+- `random:phi3v` / `random:phi35v`: the exact released architectures of Phi-3-vision-128k-instruct and
+  Phi-3.5-vision-instruct (4.15B parameters) with random weights, from their released config.json,
+  tokenizer and preprocessor files. They need no download: benchmarks, memory checks and real-shape
+  tests run offline. They are built on the meta device and materialised once, directly in the
+  target dtype and on the target device (no float32 copy of 4B weights first).
 
 The tiny preset keeps everything that shapes the data path of the real model (336 px crops, 14 px
 patches, 144 tokens per crop, the HD layout, longrope, the Phi-3 chat tokens) and shrinks only the
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -18,8 +26,24 @@ import torch
 
 from .configuration import Phi3VConfig
 
-TINY_DIR = Path(str(resources.files("phi3v") / "assets" / "tiny"))
-PRESETS = {"tiny": TINY_DIR}
+ASSETS = Path(str(resources.files("phi3v") / "assets"))
+TINY_DIR = ASSETS / "tiny"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Where a preset's files are: config.json + preprocessor_config.json, and the tokenizer files."""
+
+    directory: Path
+    tokenizer_directory: Path
+
+
+# Phi-3.5-V uses Phi-3-V's tokenizer unchanged (same 32,064 ids); its file is shipped once.
+PRESETS = {
+    "tiny": Preset(TINY_DIR, TINY_DIR),
+    "random:phi3v": Preset(ASSETS / "phi3v", ASSETS / "phi3v"),
+    "random:phi35v": Preset(ASSETS / "phi35v", ASSETS / "phi3v"),
+}
 
 # Chat tokens in the order of the real tokenizer; `<|assistant|>` eats the whitespace after it.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
@@ -27,18 +51,28 @@ RSTRIP_TOKENS = {"<|assistant|>"}
 BPE_MERGE_VOCAB = 640  # learned subwords on top of 3 control + 256 byte tokens; ~2x shorter texts
 
 
-def preset_dir(name: str) -> Path:
-    """Directory of a named preset (config, tokenizer and preprocessor files)."""
+def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 
-def tiny_config(**overrides) -> Phi3VConfig:
-    """The tiny preset's config; keyword overrides change single fields (e.g. num_hidden_layers=1)."""
-    values = json.loads((TINY_DIR / "config.json").read_text())
+def preset_dir(name: str) -> Path:
+    """Directory of a named preset (config and preprocessor files; the tokenizer too, except for
+    random:phi35v, whose tokenizer is random:phi3v's: see `preset(name).tokenizer_directory`)."""
+    return preset(name).directory
+
+
+def preset_config(name: str, **overrides) -> Phi3VConfig:
+    """A preset's config; keyword overrides change single fields (e.g. num_hidden_layers=2)."""
+    values = json.loads((preset_dir(name) / "config.json").read_text())
     values.update(overrides)
     return Phi3VConfig(**values)
+
+
+def tiny_config(**overrides) -> Phi3VConfig:
+    """The tiny preset's config; keyword overrides change single fields (e.g. num_hidden_layers=1)."""
+    return preset_config("tiny", **overrides)
 
 
 def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **config_overrides):
@@ -56,6 +90,45 @@ def build_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **config
             embedding.glb_GN.normal_(std=config.initializer_range)
             embedding.sub_GN.normal_(std=config.initializer_range)
     return model.to(dtype)
+
+
+def build_random_model(
+    name: str,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    **config_overrides,
+):
+    """A preset's architecture with random weights, identical for the same seed, dtype and device.
+
+    The modules are created on the meta device (no memory), allocated once in `dtype` on `device`,
+    then initialised in place by the model's own `_init_weights` (normal(0, initializer_range) for
+    linear and embedding weights, ones/zeros for norms, the rotary tables recomputed in float32).
+    Peak memory is the weights' bytes plus the largest single tensor's initialisation scratch.
+    `config_overrides` shrink it for tests: e.g. `num_hidden_layers=2` keeps the real widths.
+    """
+    from .modeling import Phi3VForCausalLM
+
+    config = preset_config(name, **config_overrides)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # floating parameters are created in dtype; rotary buffers stay fp32
+    try:
+        with torch.device("meta"):
+            model = Phi3VForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    device = torch.device(device)
+    if device.type == "meta":  # structure only: shapes, names, parameter counts, no memory
+        return model
+    model.to_empty(device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model.initialize_weights()
+        embedding = model.model.vision_embed_tokens
+        with torch.no_grad():  # random separators, as in build_tiny_model (zeros equal padding)
+            embedding.glb_GN.normal_(std=config.initializer_range)
+            embedding.sub_GN.normal_(std=config.initializer_range)
+    return model
 
 
 # ---- the tiny tokenizer (generation of the shipped asset) -------------------------------------

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor, build_tiny_model, preset_dir
-from phi3v.modeling.presets import PRESETS
+from phi3v.modeling import Phi3VForCausalLM, Phi3VImageProcessor, Phi3VProcessor, build_tiny_model, load_tokenizer
+from phi3v.modeling.presets import PRESETS, build_random_model, preset
 
 SPEC_FILE = "model_spec.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -21,7 +21,8 @@ class ModelSpec:
     """A base model: a named preset (random init from `seed`) or a hub id / local snapshot.
 
     Args:
-        name_or_path: "tiny", "microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct"
+        name_or_path: "tiny", "random:phi3v" / "random:phi35v" (the released architectures with random
+            weights, no download), "microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct"
             or a local snapshot directory.
         seed: initialisation seed of presets (ignored for pretrained weights).
         dtype: weights dtype: float32, bfloat16 or float16.
@@ -62,10 +63,19 @@ class ModelSpec:
         return cls(**json.loads(path.read_text()))
 
 
-def load_base_model(spec: ModelSpec) -> Phi3VForCausalLM:
-    """The base model with every parameter frozen-or-not as loaded (LoRA decides later)."""
-    if spec.is_preset:
+def load_base_model(spec: ModelSpec, device: str | torch.device | None = None) -> Phi3VForCausalLM:
+    """The base model with every parameter frozen-or-not as loaded (LoRA decides later).
+
+    `device` (default: torch's current default device, which Lightning sets to the rank's GPU inside
+    `configure_model`) is where the random presets' weights are allocated and initialised, so a 4B
+    model is built on the GPU directly; pretrained weights load on the CPU and move with the trainer.
+    """
+    device = torch.get_default_device() if device is None else device
+    if spec.name_or_path == "tiny":
         model = build_tiny_model(seed=spec.seed, dtype=DTYPES[spec.dtype])
+        model.set_attn_implementation(spec.attn_implementation)
+    elif spec.is_preset:
+        model = build_random_model(spec.name_or_path, seed=spec.seed, dtype=DTYPES[spec.dtype], device=device)
         model.set_attn_implementation(spec.attn_implementation)
     else:
         model = Phi3VForCausalLM.from_pretrained(
@@ -77,5 +87,9 @@ def load_base_model(spec: ModelSpec) -> Phi3VForCausalLM:
 
 
 def load_processor(spec: ModelSpec) -> Phi3VProcessor:
-    source = preset_dir(spec.name_or_path) if spec.is_preset else spec.name_or_path
-    return Phi3VProcessor.from_pretrained(source, num_crops=spec.num_crops)
+    if not spec.is_preset:
+        return Phi3VProcessor.from_pretrained(spec.name_or_path, num_crops=spec.num_crops)
+    files = preset(spec.name_or_path)
+    overrides = {} if spec.num_crops is None else {"num_crops": spec.num_crops}
+    image_processor = Phi3VImageProcessor.from_pretrained(files.directory, **overrides)
+    return Phi3VProcessor(image_processor, load_tokenizer(files.tokenizer_directory))
