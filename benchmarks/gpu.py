@@ -1,0 +1,275 @@
+"""Training-step speed and memory of the real recipe on the real-size random model.
+
+Run on a GPU box: `python benchmarks/gpu.py` (random:phi3v in bf16, the grid below), or here on the
+CPU so it cannot rot: `python benchmarks/gpu.py --device cpu` (the tiny model in float32, a small grid).
+
+The grid is {LoRA bf16, QLoRA nf4} x {num_crops 4, 16} x {batch 1, 4} x {activation checkpointing off,
+on} x {sdpa, flash_attention_2 when the package imports}. Each cell trains the recipe's LoRA
+(conf/model/phi3v.yaml: r 32 on the decoder projections + the projector) with AdamW under bf16
+autocast, as `hardware.precision=bf16-mixed` does, on square 1000x1000 photos with a ~30-token answer
+(no padding), and reports the median over the timed steps after the warm-up.
+
+Model FLOPs per training step (MFU's numerator; recomputation under checkpointing is not counted):
+- decoder, per token: 2N forward + 2N backward to the inputs (the frozen base needs no weight
+  gradients), N = the decoder's linear weights incl. lm_head (3.82B); attention 4·L·s·d forward and
+  8·L·s·d backward per token (s = the row's length, L = 32 layers, d = 3072: causal masking halves
+  the real work, the convention counts it whole);
+- CLIP tower, frozen: forward only, 2·N_clip + 4·L_clip·577·1024 per CLIP token (577 per crop and
+  global view, N_clip = 0.30B, L_clip = 23 layers that feed the features);
+- projector (trained): 6·N_proj per image token.
+MFU = FLOPs / step time / the GPU's dense bf16 peak (989 TFLOP/s for H100 SXM and H200; `--peak-tflops`).
+
+Only torch, transformers, peft and phi3v.modeling / phi3v.training.lora / losses are imported: GPU
+boxes without hydra, omegaconf, wandb or datasets run it. Writes `gpu.md` and `gpu.json` to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from phi3v.data.prompts import PromptTemplate  # noqa: E402
+from phi3v.modeling.presets import build_random_model  # noqa: E402
+from phi3v.training.lora import LoraSpec, apply_lora  # noqa: E402
+from phi3v.training.losses import supervised_loss_sum  # noqa: E402
+from phi3v.training.model_spec import ModelSpec, load_processor  # noqa: E402
+
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+ANSWER = "Product: Vintage Check Cashmere Scarf, Category: Scarves, Full Price: 490.00"
+CLIP_TOKENS_PER_VIEW = 577  # (336 / 14)^2 patches + the class token
+
+
+@dataclass
+class Cell:
+    method: str
+    num_crops: int
+    batch: int
+    checkpointing: bool
+    attention: str
+    tokens_per_sample: int = 0
+    step_s: float | None = None
+    samples_per_s: float | None = None
+    tokens_per_s: float | None = None
+    tflops: float | None = None
+    mfu: float | None = None
+    peak_allocated_gib: float | None = None
+    peak_reserved_gib: float | None = None
+    note: str = ""
+
+
+def recipe_lora() -> LoraSpec:
+    """The LoRA settings of conf/model/phi3v.yaml, read from the file (no Hydra needed)."""
+    values = yaml.safe_load((REPO / "conf" / "model" / "phi3v.yaml").read_text())["lora"]
+    values.pop("_target_", None)
+    return LoraSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def build(method: str, preset: str, dtype: torch.dtype, device: torch.device):
+    """The base (random weights, built on the device) wrapped with the recipe's LoRA."""
+    base = build_random_model(preset, seed=0, dtype=dtype, device=device)
+    if method == "qlora":
+        from phi3v.modeling.quantization import quantize_decoder
+
+        base = quantize_decoder(base, "nf4", compute_dtype=dtype)
+    return apply_lora(base, recipe_lora())
+
+
+def method_available(method: str) -> str:
+    """Why a method cannot run here ('' when it can)."""
+    if method == "qlora":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "bitsandbytes not installed (pip install -e .[qlora])"
+        if importlib.util.find_spec("phi3v.modeling.quantization") is None:
+            return "phi3v.modeling.quantization missing"
+    return ""
+
+
+def attention_available(name: str) -> bool:
+    return name != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None
+
+
+def make_batch(processor, batch: int, device: torch.device) -> dict:
+    template = PromptTemplate()
+    photo = Image.effect_noise((1000, 1000), 64).convert("RGB")  # texture, so no crop is blank
+    encoded = processor([template.prompt()] * batch, [photo] * batch, answers=[ANSWER] * batch)
+    return {k: v.to(device, non_blocking=True) for k, v in encoded.items()}
+
+
+def step_flops(model, batch: dict) -> float:
+    """Model FLOPs of one training step (see the module docstring)."""
+    config = model.config
+    decoder = config.num_hidden_layers * (
+        config.hidden_size * (config.hidden_size + 2 * config.num_key_value_heads * config.hidden_size
+                              // config.num_attention_heads)
+        + config.hidden_size * config.hidden_size
+        + 3 * config.hidden_size * config.intermediate_size
+    ) + config.hidden_size * config.vocab_size
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    flops = 0.0
+    for s in lengths:
+        attention = 12 * config.num_hidden_layers * s * config.hidden_size
+        flops += s * (4 * decoder + attention)
+    vision = config.vision_config
+    clip_layers = vision.num_hidden_layers - 1  # features come from the second-to-last layer
+    clip_params = clip_layers * (4 * vision.hidden_size**2 + 2 * vision.hidden_size * vision.intermediate_size)
+    views = sum(int(h) // 336 * (int(w) // 336) + 1 for h, w in batch["image_sizes"].tolist())
+    clip_per_token = 2 * clip_params + 4 * clip_layers * CLIP_TOKENS_PER_VIEW * vision.hidden_size
+    flops += views * CLIP_TOKENS_PER_VIEW * clip_per_token
+    projector = sum(p.numel() for n, p in model.named_parameters() if "img_projection" in n and "lora" not in n)
+    image_tokens = int((batch["input_ids"] < 0).sum())
+    flops += 6 * projector * image_tokens
+    return flops
+
+
+def set_checkpointing(model, on: bool) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if on:
+        base.activation_checkpointing_enable()
+    else:
+        base.activation_checkpointing_disable()
+
+
+def run_cell(model, processor, cell: Cell, device: torch.device, warmup: int, steps: int, peak: float | None) -> None:
+    base = model.get_base_model()
+    base.set_attn_implementation(cell.attention)
+    set_checkpointing(model, cell.checkpointing)
+    batch = make_batch(processor, cell.batch, device)
+    cell.tokens_per_sample = int(batch["attention_mask"][0].sum())
+    labels = batch.pop("labels")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        with autocast:
+            logits = model(**batch, use_cache=False).logits
+            loss_sum, tokens = supervised_loss_sum(logits, labels)
+            loss = loss_sum / tokens
+        del logits
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+        if not torch.isfinite(loss):
+            cell.note = f"non-finite loss at step {i}"
+    cell.step_s = statistics.median(times)
+    cell.samples_per_s = cell.batch / cell.step_s
+    cell.tokens_per_s = cell.batch * cell.tokens_per_sample / cell.step_s
+    flops = step_flops(base, {**batch, "labels": labels})
+    cell.tflops = flops / cell.step_s / 1e12
+    cell.mfu = cell.tflops / peak if peak else None
+    if device.type == "cuda":
+        cell.peak_allocated_gib = torch.cuda.max_memory_allocated(device) / 2**30
+        cell.peak_reserved_gib = torch.cuda.max_memory_reserved(device) / 2**30
+    else:
+        cell.peak_allocated_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process RSS
+    del optimizer
+
+
+def markdown(cells: list[Cell], header: str) -> str:
+    lines = [header, "", "| method | crops | batch | ckpt | attention | tokens/sample | step s | samples/s | tokens/s "
+             "| TFLOP/s | MFU | peak alloc GiB | peak reserved GiB | note |", "|" + "---|" * 14]
+    for c in cells:
+        def f(value, fmt):
+            return "" if value is None else format(value, fmt)
+        lines.append(f"| {c.method} | {c.num_crops} | {c.batch} | {'on' if c.checkpointing else 'off'} | {c.attention} "
+                     f"| {c.tokens_per_sample} | {f(c.step_s, '.3f')} | {f(c.samples_per_s, '.2f')} "
+                     f"| {f(c.tokens_per_s, ',.0f')} | {f(c.tflops, '.1f')} | {f(c.mfu, '.1%')} "
+                     f"| {f(c.peak_allocated_gib, '.1f')} | {f(c.peak_reserved_gib, '.1f')} | {c.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--preset", default=None, help="random:phi3v (GPU default), random:phi35v, tiny (CPU default)")
+    parser.add_argument("--methods", default="lora,qlora")
+    parser.add_argument("--crops", default=None, help="comma list; GPU default 4,16, CPU default 1")
+    parser.add_argument("--batches", default=None, help="comma list; GPU default 1,4, CPU default 1,2")
+    parser.add_argument("--checkpointing", default="off,on")
+    parser.add_argument("--attention", default="sdpa,flash_attention_2")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    gpu = args.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --device cpu (the tiny model) or on a GPU machine")
+    device = torch.device(args.device)
+    preset = args.preset or ("random:phi3v" if gpu else "tiny")
+    dtype = torch.bfloat16 if gpu else torch.float32  # bf16 matmuls on CPU fall back to a naive kernel
+    crops = [int(c) for c in (args.crops or ("4,16" if gpu else "1")).split(",")]
+    batches = [int(b) for b in (args.batches or ("1,4" if gpu else "1,2")).split(",")]
+    warmup = args.warmup if args.warmup is not None else (2 if gpu else 1)
+    steps = args.steps if args.steps is not None else (5 if gpu else 2)
+    name = torch.cuda.get_device_name(device) if gpu else platform.processor() or "cpu"
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None) if gpu else None
+
+    cells: list[Cell] = []
+    for method in args.methods.split(","):
+        reason = method_available(method)
+        grid = [Cell(method, c, b, ck == "on", a) for c in crops for b in batches
+                for ck in args.checkpointing.split(",") for a in args.attention.split(",")]
+        if reason:
+            for cell in grid:
+                cell.note = f"skipped: {reason}"
+            cells += grid
+            continue
+        start = time.perf_counter()
+        model = build(method, preset, dtype, device)
+        built = time.perf_counter() - start
+        print(f"{method}: built {preset} in {built:.1f} s", flush=True)
+        for cell in grid:
+            if not attention_available(cell.attention):
+                cell.note = "skipped: flash-attn not installed"
+            else:
+                processor = load_processor(ModelSpec(name_or_path=preset, num_crops=cell.num_crops))
+                try:
+                    run_cell(model, processor, cell, device, warmup, steps, peak)
+                except torch.OutOfMemoryError:
+                    cell.note = "out of memory"
+                    gc.collect()
+                    torch.cuda.empty_cache()
+            cells.append(cell)
+            print(markdown([cell], "").splitlines()[-1], flush=True)
+        del model
+        gc.collect()
+        if gpu:
+            torch.cuda.empty_cache()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = (f"{preset} on {name} (torch {torch.__version__}, peak {peak} TFLOP/s bf16), "
+              f"warm-up {warmup}, median of {steps} steps")
+    (out / "gpu.md").write_text(markdown(cells, header))
+    (out / "gpu.json").write_text(json.dumps({"header": header, "cells": [asdict(c) for c in cells]}, indent=1))
+    print(markdown(cells, header))
+
+
+if __name__ == "__main__":
+    main()
