@@ -17,7 +17,7 @@ from golden_data import REAL_PHI3V, REAL_PHI35V
 from PIL import Image
 
 from phi3v.modeling.configuration import CLIP_VIT_L_14_336
-from phi3v.modeling.presets import build_random_model, preset
+from phi3v.modeling.presets import build_random_model, preset, random_tensors
 from phi3v.training.export import export_adapter, load_for_inference
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
@@ -60,6 +60,12 @@ def test_processor_of_a_random_preset_uses_the_released_files(name):
     assert load_processor(ModelSpec(name_or_path=name, num_crops=1)).image_processor.num_crops == 1
 
 
+def test_bf16_weights_are_the_float32_draws_rounded():
+    full = build_random_model("tiny", seed=1, dtype=torch.float32)
+    half = build_random_model("tiny", seed=1, dtype=torch.bfloat16)
+    assert torch.equal(half.lm_head.weight, full.lm_head.weight.to(torch.bfloat16))
+
+
 def test_random_model_is_seeded_and_initialised_everywhere():
     first = build_random_model("tiny", seed=3)
     again = build_random_model("tiny", seed=3)
@@ -70,8 +76,17 @@ def test_random_model_is_seeded_and_initialised_everywhere():
     # to_empty leaves garbage: every tensor must have been written by the initialisation
     for name, tensor in first.state_dict().items():
         assert torch.isfinite(tensor.float()).all(), name
+    std = first.config.initializer_range
+    for weight in (first.lm_head.weight, first.model.layers[0].mlp.down_proj.weight):
+        assert abs(float(weight.std()) - std) < 0.03 * std  # uniform with the configured variance
+        assert float(weight.abs().max()) <= std * 3**0.5
     norms = [m.weight for m in first.modules() if type(m).__name__ in ("Phi3RMSNorm", "LayerNorm")]
     assert norms and all(torch.equal(w, torch.ones_like(w)) for w in norms)
+    # only the generator's draws are random (the same on any device): everything else is a constant
+    drawn = {id(t) for t in random_tensors(first)}
+    for name, parameter in first.named_parameters():
+        if id(parameter) not in drawn:
+            assert parameter.unique().numel() == 1, name
     # rotary tables and CLIP position ids equal those of a normally constructed model
     reference = dict(build_random_model("tiny", device="meta").named_buffers())
     from phi3v.modeling import build_tiny_model

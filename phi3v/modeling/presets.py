@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .configuration import Phi3VConfig
 
@@ -99,12 +100,16 @@ def build_random_model(
     device: str | torch.device = "cpu",
     **config_overrides,
 ):
-    """A preset's architecture with random weights, identical for the same seed, dtype and device.
+    """A preset's architecture with random weights: the same values for the same seed on any device
+    and in any dtype (rounded), so an adapter trained on a GPU reattaches to the same base on a CPU.
 
-    The modules are created on the meta device (no memory), allocated once in `dtype` on `device`,
-    then initialised in place by the model's own `_init_weights` (normal(0, initializer_range) for
-    linear and embedding weights, ones/zeros for norms, the rotary tables recomputed in float32).
-    Peak memory is the weights' bytes plus the largest single tensor's initialisation scratch.
+    The modules are created on the meta device (no memory) and allocated once in `dtype` on `device`.
+    Every random tensor (linear, embedding and patch-convolution weights, CLIP's class embedding,
+    the two separators) is drawn uniformly with the variance of `initializer_range` by one seeded
+    CPU generator, in float32 blocks copied into place: uniform draws are ~2.5x faster than normal
+    ones on a CPU, where 4.1B draws are most of the build time. The model's own `_init_weights`
+    does the rest, all constants (norms, biases, the rotary tables recomputed in float32). Peak
+    memory is the weights' bytes plus one 64 MiB scratch block.
     `config_overrides` shrink it for tests: e.g. `num_hidden_layers=2` keeps the real widths.
     """
     from .modeling import Phi3VForCausalLM
@@ -121,14 +126,36 @@ def build_random_model(
     if device.type == "meta":  # structure only: shapes, names, parameter counts, no memory
         return model
     model.to_empty(device=device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model.initialize_weights()
-        embedding = model.model.vision_embed_tokens
-        with torch.no_grad():  # random separators, as in build_tiny_model (zeros equal padding)
-            embedding.glb_GN.normal_(std=config.initializer_range)
-            embedding.sub_GN.normal_(std=config.initializer_range)
+    generator = torch.Generator().manual_seed(seed)
+    for tensor in random_tensors(model):
+        fill_uniform_(tensor, config.initializer_range, generator)
+        tensor._is_hf_initialized = True  # transformers' init then leaves it alone
+    model.initialize_weights()
     return model
+
+
+def random_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The parameters a random preset draws; every other one is a constant of `_init_weights`."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv2d))]
+    # CLIP's class token and the HD separators (random, not zero: zero separators equal padding)
+    named = [p for n, p in model.named_parameters() if n.endswith(("class_embedding", "glb_GN", "sub_GN"))]
+    return weights + named
+
+
+SCRATCH_ELEMENTS = 1 << 24  # float32 draws per block: 64 MiB of scratch
+
+
+@torch.no_grad()
+def fill_uniform_(tensor: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    """Uniform(-a, a) with a = std * sqrt(3) (variance std^2), drawn on the CPU in float32 blocks
+    and copied into `tensor` (any dtype, any device): never a float32 copy of a whole tensor."""
+    bound = std * 3**0.5
+    flat = tensor.view(-1)
+    scratch = torch.empty(min(flat.numel(), SCRATCH_ELEMENTS), dtype=torch.float32)
+    for start in range(0, flat.numel(), SCRATCH_ELEMENTS):
+        block = scratch[: min(SCRATCH_ELEMENTS, flat.numel() - start)]
+        block.uniform_(-bound, bound, generator=generator)
+        flat[start : start + block.numel()].copy_(block)
 
 
 # ---- the tiny tokenizer (generation of the shipped asset) -------------------------------------
