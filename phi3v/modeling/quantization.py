@@ -15,6 +15,7 @@ quantized copy exists, so quantizing never holds a second copy of the model, onl
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 import torch
@@ -46,7 +47,9 @@ def require_bitsandbytes(kind: str):
             f"model.spec.quantization={kind} needs bitsandbytes, which could not be imported ({error}). {fix}"
         ) from error
     try:
-        _quantized_linear(bnb, nn.Linear(64, 64, bias=False), kind, torch.float32)
+        probe = nn.Linear(64, 64, bias=False, device="meta")  # no random init: the global RNG stays untouched
+        probe.weight = nn.Parameter(torch.linspace(-1, 1, 64 * 64).reshape(64, 64))
+        _quantized_linear(bnb, probe, kind, torch.float32)
     except Exception as error:
         version = getattr(bnb, "__version__", "?")
         raise QuantizationUnavailable(
@@ -82,10 +85,27 @@ def mark_quantized(model: nn.Module, kind: str) -> None:
     model.is_loaded_in_8bit = kind == "int8"
 
 
+class _Int8CastNotice(logging.Filter):
+    """Drops bitsandbytes' "inputs will be cast ... to float16" warning, logged on every int8 matrix
+    product that multiplies in int8 (each layer of each generated token: thousands of lines per
+    validation). The cast is how LLM.int8 works, not something the user can change."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "inputs will be cast from" not in record.getMessage()
+
+
+def _quiet_int8_notice() -> None:
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Int8CastNotice) for f in logger.filters):
+        logger.addFilter(_Int8CastNotice())
+
+
 def quantize_layer(layer: nn.Module, kind: str, compute_dtype: torch.dtype, name: str = "decoder layer") -> nn.Module:
     """Quantize one decoder layer's projections in place (see quantize_decoder). A loader that
     materialises the model layer by layer calls this on each layer right after filling it."""
     bnb = require_bitsandbytes(kind)
+    if kind == "int8":
+        _quiet_int8_notice()
     for path in QUANTIZED_PROJECTIONS:
         parent_name, child = path.split(".")
         parent = getattr(layer, parent_name)
@@ -116,6 +136,11 @@ def _quantized_linear(bnb, linear: nn.Linear, kind: str, compute_dtype: torch.dt
         layer.weight = bnb.nn.Params4bit(
             weight.to(compute_dtype), requires_grad=False, compress_statistics=True, quant_type="nf4"
         ).to(device)
+        # On CPUs with AVX512-BF16, bitsandbytes repacks nf4 weights in place at the first eval-mode
+        # forward, and its kernel for the repacked layout has no backward: after a validation pass,
+        # training would silently lose every gradient that flows through the base layers. Off: eval
+        # and training use one layout (the repacked one only speeds up CPU inference).
+        layer.support_avx512bf16_for_cpu = False
     else:
         layer = bnb.nn.Linear8bitLt(
             linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False,
