@@ -2,6 +2,7 @@
 
 merge=true (default) folds the LoRA deltas into the base and writes a plain Phi-3-V checkpoint in the
 original key layout (loads with `Phi3VForCausalLM.from_pretrained` or AutoModelForCausalLM, no PEFT).
+An adapter trained on a quantized base (model.spec.quantization) is merged into the unquantized base.
 merge=false loads the export, checks its adapter holds every LoRA tensor, and copies it to `out`.
 Either way `out` can be passed to `python -m phi3v.predict adapter=<out>`.
 """

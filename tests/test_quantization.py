@@ -298,6 +298,20 @@ def test_adapter_reloads_onto_a_quantized_base_with_identical_greedy_answers(exp
     assert not torch.allclose(logits(base, batch), logits(model, batch), atol=1e-3)  # the adapter matters
 
 
+def test_predict_command_runs_on_the_quantized_base(exported, tmp_path, capsys):
+    from phi3v.predict import predict_image
+    from phi3v.predict import run as predict_command
+
+    kind, model, out = exported
+    path = tmp_path / "photo.png"
+    product_image("navy").save(path)
+    cfg = OmegaConf.create({"adapter": str(out), "image": str(path), "dtype": None, "device": "cpu",
+                            "max_new_tokens": 8})
+    predict_command(cfg)
+    expected, _ = predict_image(model, Phi3VProcessor.from_pretrained(out, padding_side="left"), TEMPLATE, path, 8)
+    assert f"answer: {expected}\n" in capsys.readouterr().out
+
+
 def test_merge_folds_the_adapter_into_the_unquantized_base(exported, generation_batch, tmp_path, capsys):
     """Merged logits equal the adapter on the unquantized float32 base up to float32 rounding of the
     folded weights (measured 6e-7; tolerance 1e-5), and differ from the adapter on the quantized
