@@ -25,6 +25,8 @@ from phi3v.modeling.quantization import (
     is_quantized,
     is_quantized_model,
     quantize_decoder,
+    quantize_layer,
+    quantized_kind,
     require_bitsandbytes,
     weight_bytes,
 )
@@ -110,10 +112,15 @@ def test_quantized_model_stays_close_to_the_float_model(kind, tolerance, batch):
     assert abs(actual.item() - expected.item()) < tolerance
 
 
-def test_quantizing_twice_or_without_weights_fails_naming_the_layer():
-    model = quantize_decoder(build_tiny_model(), "nf4", torch.float32)
-    with pytest.raises(ValueError, match=r"model.layers.0.self_attn.qkv_proj is already quantized"):
-        quantize_decoder(model, "nf4", torch.float32)
+def test_layers_quantized_while_loading_are_kept_and_other_kinds_or_missing_weights_fail():
+    model = build_tiny_model()
+    quantize_layer(model.model.layers[0], "nf4", torch.float32)  # as a loader filling layer by layer would
+    packed = model.model.layers[0].mlp.down_proj.weight
+    quantize_decoder(model, "nf4", torch.float32)
+    assert model.model.layers[0].mlp.down_proj.weight is packed  # kept, not quantized twice
+    assert all(quantized_kind(model.get_submodule(f"model.layers.1.{p}")) == "nf4" for p in PROJECTIONS)
+    with pytest.raises(ValueError, match=r"model.layers.0.self_attn.qkv_proj is already quantized as nf4, not int8"):
+        quantize_decoder(model, "int8", torch.float32)
     with torch.device("meta"):
         empty = Phi3VForCausalLM(build_tiny_model().config)
     with pytest.raises(ValueError, match=r"model.layers.0.self_attn.qkv_proj has no weights yet \(meta device\)"):

@@ -70,7 +70,9 @@ def quantize_decoder(model: nn.Module, kind: str, compute_dtype: torch.dtype) ->
         compute_dtype: dtype nf4 layers dequantize to for their matrix products (bfloat16 on GPUs,
             float32 on CPU); int8 layers compute in their input's dtype.
 
-    Returns the same model; the quantized weights have requires_grad False (LoRA trains beside them).
+    Layers a loader already quantized with `kind` (quantize_layer, while materialising layer by layer)
+    are kept; a layer quantized with another kind is an error. Returns the same model; the quantized
+    weights have requires_grad False (LoRA trains beside them).
     """
     for index, layer in enumerate(model.model.layers):
         quantize_layer(layer, kind, compute_dtype, name=f"model.layers.{index}")
@@ -101,8 +103,9 @@ def _quiet_int8_notice() -> None:
 
 
 def quantize_layer(layer: nn.Module, kind: str, compute_dtype: torch.dtype, name: str = "decoder layer") -> nn.Module:
-    """Quantize one decoder layer's projections in place (see quantize_decoder). A loader that
-    materialises the model layer by layer calls this on each layer right after filling it."""
+    """Quantize one decoder layer's projections in place (see quantize_decoder); projections already
+    quantized with `kind` are kept. A loader that materialises the model layer by layer calls this on
+    each layer right after filling it, then `mark_quantized(model, kind)` (or quantize_decoder)."""
     bnb = require_bitsandbytes(kind)
     if kind == "int8":
         _quiet_int8_notice()
@@ -111,7 +114,9 @@ def quantize_layer(layer: nn.Module, kind: str, compute_dtype: torch.dtype, name
         parent = getattr(layer, parent_name)
         linear = getattr(parent, child)
         if is_quantized(linear):
-            raise ValueError(f"{name}.{path} is already quantized")
+            if quantized_kind(linear) != kind:
+                raise ValueError(f"{name}.{path} is already quantized as {quantized_kind(linear)}, not {kind}")
+            continue
         if linear.weight.is_meta:
             raise ValueError(
                 f"{name}.{path} has no weights yet (meta device): materialise the layer on CPU before quantizing it"
@@ -156,6 +161,13 @@ def is_quantized(module: nn.Module) -> bool:
     """A bitsandbytes 4-bit or 8-bit linear layer (without importing bitsandbytes)."""
     kind = type(module)
     return kind.__name__ in ("Linear4bit", "Linear8bitLt") and kind.__module__.startswith("bitsandbytes")
+
+
+def quantized_kind(module: nn.Module) -> str | None:
+    """"nf4" or "int8" for a bitsandbytes layer, else None."""
+    if not is_quantized(module):
+        return None
+    return "int8" if type(module).__name__ == "Linear8bitLt" else module.weight.quant_type
 
 
 def is_quantized_model(model: nn.Module) -> bool:

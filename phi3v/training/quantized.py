@@ -3,6 +3,14 @@
 A quantized base trains LoRA adapters (float32) beside frozen nf4/int8 decoder weights, on one
 device or with DDP (every rank holds the whole quantized model: 4.2B Phi-3-V is ~2.9 GB in nf4).
 FSDP2 cannot shard bitsandbytes' packed weights, and the quantized weights themselves cannot train.
+
+PEFT's `prepare_model_for_kbit_training` is deliberately not used. It upcasts every unquantized
+weight to float32 (CLIP, projector, embeddings, lm_head: 0.52B weights, +1 GB on Phi-3-V), while
+here `model.spec.dtype` decides their dtype as for any run. It turns activation checkpointing on
+unconditionally (here a choice: `model.spec.activation_checkpointing`) and makes the embeddings'
+outputs require gradients, which only reentrant checkpointing needs; transformers 5 checkpoints
+non-reentrant (tested equal gradients in tests/test_quantization.py). The LoRA weights PEFT puts
+beside bitsandbytes layers are float32 already.
 """
 
 from __future__ import annotations
