@@ -152,9 +152,25 @@ def _quantized_linear(bnb, linear: nn.Linear, kind: str, compute_dtype: torch.dt
             threshold=INT8_OUTLIER_THRESHOLD, device="meta",
         )
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
+        layer.register_forward_pre_hook(_follow_int8_weight)
     if bias:
         layer.bias = nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
     return layer
+
+
+def _follow_int8_weight(layer: nn.Module, args) -> None:
+    """Forward pre-hook of int8 layers: compute with the weight the layer holds now.
+
+    bitsandbytes keeps the int8 matrix and its row scales also as plain attributes (weight.CB/SCB,
+    then state.CB/SCB). `model.to(device)` moves a parameter by swapping its `.data`, which leaves
+    those attributes on the old device: a model quantized on CPU and then moved to a GPU (Lightning,
+    predict) would multiply with CPU tensors. Re-pointing them costs two pointer checks per call."""
+    weight = layer.weight
+    for holder in (weight, layer.state):
+        if getattr(holder, "CB", None) is not None and holder.CB.data_ptr() != weight.data_ptr():
+            holder.CB = weight.data
+        if getattr(holder, "SCB", None) is not None and holder.SCB.device != weight.device:
+            holder.SCB = holder.SCB.to(weight.device)
 
 
 def is_quantized(module: nn.Module) -> bool:
