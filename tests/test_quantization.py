@@ -134,12 +134,11 @@ def test_int8_layers_compute_with_the_weights_they_hold_after_a_move():
     model = quantize_decoder(build_tiny_model(), "int8", torch.float32)
     fresh, used = model.model.layers[0].mlp.down_proj, model.model.layers[1].mlp.down_proj
     x = torch.randn(3, fresh.in_features, generator=torch.Generator().manual_seed(0))
-    before = used(x)  # bitsandbytes moves the matrix into the layer's state on the first call
+    assert used(x).abs().sum() > 0  # bitsandbytes moves the matrix into the layer's state on the first call
     model._apply(lambda t: t.clone())
     for layer in (fresh, used):
-        assert torch.allclose(layer(x), before if layer is used else layer(x))
         layer.weight.data.zero_()
-        assert torch.equal(layer(x), torch.zeros(3, layer.out_features)), layer
+        assert torch.equal(layer(x), torch.zeros(3, layer.out_features))
 
 
 # ---- new-user errors -------------------------------------------------------------------------
