@@ -151,8 +151,12 @@ def _quantized_linear(bnb, linear: nn.Linear, kind: str, compute_dtype: torch.dt
             linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False,
             threshold=INT8_OUTLIER_THRESHOLD, device="meta",
         )
-        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
+        # Int8Params quantizes when moved from the CPU (to any device, the CPU included): a weight
+        # already on a GPU would otherwise stay unquantized.
+        layer.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False, has_fp16_weights=False).to(device)
         layer.register_forward_pre_hook(_follow_int8_weight)
+    if layer.weight.dtype not in (torch.uint8, torch.int8):
+        raise RuntimeError(f"bitsandbytes left a {kind} weight unquantized ({layer.weight.dtype} on {device})")
     if bias:
         layer.bias = nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
     return layer
