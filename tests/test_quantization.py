@@ -112,6 +112,15 @@ def test_quantized_model_stays_close_to_the_float_model(kind, tolerance, batch):
     assert abs(actual.item() - expected.item()) < tolerance
 
 
+def test_a_local_snapshot_is_quantized_like_the_preset_it_holds(batch, tmp_path):
+    build_tiny_model(seed=0).save_pretrained(tmp_path / "snapshot")
+    loaded = load_base_model(replace(SPEC, name_or_path=str(tmp_path / "snapshot"), quantization="nf4")).eval()
+    preset = load_base_model(quantized_spec("nf4")).eval()
+    assert is_quantized_model(loaded) and loaded.is_loaded_in_4bit
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, preset(**batch).logits)
+
+
 def test_layers_quantized_while_loading_are_kept_and_other_kinds_or_missing_weights_fail():
     model = build_tiny_model()
     quantize_layer(model.model.layers[0], "nf4", torch.float32)  # as a loader filling layer by layer would
