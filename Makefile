@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml setup.py phi3v/modeling/_hd_canvas.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,qlora]"
 # W&B's sweep engine (tests/test_sweep.py). It declares numpy<2, yet works with numpy 2; a plain install would
 # downgrade numpy and break pandas. Its real dependencies come with the dev extra (pyproject.toml).
 	$(PIP) install --quiet --no-deps "sweeps==0.3.0"

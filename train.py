@@ -29,6 +29,7 @@ from phi3v.training.launch import join_external_launch, prepare_once
 from phi3v.training.metrics import Baselines, baseline_metrics
 from phi3v.training.model_spec import load_processor
 from phi3v.training.module import Phi3VLitModule
+from phi3v.training.quantized import quantized_run_problems
 from phi3v.training.reporting import summary_table
 from phi3v.training.sharding import ShardingSpec, gathered_adapter_state
 from phi3v.training.strategies import build_strategy, is_checkpoint
@@ -104,6 +105,9 @@ def check_launch(cfg: DictConfig) -> None:
             "other ranks by re-running this command, so each would start the whole sweep again. Use a W&B sweep "
             "(`wandb sweep sweep.yaml`, one `wandb agent` per GPU group) or run the jobs one after another."
         )
+    problems = quantized_run_problems(cfg.model.spec.quantization, cfg.hardware.strategy, cfg.model.lora.enabled)
+    if problems:
+        raise SystemExit("\n".join(problems))
 
 
 # Typed schemas for conf/ (typos and wrong types fail naming the key); must precede composition.

@@ -2,6 +2,7 @@
 
 merge=true (default) folds the LoRA deltas into the base and writes a plain Phi-3-V checkpoint in the
 original key layout (loads with `Phi3VForCausalLM.from_pretrained` or AutoModelForCausalLM, no PEFT).
+An adapter trained on a quantized base (model.spec.quantization) is merged into the unquantized base.
 merge=false loads the export, checks its adapter holds every LoRA tensor, and copies it to `out`.
 Either way `out` can be passed to `python -m phi3v.predict adapter=<out>`.
 """
@@ -42,13 +43,16 @@ def describe(directory: Path) -> str:
 def run(cfg: DictConfig) -> Path:
     from transformers.utils import logging as hf_logging
 
-    from phi3v.training.export import copy_export, merge_adapter
+    from phi3v.training.export import copy_export, merge_adapter, merge_note
 
     hf_logging.disable_progress_bar()
     # PEFT calls a transformers property deprecated in v5: noise for users of the command, not theirs to fix.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     try:
         if cfg.merge:
+            note = merge_note(cfg.adapter)
+            if note:
+                print(f"note: {note}")
             return merge_adapter(cfg.adapter, cfg.out)
         return copy_export(cfg.adapter, cfg.out)
     except FileExistsError as problem:  # `out` is a file or someone's non-export directory

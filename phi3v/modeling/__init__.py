@@ -11,6 +11,7 @@ from .image_processing import Phi3VImageProcessor
 from .modeling import IGNORE_INDEX, Phi3VForCausalLM, Phi3VModel
 from .presets import build_tiny_model, preset_dir, tiny_config
 from .processing import Phi3VProcessor
+from .quantization import quantize_decoder
 from .tokenizer import chat_prompt, load_tokenizer
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "chat_prompt",
     "load_tokenizer",
     "preset_dir",
+    "quantize_decoder",
     "register_auto_classes",
     "tiny_config",
 ]

@@ -76,19 +76,36 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     The result has the original key layout (exactly the keys of an unadapted Phi3VForCausalLM),
     loads with `Phi3VForCausalLM.from_pretrained(out_dir)` and needs neither PEFT nor the base.
     Merging happens in the spec's dtype: PEFT computes the delta in float32 on CPU and rounds once.
+    An adapter trained on a quantized base (QLoRA) is merged into the UNQUANTIZED base in that dtype:
+    folding it into nf4/int8 weights would round the delta away, and the merged checkpoint then needs
+    no bitsandbytes (its model_spec.json says quantization null).
     """
     out_dir = Path(out_dir)
-    model, processor, template = load_for_inference(adapter_dir)
+    model, processor, template = load_for_inference(adapter_dir, quantized=False)
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
     _set_generation_ids(merged, processor)
     # name_or_path points at the merged export itself, so predict/load_for_inference rebuild from it.
-    spec = replace(ModelSpec.load(adapter_dir), name_or_path=str(out_dir.resolve()), activation_checkpointing=False)
+    spec = replace(
+        ModelSpec.load(adapter_dir), name_or_path=str(out_dir.resolve()), activation_checkpointing=False,
+        quantization=None,
+    )
     with _staging(out_dir) as staging:
         merged.save_pretrained(staging)
         check_full_model(staging, original_keys(merged), exact=True)
         _write_companions(staging, processor, spec, template)
     log.info("merged %s into %s", adapter_dir, out_dir)
     return out_dir
+
+
+def merge_note(adapter_dir: str | os.PathLike) -> str | None:
+    """What a user must know about merging this export: set for adapters trained on a quantized base."""
+    spec = ModelSpec.load(adapter_dir)
+    if not spec.quantization:
+        return None
+    return (
+        f"the adapter was trained on a {spec.quantization}-quantized base; it is merged into the unquantized "
+        f"{spec.dtype} base weights (re-quantize at load time with model.spec.quantization if needed)"
+    )
 
 
 def copy_export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -240,18 +257,20 @@ def load_template(directory: str | os.PathLike) -> PromptTemplate:
 
 
 def load_for_inference(
-    adapter_dir: str | os.PathLike, dtype: str | None = None
+    adapter_dir: str | os.PathLike, dtype: str | None = None, quantized: bool = True
 ) -> tuple[PeftModel | Phi3VForCausalLM, Phi3VProcessor, PromptTemplate]:
     """Model (eval mode, frozen), processor (left padding, for generation) and template of an export.
 
-    An adapter is attached to the base rebuilt from model_spec.json; a full or merged export is
-    loaded from `adapter_dir` itself (so the directory may be moved). `dtype` overrides the spec's.
+    An adapter is attached to the base rebuilt from model_spec.json (quantized as it was trained,
+    unless `quantized` is False); a full or merged export is loaded from `adapter_dir` itself (so
+    the directory may be moved). `dtype` overrides the spec's (the compute dtype of a quantized base).
     """
     directory = Path(adapter_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory")
     spec = replace(ModelSpec.load(directory), activation_checkpointing=False)
     spec = replace(spec, dtype=dtype) if dtype else spec
+    spec = spec if quantized else replace(spec, quantization=None)
     if is_adapter(directory):
         model = PeftModel.from_pretrained(load_base_model(spec), directory)
     else:

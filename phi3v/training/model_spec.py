@@ -11,6 +11,7 @@ import torch
 
 from phi3v.modeling import Phi3VForCausalLM, Phi3VImageProcessor, Phi3VProcessor, build_tiny_model, load_tokenizer
 from phi3v.modeling.presets import PRESETS, build_random_model, preset
+from phi3v.modeling.quantization import QUANTIZATIONS, quantize_decoder
 
 SPEC_FILE = "model_spec.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,6 +30,9 @@ class ModelSpec:
         attn_implementation: sdpa (default), eager or flash_attention_2.
         num_crops: HD crops per image (16 for Phi-3-V, 4 for Phi-3.5-V); null = the snapshot's.
         activation_checkpointing: recompute activations in backward (both towers): less memory, ~30% slower.
+        quantization: null, nf4 or int8: store the decoder's linear layers quantized (QLoRA; needs
+            bitsandbytes, `pip install -e .[qlora]`); `dtype` is then their compute dtype. See
+            phi3v.modeling.quantization for what is quantized and why.
     """
 
     name_or_path: str = "tiny"
@@ -37,6 +41,7 @@ class ModelSpec:
     attn_implementation: str = "sdpa"
     num_crops: int | None = None
     activation_checkpointing: bool = False
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -45,6 +50,10 @@ class ModelSpec:
             raise ValueError(
                 f"model.spec.attn_implementation must be sdpa, eager or flash_attention_2, got "
                 f"{self.attn_implementation!r}"
+            )
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"model.spec.quantization must be null or one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}"
             )
 
     @property
@@ -81,6 +90,8 @@ def load_base_model(spec: ModelSpec, device: str | torch.device | None = None) -
         model = Phi3VForCausalLM.from_pretrained(
             spec.name_or_path, dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation
         )
+    if spec.quantization:  # layer by layer on CPU, before the model moves to its device
+        quantize_decoder(model, spec.quantization, DTYPES[spec.dtype])
     if spec.activation_checkpointing:
         model.activation_checkpointing_enable()
     return model

@@ -30,6 +30,7 @@ from .lora import LoraSpec, apply_lora, trainable_parameter_names
 from .losses import per_sample_loss, supervised_loss_sum
 from .metrics import ProductMetrics
 from .model_spec import ModelSpec, load_base_model
+from .quantized import check_quantized_run
 from .sharding import ShardingSpec, full_tensor, shard_model
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class Phi3VLitModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:  # idempotent: Lightning may call it again (e.g. test after fit)
             return
+        strategy = "fsdp" if self.device_mesh is not None else "auto"
+        check_quantized_run(self.spec.quantization, strategy, self.lora.enabled)
         model = apply_lora(load_base_model(self.spec), self.lora)
         if self.device_mesh is not None:  # FullyShardedStrategy: shard over its data-parallel ranks
             shard_model(model, self.device_mesh["data_parallel"], self.sharding)
