@@ -169,3 +169,20 @@ def test_load_base_model_builds_random_presets_in_the_spec_dtype(monkeypatch):
     with torch.device("meta"):  # what Lightning's configure_model context sets, here the meta device
         load_base_model(spec)
     assert seen == {"name": "random:phi35v", "seed": 7, "dtype": torch.bfloat16, "device": torch.device("meta")}
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_quantized_while_built_equals_built_then_quantized(kind):
+    """Layer-by-layer quantization during the build draws the same weights as the plain build."""
+    from phi3v.modeling.quantization import quantize_decoder, quantized_kind
+
+    streamed = build_random_model("tiny", seed=2, quantization=kind).eval()
+    plain = build_random_model("tiny", seed=2)
+    reference = quantize_decoder(build_random_model("tiny", seed=2), kind, torch.float32).eval()
+    assert quantized_kind(streamed.model.layers[0].self_attn.qkv_proj) == kind
+    assert torch.equal(streamed.lm_head.weight, plain.lm_head.weight)
+    norms = streamed.model.layers[1].input_layernorm.weight
+    assert torch.equal(norms, torch.ones_like(norms))
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(streamed(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)

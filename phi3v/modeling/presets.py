@@ -98,18 +98,23 @@ def build_random_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    quantization: str | None = None,
     **config_overrides,
 ):
-    """A preset's architecture with random weights: the same values for the same seed on any device
-    and in any dtype (rounded), so an adapter trained on a GPU reattaches to the same base on a CPU.
+    """A preset's architecture with random weights: the same values for the same seed on any device,
+    in any dtype (rounded) and before quantization, so an adapter trained on one reattaches to the
+    same base on another, and a QLoRA adapter merges into the base it was trained on.
 
-    The modules are created on the meta device (no memory) and allocated once in `dtype` on `device`.
-    Every random tensor (linear, embedding and patch-convolution weights, CLIP's class embedding,
-    the two separators) is drawn uniformly with the variance of `initializer_range` by one seeded
-    CPU generator, in float32 blocks copied into place: uniform draws are ~2.5x faster than normal
-    ones on a CPU, where 4.1B draws are most of the build time. The model's own `_init_weights`
-    does the rest, all constants (norms, biases, the rotary tables recomputed in float32). Peak
-    memory is the weights' bytes plus one 64 MiB scratch block.
+    The modules are created on the meta device (no memory), then allocated in `dtype` on `device`
+    one decoder layer at a time. Every random tensor (linear, embedding and patch-convolution
+    weights, CLIP's class embedding, the two separators) is drawn uniformly with the variance of
+    `initializer_range` by one seeded CPU generator, in float32 blocks copied into place: uniform
+    draws are ~2.5x faster than normal ones on a CPU, where 4.1B draws are most of the build time.
+    The model's own `_init_weights` sets the constants (norms, biases, the rotary tables in float32).
+
+    `quantization` ("nf4" | "int8", see quantization.py) quantizes each decoder layer as soon as it is
+    filled: peak memory is the unquantized rest (embeddings, lm_head, CLIP, projector) plus one layer,
+    never the whole model in `dtype`. Without it, peak memory is the weights plus one 64 MiB block.
     `config_overrides` shrink it for tests: e.g. `num_hidden_layers=2` keeps the real widths.
     """
     from .modeling import Phi3VForCausalLM
@@ -125,21 +130,60 @@ def build_random_model(
     device = torch.device(device)
     if device.type == "meta":  # structure only: shapes, names, parameter counts, no memory
         return model
-    model.to_empty(device=device)
+    layers = {id(layer): index for index, layer in enumerate(model.model.layers)}
+    inside = {id(m) for layer in model.model.layers for m in layer.modules()}
+    for module in model.modules():  # everything but the decoder layers, which come one at a time
+        if id(module) not in inside:
+            module.to_empty(device=device, recurse=False)
     generator = torch.Generator().manual_seed(seed)
-    for tensor in random_tensors(model):
-        fill_uniform_(tensor, config.initializer_range, generator)
-        tensor._is_hf_initialized = True  # transformers' init then leaves it alone
-    model.initialize_weights()
+    # The draws follow module order, the same with or without quantization (a list: quantizing a
+    # layer replaces its linear modules, which a live traversal would then visit and draw again).
+    for module in list(model.modules()):
+        if id(module) in layers:
+            _build_layer(model, module, f"model.layers.{layers[id(module)]}", device, generator, quantization, dtype)
+        elif id(module) not in inside and isinstance(module, RANDOM_MODULES):
+            _draw(module.weight, config.initializer_range, generator)
+    for name, parameter in model.named_parameters():
+        if name.endswith(RANDOM_PARAMETERS):
+            _draw(parameter, config.initializer_range, generator)
+    model.initialize_weights()  # the constants outside the layers (done layers are marked initialised)
+    if quantization:
+        from .quantization import mark_quantized
+
+        mark_quantized(model, quantization)
     return model
 
 
+RANDOM_MODULES = (nn.Linear, nn.Embedding, nn.Conv2d)
+# CLIP's class token and the HD separators (random, not zero: zero separators equal padding)
+RANDOM_PARAMETERS = ("class_embedding", "glb_GN", "sub_GN")
+
+
 def random_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """The parameters a random preset draws; every other one is a constant of `_init_weights`."""
-    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv2d))]
-    # CLIP's class token and the HD separators (random, not zero: zero separators equal padding)
-    named = [p for n, p in model.named_parameters() if n.endswith(("class_embedding", "glb_GN", "sub_GN"))]
-    return weights + named
+    """The parameters a random preset draws, in draw order; every other one is a constant."""
+    weights = [m.weight for m in model.modules() if isinstance(m, RANDOM_MODULES)]
+    return weights + [p for n, p in model.named_parameters() if n.endswith(RANDOM_PARAMETERS)]
+
+
+def _build_layer(model, layer: nn.Module, name: str, device, generator, quantization: str | None, dtype) -> None:
+    """Allocate, fill and initialise one decoder layer, then quantize it if asked."""
+    layer.to_empty(device=device)
+    for module in layer.modules():
+        if isinstance(module, RANDOM_MODULES):
+            _draw(module.weight, model.config.initializer_range, generator)
+    for module in layer.modules():
+        model._initialize_weights(module)  # norms; drawn weights are marked and left alone
+    if quantization:
+        from .quantization import quantize_layer
+
+        quantize_layer(layer, quantization, dtype, name=name)
+    for module in layer.modules():  # quantized or not, initialize_weights must not touch it again
+        module._is_hf_initialized = True
+
+
+def _draw(tensor: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    fill_uniform_(tensor, std, generator)
+    tensor._is_hf_initialized = True  # transformers' init leaves it alone
 
 
 SCRATCH_ELEMENTS = 1 << 24  # float32 draws per block: 64 MiB of scratch

@@ -84,7 +84,9 @@ def load_base_model(spec: ModelSpec, device: str | torch.device | None = None) -
         model = build_tiny_model(seed=spec.seed, dtype=DTYPES[spec.dtype])
         model.set_attn_implementation(spec.attn_implementation)
     elif spec.is_preset:
-        model = build_random_model(spec.name_or_path, seed=spec.seed, dtype=DTYPES[spec.dtype], device=device)
+        model = build_random_model(  # quantized layer by layer as it is built: never whole in dtype
+            spec.name_or_path, seed=spec.seed, dtype=DTYPES[spec.dtype], device=device, quantization=spec.quantization
+        )
         model.set_attn_implementation(spec.attn_implementation)
     else:
         model = Phi3VForCausalLM.from_pretrained(
