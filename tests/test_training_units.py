@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,7 +14,7 @@ from PIL import Image
 from phi3v.data.prompts import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
-from phi3v.training.module import EvalSpec, Phi3VLitModule
+from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng
 from phi3v.training.schedules import lr_factor, warmup_schedule
 
 SPEC = ModelSpec(num_crops=4)
@@ -110,6 +112,39 @@ def test_checkpoints_hold_only_trainable_weights_and_refuse_mismatches(processor
     del checkpoint["state_dict"][next(iter(checkpoint["state_dict"]))]
     with pytest.raises(RuntimeError, match="lacks 1 trainable weights"):
         module.on_load_checkpoint(checkpoint)
+
+
+def next_draws() -> tuple:
+    return torch.rand(3).tolist(), float(np.random.rand()), random.random()
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint_with_cuda_where_used(monkeypatch, tmp_path):
+    def through_file(state: dict) -> dict:  # as Lightning loads checkpoints: weights_only=True
+        torch.save({"rng": state}, tmp_path / "rng.ckpt")
+        return torch.load(tmp_path / "rng.ckpt", weights_only=True)["rng"]
+
+    cpu = through_file(capture_rng())
+    assert "cuda" not in cpu or torch.cuda.is_initialized()
+    expected = next_draws()
+    restore_rng(cpu)
+    assert next_draws() == expected
+
+    # A GPU process (faked: this machine has none): its device's generator state travels along.
+    generator, restored = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": generator.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    gpu = through_file(capture_rng())
+    after_gpu_capture = next_draws()
+    assert torch.equal(gpu["cuda"], generator)
+    restore_rng(gpu)
+    assert len(restored) == 1 and torch.equal(restored[0], generator)
+    restore_rng({key: value for key, value in gpu.items() if key != "cuda"})  # a CPU run's checkpoint on a GPU
+    assert len(restored) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the GPU run's checkpoint on a CPU machine
+    restore_rng(gpu)
+    assert len(restored) == 1 and next_draws() == after_gpu_capture
 
 
 class FakeTrainer:
