@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from phi3v.data.collate import model_inputs
+from phi3v.data.collate import eval_inputs, model_inputs
 from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling import Phi3VProcessor
 
@@ -183,12 +183,13 @@ class Phi3VLitModule(L.LightningModule):
         """Per sample: teacher-forced loss (sum and token count) and the greedy answer, parsed. Kept as
         records of this rank; the epoch end gathers every rank's and scores them once."""
         meta = batch["meta"]
-        inputs = model_inputs(batch["loss"])
+        inputs = eval_inputs(batch, "loss")
         labels = inputs.pop("labels")
         output = self.model(**inputs)
         loss_sums, tokens = per_sample_loss(output.logits, labels)
         answers = greedy_answers(
-            self.model, self.processor, batch["generate"], self.evaluation.max_new_tokens, synced=self._sharded
+            self.model, self.processor, eval_inputs(batch, "generate"), self.evaluation.max_new_tokens,
+            synced=self._sharded,
         )
         for i, answer in enumerate(answers):
             if not meta["supervised"][i]:  # unreadable image or a padding repeat
@@ -232,6 +233,7 @@ class Phi3VLitModule(L.LightningModule):
         # identical on every rank already; sync_dist only keeps Lightning's distributed checks satisfied
         for key, value in values.items():
             self.log(f"{split}/{key}", value, sync_dist=True)
+        self.log(f"{split}/products", float(len(records)), sync_dist=True)  # a subset during training: data.val_limit
         for name, scores in self.baseline_scores.get(split, {}).items():
             for key, value in scores.items():
                 self.log(f"{split}/{name}/{key}", float(value), sync_dist=True)
