@@ -55,7 +55,7 @@ def accumulation(global_batch_size: int | None, batch_size: int, world: int, num
     if global_batch_size < 1 or global_batch_size % per_step:
         fits = [b for b in range(batch_size, 0, -1) if global_batch_size % (b * world) == 0]
         fix = f"set data.batch_size={fits[0]}" if fits and global_batch_size >= 1 else (
-            f"set data.global_batch_size to a multiple of {per_step}")
+            f"set data.global_batch_size to a multiple of {world} (devices x nodes)")
         raise ValueError(
             f"data.global_batch_size={global_batch_size} is not a multiple of data.batch_size x devices x "
             f"hardware.num_nodes = {batch_size} x {world // num_nodes} x {num_nodes} = {per_step}: {fix} "
