@@ -225,3 +225,37 @@ def test_a_rank_without_supervised_rows_still_backpropagates_through_every_weigh
     for name, parameter in module.named_parameters():
         if parameter.requires_grad:
             assert parameter.grad is not None and not parameter.grad.any(), name
+
+
+def test_validations_in_training_score_the_val_limit_and_validate_scores_the_whole_split(processor, tmp_path):
+    """data.val_limit=4: each validation during fit generates for the same 4 val products; the
+    validation train.py runs after fit scores all of them."""
+    import lightning as L
+
+    from phi3v.data.datamodule import ProductDataModule
+    from phi3v.data.synthetic import SyntheticSpec
+
+    datamodule = ProductDataModule(data_dir=str(tmp_path), synthetic=SyntheticSpec(num_products=40, seed=3),
+                                   val_fraction=0.25, batch_size=2, eval_batch_size=4, val_limit=4)
+    datamodule.connect(processor)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    scored = []
+
+    class Scored(L.Callback):
+        def on_validation_end(self, trainer, module):
+            records = module.eval_records["val"]
+            scored.append((trainer.state.fn.value, sorted(r["index"] for r in records),
+                           float(trainer.callback_metrics["val/products"])))
+
+    module = make_module(processor, max_new_tokens=4)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, val_check_interval=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[Scored()])
+    trainer.fit(module, datamodule=datamodule)
+    trainer.validate(module, datamodule=datamodule, ckpt_path=None)
+    subset = sorted(datamodule.val_subset().tolist())
+    every = list(range(len(datamodule.datasets["val"])))
+    assert len(every) == 10 and len(subset) == 4
+    assert scored == [("fit", subset, 4.0), ("fit", subset, 4.0), ("validate", every, 10.0)]
+    assert len(module.loss_history["val"]) == 3
