@@ -99,6 +99,16 @@ def test_eval_batches_hold_pixels_once_and_left_pad(prepared, processor):
     assert len(batch["meta"]["target"]) == generate["input_ids"].shape[0]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_eval_pixels_are_pinned_and_copied_to_the_gpu_once(prepared, processor):
+    data_dir, _ = prepared
+    batch = next(iter(make(data_dir, processor, pin_memory=True).val_dataloader()))
+    assert batch["pixel_values"].is_pinned()
+    moved = move_data_to_device(batch, torch.device("cuda"))
+    pixels = eval_inputs(moved, "loss")["pixel_values"]
+    assert pixels.is_cuda and pixels is eval_inputs(moved, "generate")["pixel_values"]
+
+
 def test_loader_workers_persist_and_pin_memory(prepared, processor):
     data_dir, _ = prepared
     module = make(data_dir, processor, num_workers=2, pin_memory=True)

@@ -147,6 +147,15 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint_with_cuda_where
     assert len(restored) == 1 and next_draws() == after_gpu_capture
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_draws_continue_exactly_after_a_restore(tmp_path):
+    torch.rand(1, device="cuda")  # CUDA in use: its generator state is captured
+    torch.save({"rng": capture_rng()}, tmp_path / "rng.ckpt")
+    expected = torch.rand(4, device="cuda").tolist()
+    restore_rng(torch.load(tmp_path / "rng.ckpt", weights_only=True)["rng"])
+    assert torch.rand(4, device="cuda").tolist() == expected
+
+
 class FakeTrainer:
     world_size = 1
 
