@@ -255,7 +255,7 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
         def on_validation_end(self, trainer, module):
             records = module.eval_records["val"]
             scored.append((trainer.state.fn.value, sorted(r["index"] for r in records),
-                           float(trainer.callback_metrics["val/products"])))
+                           float(trainer.callback_metrics["val/count"])))
 
     module = make_module(processor, max_new_tokens=4)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, val_check_interval=1, logger=False,

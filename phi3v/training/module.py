@@ -233,7 +233,6 @@ class Phi3VLitModule(L.LightningModule):
         # identical on every rank already; sync_dist only keeps Lightning's distributed checks satisfied
         for key, value in values.items():
             self.log(f"{split}/{key}", value, sync_dist=True)
-        self.log(f"{split}/products", float(len(records)), sync_dist=True)  # a subset during training: data.val_limit
         for name, scores in self.baseline_scores.get(split, {}).items():
             for key, value in scores.items():
                 self.log(f"{split}/{name}/{key}", float(value), sync_dist=True)
