@@ -19,12 +19,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from phi3v.config_schema import register_schemas
 from phi3v.data.datamodule import ProductDataModule
 from phi3v.training.callbacks import EvaluationReport, SigtermCheckpoint
 from phi3v.training.export import export_adapter
+from phi3v.training.hardware import accumulation, check_precision, world_size
 from phi3v.training.launch import join_external_launch, prepare_once
 from phi3v.training.metrics import Baselines, baseline_metrics
 from phi3v.training.model_spec import load_processor
@@ -79,6 +80,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
     for key in ("ddp", "fsdp", "timeout_minutes", "strategy"):  # settings of the strategy, not Trainer arguments
         hardware.pop(key)
+    hardware["accumulate_grad_batches"] = accumulate_grad_batches(cfg)
     strategy = build_strategy(cfg.hardware.strategy, instantiate(cfg.hardware.ddp), cfg.hardware.timeout_minutes)
     return L.Trainer(
         default_root_dir=run_dir, logger=logger or False, callbacks=callbacks, strategy=strategy,
@@ -97,8 +99,19 @@ def sharding_spec(cfg: DictConfig) -> ShardingSpec:
     return spec
 
 
+def accumulate_grad_batches(cfg: DictConfig) -> int:
+    """hardware.accumulate_grad_batches, or derived from data.global_batch_size when that is set."""
+    hardware = cfg.hardware
+    devices = OmegaConf.to_object(hardware.devices) if isinstance(hardware.devices, ListConfig) else hardware.devices
+    world = world_size(hardware.accelerator, devices, hardware.num_nodes)
+    return accumulation(cfg.data.get("global_batch_size"), cfg.data.batch_size, world, hardware.num_nodes,
+                        hardware.accumulate_grad_batches)
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Fail before any work on combinations that cannot run."""
+    check_precision(cfg.hardware.precision, cfg.model.spec.dtype)
+    accumulate_grad_batches(cfg)  # raises when data.global_batch_size does not divide
     if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.hardware.strategy != "auto":
         raise SystemExit(
             f"hardware.strategy={cfg.hardware.strategy} cannot run under Hydra multirun (-m): Lightning starts the "
@@ -144,6 +157,9 @@ def main(cfg: DictConfig) -> float | None:
     exit_code = 1
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if datamodule.val_subset() is not None and cfg.trainer.limit_val_batches and not trainer.interrupted:
+            trainer.validate(module, datamodule=datamodule, ckpt_path=None)  # the whole split (data.val_limit)
+        objective = trainer.callback_metrics.get(cfg.checkpoint.monitor)  # before test() clears the metrics
         if cfg.test and len(datamodule.datasets["test"]):
             trainer.test(module, datamodule=datamodule, ckpt_path=None)
         # Under FSDP every rank holds a shard of the trained weights: all take part in gathering them.
@@ -155,8 +171,7 @@ def main(cfg: DictConfig) -> float | None:
         # Close this job's W&B run (marked failed on an exception): the next job of a multirun starts its own.
         if trainer.is_global_zero and isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish(exit_code=exit_code)
-    value = trainer.callback_metrics.get(cfg.checkpoint.monitor)
-    return None if value is None or not math.isfinite(float(value)) else float(value)
+    return None if objective is None or not math.isfinite(float(objective)) else float(objective)
 
 
 def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path, trained: dict | None) -> None:

@@ -135,3 +135,77 @@ def test_run_dirs_follow_the_launch_time_shared_by_all_ranks(monkeypatch):
     monkeypatch.setenv("PHI3V_LAUNCH_TIME", "2026-01-02T03:04:05")
     cfg = compose("train", return_hydra_config=True)
     assert OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"] == "outputs/2026-01-02/03-04-05"
+
+
+def launch_check(*overrides: str):
+    """train.py's start-up check on a composed config (as Hydra would run it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    import train
+
+    cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        train.check_launch(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+@pytest.mark.parametrize(("overrides", "fix"), [
+    (["model=phi3v", "hardware.precision=16-mixed"], "model.spec.dtype=float16"),  # the recipe's bf16 weights
+    (["model=phi35v", "hardware.precision=16"], "model.spec.dtype=float16"),  # Lightning's older spelling
+    (["model=phi3v", "model.spec.dtype=float16"], "model.spec.dtype=bfloat16"),  # bf16-mixed over fp16 weights
+])
+def test_mixed_precision_with_weights_of_the_other_half_type_fails_saying_what_to_set(overrides, fix):
+    with pytest.raises(ValueError, match=fix.replace(".", r"\.")) as raised:
+        launch_check(*overrides)
+    assert "hardware.precision" in str(raised.value) and "float32" in str(raised.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=phi3v", "hardware.precision=16-mixed", "model.spec.dtype=float16"],  # pre-Ampere GPUs
+    ["model=phi3v", "hardware.precision=16-mixed", "model.spec.dtype=float32"],  # classic AMP
+    ["model=phi3v"], ["model=phi35v"], [],  # the recipes as shipped, and the CPU demo (32-true, float32)
+    ["model=phi3v", "hardware.precision=32-true", "hardware.accelerator=cpu"],
+])
+def test_matching_precision_and_weights_start(overrides):
+    launch_check(*overrides)
+
+
+def test_global_batch_is_the_same_on_1_and_8_gpus():
+    import train
+
+    def global_batch(*overrides: str) -> int:
+        cfg = compose("train", overrides=["experiment=burberry_lora", *overrides])
+        hardware = cfg.hardware
+        return cfg.data.batch_size * hardware.devices * hardware.num_nodes * train.accumulate_grad_batches(cfg)
+
+    assert train.accumulate_grad_batches(compose("train", overrides=["experiment=burberry_lora"])) == 4
+    assert global_batch() == 16  # 4 x 1 GPU x 4 accumulated, the recipe
+    assert global_batch("hardware.devices=8", "data.batch_size=2") == 16  # 2 x 8 GPUs, no accumulation
+    assert global_batch("hardware.devices=2") == 16  # 4 x 2 GPUs x 2 accumulated
+    assert global_batch("hardware.devices=4", "hardware.num_nodes=2", "data.batch_size=1") == 16
+    with pytest.raises(ValueError, match=r"data\.global_batch_size=16 .* data\.batch_size x devices x hardware\.num_"
+                                         r"nodes = 4 x 8 x 1 = 32: set data\.batch_size=2"):
+        launch_check("experiment=burberry_lora", "hardware.devices=8")
+    with pytest.raises(ValueError, match=r"hardware\.accumulate_grad_batches=2 contradicts data\.global_batch_size"):
+        launch_check("experiment=burberry_lora", "hardware.accumulate_grad_batches=2")
+    with pytest.raises(ValueError, match=r"multiple of 32"):  # 8 ranks x 4 nodes cannot make 16
+        launch_check("experiment=burberry_lora", "hardware.devices=8", "hardware.num_nodes=4")
+    # Without it (the CPU demo), accumulation is hardware.accumulate_grad_batches as set.
+    assert train.accumulate_grad_batches(compose("train", overrides=["hardware.accumulate_grad_batches=3"])) == 3
+
+
+def test_the_trainer_accumulates_what_the_global_batch_asks(tmp_path):
+    import train
+
+    cfg = compose("train", overrides=["data.global_batch_size=24", "data.batch_size=4", "logger=none"])
+    assert train.build_trainer(cfg, tmp_path, None).accumulate_grad_batches == 6  # 24 / (4 x 1 CPU process)
+    cfg = compose("train", overrides=["logger=none", "hardware.accumulate_grad_batches=3"])
+    assert train.build_trainer(cfg, tmp_path, None).accumulate_grad_batches == 3
+
+
+def test_real_recipe_loaders_keep_workers_and_pin_memory():
+    data = compose("train", overrides=["experiment=burberry_lora"]).data
+    assert data.num_workers > 0 and data.persistent_workers and data.pin_memory
+    assert data.val_limit == 64 and compose("train").data.val_limit is None  # the demo scores all of val

@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.trainer.states import TrainerFn, TrainerState
 
-from phi3v.data.collate import model_inputs
+from phi3v.data.collate import eval_inputs, model_inputs
 from phi3v.data.datamodule import ProductDataModule, default_data_dir
 from phi3v.data.prepare import MANIFEST, REPORT
 from phi3v.data.synthetic import SyntheticSpec
@@ -72,15 +74,75 @@ def test_splits_lengths_and_batches(prepared, processor, tmp_path):
     assert torch.isfinite(model(**model_inputs(batch)).loss)
 
 
-def test_eval_batches_share_pixels_and_left_pad(prepared, processor):
+def tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list | tuple) else []
+    return [t for value in values for t in tensors(value)]
+
+
+def test_eval_batches_hold_pixels_once_and_left_pad(prepared, processor):
     data_dir, _ = prepared
     module = make(data_dir, processor)
     batch = next(iter(module.val_dataloader()))
-    assert batch["loss"]["pixel_values"] is batch["generate"]["pixel_values"]
-    generate = batch["generate"]
+    # Every tensor once: the loader's pinning and Lightning's copy to the device visit each leaf, so a
+    # pixel tensor shared by the loss and generation inputs would be pinned and copied twice.
+    leaves = tensors(batch)
+    assert len({id(t) for t in leaves}) == len(leaves)
+    moved = move_data_to_device(batch, torch.device("meta"))  # what Lightning does with each batch
+    assert eval_inputs(moved, "loss")["pixel_values"] is eval_inputs(moved, "generate")["pixel_values"]
+    assert eval_inputs(moved, "loss")["pixel_values"].device.type == "meta"
+    assert torch.equal(eval_inputs(batch, "loss")["image_sizes"], batch["image_sizes"])
+    generate = eval_inputs(batch, "generate")
     assert (generate["attention_mask"][:, -1] == 1).all()  # left padding: every row ends with a token
     assert "labels" not in generate and "labels" in batch["loss"]
     assert len(batch["meta"]["target"]) == generate["input_ids"].shape[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_eval_pixels_are_pinned_and_copied_to_the_gpu_once(prepared, processor):
+    data_dir, _ = prepared
+    batch = next(iter(make(data_dir, processor, pin_memory=True).val_dataloader()))
+    assert batch["pixel_values"].is_pinned()
+    moved = move_data_to_device(batch, torch.device("cuda"))
+    pixels = eval_inputs(moved, "loss")["pixel_values"]
+    assert pixels.is_cuda and pixels is eval_inputs(moved, "generate")["pixel_values"]
+
+
+def test_loader_workers_persist_and_pin_memory(prepared, processor):
+    data_dir, _ = prepared
+    module = make(data_dir, processor, num_workers=2, pin_memory=True)
+    loaders = [module.train_dataloader(), module.val_dataloader(), module.test_dataloader()]
+    assert all(loader.persistent_workers and loader.pin_memory and loader.num_workers == 2 for loader in loaders)
+    without_workers = make(data_dir, processor)  # DataLoader refuses persistent workers without workers
+    assert not any(loader.persistent_workers for loader in (without_workers.train_dataloader(),
+                                                            without_workers.val_dataloader()))
+
+
+class FakeTrainer:
+    def __init__(self, fn: TrainerFn):
+        self.state = TrainerState(fn=fn)
+
+
+def products(loader) -> list[str]:
+    return [p for batch in loader for p, s in zip(batch["meta"]["product_id"], batch["meta"]["supervised"]) if s]
+
+
+def test_validations_in_training_score_the_same_val_limit_products_and_validate_scores_all(prepared, processor):
+    data_dir, _ = prepared
+    module = make(data_dir, processor, val_limit=4)
+    every = products(module.val_dataloader())  # outside a trainer: the whole split
+    assert len(every) == len(set(every)) == len(module.datasets["val"]) == 6
+    module.trainer = FakeTrainer(TrainerFn.FITTING)
+    first, second = products(module.val_dataloader()), products(module.val_dataloader())
+    assert len(first) == 4 and len(set(first)) == 4 and set(first) < set(every) and sorted(first) == sorted(second)
+    ids = module.datasets["val"].table.column("product_id").to_pylist()
+    assert sorted(first) == sorted(ids[i] for i in module.val_subset())
+    module.trainer = FakeTrainer(TrainerFn.VALIDATING)  # train.py validates the whole split after fit
+    assert sorted(products(module.val_dataloader())) == sorted(every)
+    assert make(data_dir, processor, val_limit=10).val_subset() is None  # more than the split: all of it
+    with pytest.raises(ValueError, match="data.val_limit"):
+        make(data_dir, processor, val_limit=0)
 
 
 def test_limit_and_group_by_length_reduce_padding(prepared, processor):

@@ -276,3 +276,21 @@ def test_eval_batches_cover_the_split_once_with_equal_counts_per_rank(n, batch_s
     assert len(counts) == 1
     assert sorted(real) == list(range(n))
     assert padding == -n % world  # fewer repeats than ranks
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_eval_sampler_restricted_to_indices_covers_exactly_those(world):
+    from phi3v.data.eval_sampler import EvalBatchSampler
+    from phi3v.data.sampler import PaddingIndex
+
+    lengths = np.random.default_rng(5).integers(50, 500, 20)
+    subset = [17, 3, 8, 11]
+    ranks = [list(EvalBatchSampler(lengths, 2, num_replicas=world, rank=r, indices=subset)) for r in range(world)]
+    flat = [i for batches in ranks for b in batches for i in b]
+    assert sorted(int(i) for i in flat if not isinstance(i, PaddingIndex)) == sorted(subset)
+    assert len({len(batches) for batches in ranks}) == 1
+    assert sum(isinstance(i, PaddingIndex) for i in flat) == -len(subset) % world
+    if world == 1:  # longest first, as for the whole split
+        assert flat == sorted(subset, key=lambda i: -lengths[i])
+    with pytest.raises(ValueError, match="indices must lie in"):
+        EvalBatchSampler(lengths, 2, num_replicas=1, rank=0, indices=[20])

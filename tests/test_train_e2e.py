@@ -7,6 +7,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -42,13 +43,17 @@ def train(run_dir: Path, data_dir: Path, *overrides: str, wait: bool = True, env
 def test_small_run_writes_everything(tmp_path):
     run = tmp_path / "run"
     output = train(run, tmp_path / "data", "trainer.max_steps=6", "trainer.val_check_interval=6",
-                   "checkpoint.every_n_train_steps=3")
+                   "checkpoint.every_n_train_steps=3", "data.val_limit=4")
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 1000
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "adapter" / "tokenizer.json").is_file()
     assert list((run / "plots").glob("val_step*_price_scatter.png"))
     assert (run / "plots" / "test_price_scatter.png").is_file()
     assert (run / "splits.json").is_file()
+    # data.val_limit=4: the validation in training scored 4 of the 8 val products, the one after it all 8
+    rows = {p.stem: len(list(csv.DictReader(p.open(newline="")))) for p in (run / "predictions").glob("val*.csv")}
+    assert rows == {"val_step000006": 4, "val": 8}
+    assert (run / "plots" / "val_price_scatter.png").is_file()
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline and list(offline[0].glob("*.wandb")), "offline W&B run files in the run dir"
     assert "test (generated answers vs baselines)" in output and "price_mape" in output

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,7 +14,7 @@ from PIL import Image
 from phi3v.data.prompts import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
-from phi3v.training.module import EvalSpec, Phi3VLitModule
+from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng
 from phi3v.training.schedules import lr_factor, warmup_schedule
 
 SPEC = ModelSpec(num_crops=4)
@@ -112,6 +114,48 @@ def test_checkpoints_hold_only_trainable_weights_and_refuse_mismatches(processor
         module.on_load_checkpoint(checkpoint)
 
 
+def next_draws() -> tuple:
+    return torch.rand(3).tolist(), float(np.random.rand()), random.random()
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint_with_cuda_where_used(monkeypatch, tmp_path):
+    def through_file(state: dict) -> dict:  # as Lightning loads checkpoints: weights_only=True
+        torch.save({"rng": state}, tmp_path / "rng.ckpt")
+        return torch.load(tmp_path / "rng.ckpt", weights_only=True)["rng"]
+
+    cpu = through_file(capture_rng())
+    assert "cuda" not in cpu or torch.cuda.is_initialized()
+    expected = next_draws()
+    restore_rng(cpu)
+    assert next_draws() == expected
+
+    # A GPU process (faked: this machine has none): its device's generator state travels along.
+    generator, restored = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": generator.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    gpu = through_file(capture_rng())
+    after_gpu_capture = next_draws()
+    assert torch.equal(gpu["cuda"], generator)
+    restore_rng(gpu)
+    assert len(restored) == 1 and torch.equal(restored[0], generator)
+    restore_rng({key: value for key, value in gpu.items() if key != "cuda"})  # a CPU run's checkpoint on a GPU
+    assert len(restored) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the GPU run's checkpoint on a CPU machine
+    restore_rng(gpu)
+    assert len(restored) == 1 and next_draws() == after_gpu_capture
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_draws_continue_exactly_after_a_restore(tmp_path):
+    torch.rand(1, device="cuda")  # CUDA in use: its generator state is captured
+    torch.save({"rng": capture_rng()}, tmp_path / "rng.ckpt")
+    expected = torch.rand(4, device="cuda").tolist()
+    restore_rng(torch.load(tmp_path / "rng.ckpt", weights_only=True)["rng"])
+    assert torch.rand(4, device="cuda").tolist() == expected
+
+
 class FakeTrainer:
     world_size = 1
 
@@ -190,3 +234,37 @@ def test_a_rank_without_supervised_rows_still_backpropagates_through_every_weigh
     for name, parameter in module.named_parameters():
         if parameter.requires_grad:
             assert parameter.grad is not None and not parameter.grad.any(), name
+
+
+def test_validations_in_training_score_the_val_limit_and_validate_scores_the_whole_split(processor, tmp_path):
+    """data.val_limit=4: each validation during fit generates for the same 4 val products; the
+    validation train.py runs after fit scores all of them."""
+    import lightning as L
+
+    from phi3v.data.datamodule import ProductDataModule
+    from phi3v.data.synthetic import SyntheticSpec
+
+    datamodule = ProductDataModule(data_dir=str(tmp_path), synthetic=SyntheticSpec(num_products=40, seed=3),
+                                   val_fraction=0.25, batch_size=2, eval_batch_size=4, val_limit=4)
+    datamodule.connect(processor)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    scored = []
+
+    class Scored(L.Callback):
+        def on_validation_end(self, trainer, module):
+            records = module.eval_records["val"]
+            scored.append((trainer.state.fn.value, sorted(r["index"] for r in records),
+                           float(trainer.callback_metrics["val/count"])))
+
+    module = make_module(processor, max_new_tokens=4)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, val_check_interval=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[Scored()])
+    trainer.fit(module, datamodule=datamodule)
+    trainer.validate(module, datamodule=datamodule, ckpt_path=None)
+    subset = sorted(datamodule.val_subset().tolist())
+    every = list(range(len(datamodule.datasets["val"])))
+    assert len(every) == 10 and len(subset) == 4
+    assert scored == [("fit", subset, 4.0), ("fit", subset, 4.0), ("validate", every, 10.0)]
+    assert len(module.loss_history["val"]) == 3

@@ -3,7 +3,9 @@
 Modes:
   train     right-padded prompt + answer with labels on the answer and its `<|end|>`
   generate  left-padded prompts only (for `model.generate`)
-  eval      both of the above sharing one `pixel_values` tensor, for val loss + generation
+  eval      both of the above (text only, under "loss" and "generate") beside one `pixel_values`
+            tensor held once, so pinning and the copy to the device happen once; the model inputs
+            of each use: `eval_inputs(batch, "loss")`, `eval_inputs(batch, "generate")`
 Every batch carries `meta` (ids, targets, prices, skipped-image count); pass only the model keys
 to the model: `model(**model_inputs(batch))`.
 
@@ -26,6 +28,7 @@ from .dataset import Sample
 from .prompts import PromptTemplate
 
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "labels")
+PIXEL_KEYS = ("pixel_values", "image_sizes")
 # Stands in for an unreadable photo: one CLIP crop (the cheapest photo the model accepts), white.
 PLACEHOLDER = Image.new("RGB", (336, 336), "white")
 
@@ -53,6 +56,12 @@ class BatchMeta(TypedDict):
 def model_inputs(batch: dict) -> Phi3VBatch:
     """The keys `Phi3VForCausalLM.forward` takes."""
     return {key: batch[key] for key in MODEL_KEYS if key in batch}
+
+
+def eval_inputs(batch: dict, use: Literal["loss", "generate"]) -> Phi3VBatch:
+    """The model inputs of an eval batch for the teacher-forced loss (right-padded, with labels) or
+    for generation (left-padded prompts): the text of `use` with the batch's one pixel tensor."""
+    return model_inputs({**batch[use], **{key: batch[key] for key in PIXEL_KEYS}})
 
 
 class Phi3VCollator:
@@ -93,11 +102,11 @@ class Phi3VCollator:
         }
         if self.mode == "train":
             return {**self._labelled(prompts, counts, targets, supervised), **pixels, "meta": meta}
-        generate = {**self.processor.tokenize(prompts, counts, None, "left"), **pixels}
+        generate = self.processor.tokenize(prompts, counts, None, "left")
         if self.mode == "generate":
-            return {**generate, "meta": meta}
-        loss = {**self._labelled(prompts, counts, targets, supervised), **pixels}
-        return {"loss": loss, "generate": generate, "meta": meta}
+            return {**generate, **pixels, "meta": meta}
+        loss = self._labelled(prompts, counts, targets, supervised)
+        return {"loss": loss, "generate": generate, **pixels, "meta": meta}
 
     def _labelled(self, prompts: list[str], counts: list[list[int]], targets: list[str], supervised: list[bool]):
         encoded = self.processor.tokenize(prompts, counts, targets, "right")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from phi3v.modeling import Phi3VProcessor
@@ -45,7 +46,13 @@ class ProductDataModule(L.LightningDataModule):
         limit: use at most this many rows (chosen with split_seed) for quick runs.
         prompt: question, answer template and price format.
         batch_size, eval_batch_size: per-device batch sizes (train / val, test, predict).
-        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        global_batch_size: samples per optimizer step over all devices; train.py derives
+            hardware.accumulate_grad_batches from it (None: accumulation as set there).
+        val_limit: products scored at each validation during training, the same ones every time (the
+            first of an order seeded by split_seed); None = the whole split. Validation outside
+            training (train.py runs one after fit when this is set) scores the whole split.
+        num_workers, pin_memory, persistent_workers: DataLoader settings (persistent workers survive
+            between epochs and evaluations; they are off without workers).
         group_by_length: batch samples of similar token count (much less padding).
         strict_images: an unreadable image fails the run (naming it) instead of being skipped.
         max_pixels: decompression-bomb guard.
@@ -66,9 +73,11 @@ class ProductDataModule(L.LightningDataModule):
         prompt: PromptTemplate | None = None,
         batch_size: int = 4,
         eval_batch_size: int = 8,
+        global_batch_size: int | None = None,
+        val_limit: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
-        persistent_workers: bool = False,
+        persistent_workers: bool = True,
         group_by_length: bool = True,
         strict_images: bool = False,
         max_pixels: int = 64_000_000,
@@ -82,6 +91,9 @@ class ProductDataModule(L.LightningDataModule):
             raise ValueError(
                 f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}"
             )
+        for key, value in (("global_batch_size", global_batch_size), ("val_limit", val_limit)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key} must be >= 1 or null, got {value}")
         self.source = source
         self.data_dir = Path(data_dir) if data_dir else default_data_dir(source)
         self.columns = columns or ColumnMap()
@@ -89,6 +101,7 @@ class ProductDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.template = prompt or PromptTemplate()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.global_batch_size, self.val_limit = global_batch_size, val_limit
         self.loader_options = dict(
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0
         )
@@ -184,18 +197,31 @@ class ProductDataModule(L.LightningDataModule):
             collate_fn=Phi3VCollator(self.processor, self.template, "train"), **self.loader_options,
         )
 
-    def _eval_loader(self, split: str, mode: str) -> DataLoader:
-        """Each rank gets its share of the split (see EvalBatchSampler): equal batch counts on all ranks."""
+    def _eval_loader(self, split: str, mode: str, indices: np.ndarray | None = None) -> DataLoader:
+        """Each rank gets its share of the split, or of its `indices` (see EvalBatchSampler): equal batch
+        counts on all ranks."""
         if len(self.datasets[split]) == 0:  # e.g. data.val_fraction=0: no batches
             return DataLoader(self.datasets[split], batch_size=self.eval_batch_size)
-        sampler = EvalBatchSampler(self.lengths[split], self.eval_batch_size, group_by_length=self.group_by_length)
+        sampler = EvalBatchSampler(
+            self.lengths[split], self.eval_batch_size, group_by_length=self.group_by_length, indices=indices
+        )
         return DataLoader(
             self.datasets[split], batch_sampler=sampler,
             collate_fn=Phi3VCollator(self.processor, self.template, mode), **self.loader_options,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val", "eval")
+        """During training the `val_limit` subset (see val_subset); otherwise the whole split."""
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        return self._eval_loader("val", "eval", self.val_subset() if fitting else None)
+
+    def val_subset(self) -> np.ndarray | None:
+        """Val indices scored at each validation during training: the first `val_limit` of an order
+        seeded by split_seed, so every validation scores the same products; None = all of them."""
+        count = len(self.datasets["val"])
+        if self.val_limit is None or self.val_limit >= count:
+            return None
+        return np.sort(np.random.default_rng(self.split_seed).permutation(count)[: self.val_limit])
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test", "eval")

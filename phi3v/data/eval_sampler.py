@@ -5,6 +5,7 @@ step) need every rank to run the same number of batches. The split is sorted by 
 (longest first: similar lengths share a batch, so generation pads little), padded with at most
 `num_replicas - 1` flagged repeats to a multiple of the world size, and dealt out round-robin, so
 each rank gets ceil(n / world) samples of similar lengths; only the last batch may be smaller.
+`indices` restricts this to a subset of the split (e.g. a fixed sample per validation).
 """
 
 from __future__ import annotations
@@ -27,17 +28,24 @@ class EvalBatchSampler(Sampler[list[int]]):
         group_by_length: bool = True,
         num_replicas: int | None = None,
         rank: int | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.lengths = _validated_lengths(lengths)
         self.batch_size = _int_at_least("batch_size", batch_size)
         self.group_by_length = group_by_length
         self.num_replicas, self.rank = _world(num_replicas, rank)
-        self.per_rank = math.ceil(len(self.lengths) / self.num_replicas)
+        self.indices = np.arange(len(self.lengths)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(self.indices) and not (0 <= self.indices.min() and self.indices.max() < len(self.lengths)):
+            raise ValueError(
+                f"indices must lie in [0, {len(self.lengths)}), got {self.indices.min()}..{self.indices.max()}"
+            )
+        self.per_rank = math.ceil(len(self.indices) / self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
-        n = len(self.lengths)
-        order = np.argsort(-self.lengths, kind="stable") if self.group_by_length else np.arange(n)
+        n = len(self.indices)
+        longest_first = np.argsort(-self.lengths[self.indices], kind="stable")
+        order = self.indices[longest_first] if self.group_by_length else self.indices
         total = self.per_rank * self.num_replicas
         slots = np.resize(order, total)  # the tail repeats the first (longest) samples
         padding = np.arange(total) >= n

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -17,9 +18,10 @@ log = logging.getLogger(__name__)
 
 class EvaluationReport(L.Callback):
     """After each evaluation, on rank 0, from the records of all ranks: every answer in
-    `predictions/<split>[_step]<n>.csv`, a predicted-vs-true price scatter (PNG in `plots/`, and to
-    W&B) and a W&B table of the first `evaluation.table_samples` samples (image, target, prediction,
-    parsed price, error)."""
+    `predictions/<split>[_step<n>].csv` (`val_step<n>` during training, `val` for the validation of
+    the whole split after it), a predicted-vs-true price scatter (PNG in `plots/`, and to W&B) and a
+    W&B table of the first `evaluation.table_samples` samples (image, target, prediction, parsed
+    price, error)."""
 
     def __init__(self, run_dir: str | Path):
         self.plots = Path(run_dir) / "plots"
@@ -27,7 +29,8 @@ class EvaluationReport(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._report(trainer, module, "val", f"val_step{trainer.global_step:06d}")
+            fitting = trainer.state.fn == TrainerFn.FITTING
+            self._report(trainer, module, "val", f"val_step{trainer.global_step:06d}" if fitting else "val")
 
     def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._report(trainer, module, "test", "test")

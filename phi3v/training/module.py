@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from phi3v.data.collate import model_inputs
+from phi3v.data.collate import eval_inputs, model_inputs
 from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling import Phi3VProcessor
 
@@ -186,12 +186,13 @@ class Phi3VLitModule(L.LightningModule):
         """Per sample: teacher-forced loss (sum and token count) and the greedy answer, parsed. Kept as
         records of this rank; the epoch end gathers every rank's and scores them once."""
         meta = batch["meta"]
-        inputs = model_inputs(batch["loss"])
+        inputs = eval_inputs(batch, "loss")
         labels = inputs.pop("labels")
         output = self.model(**inputs)
         loss_sums, tokens = per_sample_loss(output.logits, labels)
         answers = greedy_answers(
-            self.model, self.processor, batch["generate"], self.evaluation.max_new_tokens, synced=self._sharded
+            self.model, self.processor, eval_inputs(batch, "generate"), self.evaluation.max_new_tokens,
+            synced=self._sharded,
         )
         for i, answer in enumerate(answers):
             if not meta["supervised"][i]:  # unreadable image or a padding repeat
@@ -271,18 +272,27 @@ def peak_memory_gib(device: torch.device) -> float:
 
 def capture_rng() -> dict:
     """torch/numpy/python RNG states as tensors and plain values, loadable with `weights_only=True`
-    (how Lightning reads checkpoints): LoRA dropout and data order continue exactly after a resume."""
+    (how Lightning reads checkpoints): LoRA dropout and data order continue exactly after a resume.
+    On a GPU run also the CUDA generator of this process's device (LoRA dropout draws there); only
+    once CUDA is in use, so a CPU run on a GPU machine never initialises it."""
     name, keys, position, has_gauss, gauss = np.random.get_state()
     version, state, gauss_next = random.getstate()
-    return {
+    states = {
         "torch": torch.get_rng_state(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
         "python": [version, torch.tensor(state, dtype=torch.int64), gauss_next],
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # (16,) uint8 on the CPU: seed + offset of the current device
+    return states
 
 
 def restore_rng(state: dict) -> None:
+    """Inverse of `capture_rng`. A checkpoint moved between a GPU and a CPU machine still loads: the
+    CUDA state is restored only where it was saved and CUDA is available."""
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     name, keys, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     version, python_state, gauss_next = state["python"]
