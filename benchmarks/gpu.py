@@ -82,11 +82,8 @@ def recipe_lora() -> LoraSpec:
 
 def build(method: str, preset: str, dtype: torch.dtype, device: torch.device):
     """The base (random weights, built on the device) wrapped with the recipe's LoRA."""
-    base = build_random_model(preset, seed=0, dtype=dtype, device=device)
-    if method == "qlora":
-        from phi3v.modeling.quantization import quantize_decoder
-
-        base = quantize_decoder(base, "nf4", compute_dtype=dtype)
+    quantization = "nf4" if method == "qlora" else None  # each decoder layer quantized as it is built
+    base = build_random_model(preset, seed=0, dtype=dtype, device=device, quantization=quantization)
     return apply_lora(base, recipe_lora())
 
 
