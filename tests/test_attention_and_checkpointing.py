@@ -4,11 +4,15 @@ a frozen CLIP tower without autograd, and which layers activation checkpointing 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from PIL import Image
 
+from phi3v.config_schema import register_schemas
 from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling import IGNORE_INDEX, build_tiny_model, padding_only_trails, training_attention_mask
 from phi3v.training.lora import LoraSpec, apply_lora
@@ -200,3 +204,18 @@ def test_checkpointing_settings_reach_the_model_and_fail_naming_the_key():
         ModelSpec(activation_checkpointing=True, activation_checkpointing_every=0)
     with pytest.raises(ValueError, match=r"model\.spec\.activation_checkpointing is false: set it to true"):
         ModelSpec(activation_checkpointing_every=2)
+
+
+@pytest.mark.parametrize("model", ["tiny", "phi3v", "phi35v"])
+def test_checkpointing_keys_compose_from_the_command_line(model):
+    register_schemas()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", "model.spec.activation_checkpointing=true",
+                                          "model.spec.activation_checkpointing_every=4",
+                                          "model.spec.activation_checkpointing_vision=false"])
+        spec = instantiate(cfg.model.spec)
+        assert (spec.activation_checkpointing_every, spec.activation_checkpointing_vision) == (4, False)
+        bad = compose("train", overrides=[f"model={model}", "model.spec.activation_checkpointing=false",
+                                          "model.spec.activation_checkpointing_every=2"])
+        with pytest.raises(Exception, match=r"model\.spec\.activation_checkpointing is false"):
+            instantiate(bad.model.spec)
