@@ -120,8 +120,9 @@ def keep_trainables_in_float32(model: PeftModel, compute_dtype: torch.dtype) -> 
     LoRA layers cast their input to the adapter's dtype and their sum back to the base output's
     (PEFT does it). Modules trained whole (`modules_to_save`: projector, lm_head, embed_tokens,
     vision tower) are cast at their boundary: inputs to their weights' dtype, the output back to
-    `compute_dtype`, so the rest of the model sees the dtype it always did. A float32 base (or a
-    quantized one whose compute dtype is float32) needs nothing. Idempotent.
+    `compute_dtype`, so the rest of the model sees the dtype it always did. Frozen parts of those
+    copies (CLIP's unused last layer) stay in the base dtype. A float32 base (or a quantized one
+    whose compute dtype is float32) needs nothing. Idempotent.
     """
     if compute_dtype not in HALF:
         return
@@ -139,8 +140,9 @@ def _cast_at_boundary(module: nn.Module, compute_dtype: torch.dtype) -> None:
         return
 
     def cast_inputs(module, args, kwargs):
-        # read at call time: FSDP may gather the weights in another dtype (hardware.fsdp.param_dtype)
-        dtype = next(module.parameters()).dtype
+        # Read at call time (FSDP may gather weights in hardware.fsdp.param_dtype), from a trained
+        # weight: a trained CLIP copy also holds its frozen, never-run last layer in the base dtype.
+        dtype = next((p.dtype for p in module.parameters() if p.requires_grad), compute_dtype)
         return tuple(_cast(a, dtype) for a in args), {k: _cast(v, dtype) for k, v in kwargs.items()}
 
     module.register_forward_pre_hook(cast_inputs, with_kwargs=True)
