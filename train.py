@@ -85,6 +85,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
     return L.Trainer(
         default_root_dir=run_dir, logger=logger or False, callbacks=callbacks, strategy=strategy,
         use_distributed_sampler=False,  # our samplers shard by rank themselves
+        inference_mode=False,  # evaluation under no_grad on every backend (FSDP2 cannot gather under inference mode)
         **hardware, **OmegaConf.to_container(cfg.trainer, resolve=True),
     )
 

@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, A
 
 from .configuration import Phi3VConfig
 from .image_processing import Phi3VImageProcessor
+from .masking import padding_only_trails, training_attention_mask
 from .modeling import IGNORE_INDEX, Phi3VForCausalLM, Phi3VModel
 from .presets import build_tiny_model, preset_dir, tiny_config
 from .processing import Phi3VProcessor
@@ -24,10 +25,12 @@ __all__ = [
     "build_tiny_model",
     "chat_prompt",
     "load_tokenizer",
+    "padding_only_trails",
     "preset_dir",
     "quantize_decoder",
     "register_auto_classes",
     "tiny_config",
+    "training_attention_mask",
 ]
 
 

@@ -158,6 +158,48 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def vision_layers(self) -> nn.ModuleList:
+        """CLIP's encoder layers (the last one never runs: features come from the one before)."""
+        return self.model.vision_embed_tokens.img_processor.vision_model.encoder.layers
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False,
+        vision: bool = True,
+    ) -> None:
+        """Recompute layer activations in backward instead of keeping them.
+
+        Args:
+            every_n_layers: checkpoint decoder layers 0, n, 2n, ...; 1 = every layer (least memory).
+                Each layer left out keeps its activations (estimated ~20 x hidden values per token:
+                ~1.2 GB in bf16 at batch 4 x 2.5k tokens for Phi-3-V) and skips one layer forward in backward.
+            vision: also checkpoint every CLIP layer. Matters only when CLIP is trained (LoRA on
+                the tower or the tower itself): a frozen tower runs without autograd, so its layers
+                keep nothing and recompute nothing either way.
+            activation_checkpointing_kwargs, offload: as in transformers (non-reentrant by default).
+        """
+        if every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be >= 1, got {every_n_layers}")
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, offload=offload)
+        # transformers numbers decoder and CLIP layers in one sequence; choose each tower's here
+        for index, layer in enumerate(self.model.layers):
+            layer.gradient_checkpointing = index % every_n_layers == 0
+        for layer in self.vision_layers():
+            layer.gradient_checkpointing = vision
+
+    def enable_input_require_grads(self) -> None:
+        """Make the decoder's token embeddings require grad (what PEFT and transformers ask for when
+        checkpointing with frozen embeddings), and nothing else.
+
+        transformers' version hooks the input embeddings of every sub-model, CLIP's patch
+        embedding included: a frozen tower would then run with autograd, and backward would
+        recompute and back-propagate all of CLIP although none of its weights trains. Whether
+        CLIP needs autograd is decided by its own trainable weights alone."""
+        self.disable_input_require_grads()
+        embeddings = self.get_input_embeddings()
+        hook = embeddings.register_forward_hook(lambda module, args, output: output.requires_grad_(True))
+        self._require_grads_hooks = [hook]
+        self._require_grads_hook = hook  # the attribute name older callers look for
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

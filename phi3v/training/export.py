@@ -85,10 +85,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
     _set_generation_ids(merged, processor)
     # name_or_path points at the merged export itself, so predict/load_for_inference rebuild from it.
-    spec = replace(
-        ModelSpec.load(adapter_dir), name_or_path=str(out_dir.resolve()), activation_checkpointing=False,
-        quantization=None,
-    )
+    spec = replace(ModelSpec.load(adapter_dir).for_inference(), name_or_path=str(out_dir.resolve()), quantization=None)
     with _staging(out_dir) as staging:
         merged.save_pretrained(staging)
         check_full_model(staging, original_keys(merged), exact=True)
@@ -268,7 +265,7 @@ def load_for_inference(
     directory = Path(adapter_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory")
-    spec = replace(ModelSpec.load(directory), activation_checkpointing=False)
+    spec = ModelSpec.load(directory).for_inference()
     spec = replace(spec, dtype=dtype) if dtype else spec
     spec = spec if quantized else replace(spec, quantization=None)
     if is_adapter(directory):

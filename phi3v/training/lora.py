@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
+from torch import nn
 
 from phi3v.modeling import Phi3VForCausalLM
 
@@ -96,9 +99,61 @@ def apply_lora(model: Phi3VForCausalLM, spec: LoraSpec) -> PeftModel | Phi3VForC
         bias="none",
         task_type="CAUSAL_LM",
     )
+    compute_dtype = model.dtype  # before wrapping: the base weights' dtype
     peft_model = get_peft_model(model, config)
     _freeze_unused_clip(peft_model, model.config.vision_config.num_hidden_layers)
+    keep_trainables_in_float32(peft_model, compute_dtype)
     return peft_model
+
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def keep_trainables_in_float32(model: PeftModel, compute_dtype: torch.dtype) -> None:
+    """Hold every trainable weight in float32 while the frozen base stays in `compute_dtype`.
+
+    A bf16 weight cannot take an update smaller than ~1/256 of itself: late in a schedule most
+    updates of a pure-bf16 projector would round away. float32 trainables keep them, for the cost
+    of 2 extra bytes per trainable weight (~0.15 GB for Phi-3-V's 72M), and the optimizer states
+    follow their dtype.
+
+    LoRA layers cast their input to the adapter's dtype and their sum back to the base output's
+    (PEFT does it). Modules trained whole (`modules_to_save`: projector, lm_head, embed_tokens,
+    vision tower) are cast at their boundary: inputs to their weights' dtype, the output back to
+    `compute_dtype`, so the rest of the model sees the dtype it always did. Frozen parts of those
+    copies (CLIP's unused last layer) stay in the base dtype. A float32 base (or a quantized one
+    whose compute dtype is float32) needs nothing. Idempotent.
+    """
+    if compute_dtype not in HALF:
+        return
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype in HALF:
+            parameter.data = parameter.data.float()
+    for wrapper in model.modules():
+        if isinstance(wrapper, ModulesToSaveWrapper):
+            for trained in wrapper.modules_to_save.values():
+                _cast_at_boundary(trained, compute_dtype)
+
+
+def _cast_at_boundary(module: nn.Module, compute_dtype: torch.dtype) -> None:
+    if getattr(module, "_phi3v_boundary_cast", None) == compute_dtype:
+        return
+
+    def cast_inputs(module, args, kwargs):
+        # Read at call time (FSDP may gather weights in hardware.fsdp.param_dtype), from a trained
+        # weight: a trained CLIP copy also holds its frozen, never-run last layer in the base dtype.
+        dtype = next((p.dtype for p in module.parameters() if p.requires_grad), compute_dtype)
+        return tuple(_cast(a, dtype) for a in args), {k: _cast(v, dtype) for k, v in kwargs.items()}
+
+    module.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+    module.register_forward_hook(lambda module, args, output: _cast(output, compute_dtype))
+    module._phi3v_boundary_cast = compute_dtype
+
+
+def _cast(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype:
+        return value.to(dtype)
+    return value
 
 
 def _freeze_unused_clip(model: PeftModel, clip_layers: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,7 +29,12 @@ class ModelSpec:
         dtype: weights dtype: float32, bfloat16 or float16.
         attn_implementation: sdpa (default), eager or flash_attention_2.
         num_crops: HD crops per image (16 for Phi-3-V, 4 for Phi-3.5-V); null = the snapshot's.
-        activation_checkpointing: recompute activations in backward (both towers): less memory, ~30% slower.
+        activation_checkpointing: recompute activations in backward instead of keeping them: less
+            memory, ~30% slower steps with every layer. true = every decoder layer + CLIP.
+        activation_checkpointing_every: checkpoint decoder layers 0, n, 2n, ... (1 = every layer);
+            a larger n keeps the other layers' activations: faster steps, more memory.
+        activation_checkpointing_vision: also checkpoint the CLIP layers (only matters when CLIP
+            trains: a frozen tower keeps no activations for backward anyway).
         quantization: null, nf4 or int8: store the decoder's linear layers quantized (QLoRA; needs
             bitsandbytes, `pip install -e .[qlora]`); `dtype` is then their compute dtype. See
             phi3v.modeling.quantization for what is quantized and why.
@@ -41,20 +46,44 @@ class ModelSpec:
     attn_implementation: str = "sdpa"
     num_crops: int | None = None
     activation_checkpointing: bool = False
+    activation_checkpointing_every: int = 1
+    activation_checkpointing_vision: bool = True
     quantization: str | None = None
 
     def __post_init__(self) -> None:
+        problems = []
         if self.dtype not in DTYPES:
-            raise ValueError(f"model.spec.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            problems.append(f"model.spec.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
-            raise ValueError(
+            problems.append(
                 f"model.spec.attn_implementation must be sdpa, eager or flash_attention_2, got "
                 f"{self.attn_implementation!r}"
             )
+        if self.activation_checkpointing_every < 1:
+            problems.append(
+                f"model.spec.activation_checkpointing_every must be >= 1 (1 = every decoder layer), got "
+                f"{self.activation_checkpointing_every}"
+            )
+        elif not self.activation_checkpointing and (
+            self.activation_checkpointing_every != 1 or not self.activation_checkpointing_vision
+        ):
+            problems.append(
+                "model.spec.activation_checkpointing_every / activation_checkpointing_vision choose which layers "
+                "are checkpointed, but model.spec.activation_checkpointing is false: set it to true, or leave "
+                "them at 1 / true"
+            )
         if self.quantization is not None and self.quantization not in QUANTIZATIONS:
-            raise ValueError(
+            problems.append(
                 f"model.spec.quantization must be null or one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}"
             )
+        if problems:
+            raise ValueError("\n".join(problems))
+
+    def for_inference(self) -> ModelSpec:
+        """The same model without activation checkpointing (nothing to recompute without backward)."""
+        return replace(
+            self, activation_checkpointing=False, activation_checkpointing_every=1, activation_checkpointing_vision=True
+        )
 
     @property
     def is_preset(self) -> bool:
@@ -95,7 +124,9 @@ def load_base_model(spec: ModelSpec, device: str | torch.device | None = None) -
     if spec.quantization:  # layer by layer on CPU, before the model moves to its device
         quantize_decoder(model, spec.quantization, DTYPES[spec.dtype])
     if spec.activation_checkpointing:
-        model.activation_checkpointing_enable()
+        model.activation_checkpointing_enable(
+            every_n_layers=spec.activation_checkpointing_every, vision=spec.activation_checkpointing_vision
+        )
     return model
 
 

@@ -22,7 +22,7 @@ import torch
 
 from phi3v.data.collate import eval_inputs, model_inputs
 from phi3v.data.prompts import PromptTemplate
-from phi3v.modeling import Phi3VProcessor
+from phi3v.modeling import Phi3VProcessor, training_attention_mask
 
 from .answers import greedy_answers
 from .gathering import gather_records
@@ -110,7 +110,7 @@ class Phi3VLitModule(L.LightningModule):
         meta = batch["meta"]
         inputs = model_inputs(batch)
         labels = inputs.pop("labels")  # the loss is computed here, as sums (see losses.py)
-        output = self.model(**inputs)
+        output = self.model(**teacher_forced(inputs, labels))
         token_loss_sum, tokens = supervised_loss_sum(output.logits, labels)
         # The loss of the whole global batch, mean over its supervised tokens: one all-reduce of
         # (sum, count) gives every rank the same value, so a non-finite loss is skipped everywhere
@@ -184,12 +184,24 @@ class Phi3VLitModule(L.LightningModule):
 
     def _evaluate(self, batch, split: str) -> None:
         """Per sample: teacher-forced loss (sum and token count) and the greedy answer, parsed. Kept as
-        records of this rank; the epoch end gathers every rank's and scores them once."""
+        records of this rank; the epoch end gathers every rank's and scores them once.
+
+        Runs under no_grad, never inference_mode, whatever the Trainer chose: Lightning picks
+        inference_mode unless the process group is gloo, and FSDP2 must all-gather weights into
+        ordinary tensors it can free and gather again (train.py also builds its Trainer with
+        inference_mode=False, so even the batch holds ordinary tensors)."""
+        with torch.inference_mode(False), torch.no_grad():
+            self._evaluate_batch(batch, split)
+
+    def _evaluate_batch(self, batch, split: str) -> None:
         meta = batch["meta"]
         inputs = eval_inputs(batch, "loss")
         labels = inputs.pop("labels")
-        output = self.model(**inputs)
+        # No KV cache for the loss pass (generation builds its own), and its logits (batch x length x
+        # vocab) are freed before generating: they would otherwise sit beside the generation's cache.
+        output = self.model(**teacher_forced(inputs, labels), use_cache=False)
         loss_sums, tokens = per_sample_loss(output.logits, labels)
+        del output
         answers = greedy_answers(
             self.model, self.processor, eval_inputs(batch, "generate"), self.evaluation.max_new_tokens,
             synced=self._sharded,
@@ -261,6 +273,12 @@ class Phi3VLitModule(L.LightningModule):
             restore_rng(checkpoint["rng"])
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
 
+
+
+def teacher_forced(inputs: dict, labels: torch.Tensor) -> dict:
+    """Model inputs of a loss forward: without the padding mask when it changes no supervised logit
+    (right padding, unlabelled pads; see phi3v.modeling.masking), so attention runs purely causal."""
+    return {**inputs, "attention_mask": training_attention_mask(inputs.get("attention_mask"), labels)}
 
 
 def peak_memory_gib(device: torch.device) -> float:

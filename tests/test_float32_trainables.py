@@ -1,0 +1,98 @@
+"""Tier 2: on a bf16 base every trainable weight is held in float32 (LoRA, projector, modules trained
+whole); the step, the adapter export, merging and prediction handle the mixed dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from phi3v.data.prompts import PromptTemplate
+from phi3v.modeling import Phi3VForCausalLM
+from phi3v.predict import predict_image
+from phi3v.training.export import ADAPTER_WEIGHTS, export_adapter, load_for_inference, merge_adapter
+from phi3v.training.lora import LoraSpec, apply_lora
+from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
+
+SPEC = ModelSpec(dtype="bfloat16", num_crops=1)
+EVERYTHING = LoraSpec(r=4, dropout=0.0, vision=True, train_projector=True,
+                      modules_to_save=("lm_head", "embed_tokens", "vision_tower"))
+PROMPT = PromptTemplate().prompt()
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return load_processor(SPEC)
+
+
+@pytest.fixture(scope="module")
+def batch(processor):
+    images = [Image.new("RGB", (300, 200), "red"), Image.new("RGB", (200, 300), "blue")]
+    return processor([PROMPT, PROMPT], images, answers=["Product: A, Category: B, Full Price: 10.0", "Product: C"])
+
+
+@pytest.fixture(scope="module")
+def trained(batch):
+    """A bf16 tiny model with LoRA on both towers and the projector trained, after one SGD step."""
+    model = apply_lora(load_base_model(SPEC), LoraSpec(r=4, dropout=0.0, train_projector=True))
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model(**batch).loss.backward()
+    optimizer.step()
+    return model.eval()
+
+
+def test_trainables_are_float32_the_base_stays_bf16_and_tiny_updates_survive(batch):
+    model = apply_lora(load_base_model(SPEC), EVERYTHING)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert {dtypes[n] for n in trainable} == {torch.float32}
+    kinds = ("lora_A", "lora_B", "img_projection.modules_to_save", "lm_head.modules_to_save",
+             "embed_tokens.modules_to_save", "img_processor.modules_to_save")
+    assert all(any(kind in name for name in trainable) for kind in kinds)
+    assert {dtype for name, dtype in dtypes.items() if name not in trainable} == {torch.bfloat16}
+    model.train()
+    output = model(**batch)
+    assert output.logits.dtype == torch.bfloat16  # the rest of the model computes in the base dtype
+    output.loss.backward()
+    projector = model.get_base_model().model.vision_embed_tokens.img_projection.modules_to_save["default"][0]
+    assert projector.weight.grad.dtype == torch.float32 and projector.weight.grad.abs().sum() > 0
+    # A late-schedule update of 1e-4 relative: below half a bf16 step (2^-9), so a bf16 weight would not move.
+    before = projector.weight.detach().clone()
+    with torch.no_grad():
+        projector.weight -= 1e-4 * projector.weight.abs() * projector.weight.grad.sign()
+    assert (projector.weight != before).float().mean() > 0.9
+    assert (projector.weight.bfloat16() == before.bfloat16()).all()
+
+
+def saved_dtypes(path) -> set[torch.dtype]:
+    with safe_open(str(path), "pt") as handle:
+        return {handle.get_slice(key).get_dtype() for key in handle.keys()}
+
+
+def test_adapter_export_reload_merge_and_predict_on_a_bf16_base(trained, processor, batch, tmp_path):
+    adapter = export_adapter(trained, processor, SPEC, PromptTemplate(), tmp_path / "adapter")
+    assert saved_dtypes(adapter / ADAPTER_WEIGHTS) == {"F32"}  # the float32 weights are what ships
+    with torch.no_grad():
+        expected = trained(**batch).logits.float()
+    model, loaded_processor, template = load_for_inference(adapter)  # onto a bf16 base built from the spec
+    with torch.no_grad():
+        reloaded = model(**batch).logits
+    assert reloaded.dtype == torch.bfloat16
+    torch.testing.assert_close(reloaded.float(), expected, rtol=0, atol=0.05)
+    answer, _ = predict_image(model, loaded_processor, template, write_image(tmp_path), max_new_tokens=4)
+    assert isinstance(answer, str)
+
+    merged_dir = merge_adapter(adapter, tmp_path / "merged")  # fp32 LoRA and projector folded into bf16
+    assert saved_dtypes(merged_dir / "model.safetensors") == {"BF16"}
+    merged = Phi3VForCausalLM.from_pretrained(merged_dir).eval()
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits.float(), expected, rtol=0, atol=0.05)
+
+
+def write_image(directory) -> str:
+    path = directory / "photo.png"
+    Image.new("RGB", (320, 240), "green").save(path)
+    return str(path)
