@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from phi3v.data.images import ImageRejected, load_product_image
+from phi3v.data.images import load_product_image
 from phi3v.data.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
-from phi3v.demo.gallery import GalleryItem, ImageRejected, thumbnail_jpeg
+from phi3v.data.images import ImageRejected
+from phi3v.demo.gallery import GalleryItem, thumbnail_jpeg
 from phi3v.demo.predictor import BadUpload, Predictor
 
 log = logging.getLogger(__name__)
+DISCARD_LIMIT = 512_000_000  # bytes of a refused upload still read (and dropped) to reply cleanly
 _GALLERY_ROUTE = re.compile(r"^/gallery/(\d+)/(thumbnail|photo)$")
 
 
@@ -87,7 +89,8 @@ class DemoHandler(BaseHTTPRequestHandler):
                 return HTTPStatus.OK, "image/jpeg", thumbnail_jpeg(path)
             return HTTPStatus.OK, "application/octet-stream", path.read_bytes()
         except (OSError, ImageRejected) as problem:
-            raise Failure(HTTPStatus.NOT_FOUND, f"the photo of gallery product {index} cannot be read: {problem}")
+            message = f"the photo of gallery product {index} cannot be read: {problem}"
+            raise Failure(HTTPStatus.NOT_FOUND, message) from problem
 
     def _post(self) -> tuple[HTTPStatus, str, bytes]:
         if self.path.split("?", 1)[0] != "/api/predict":
@@ -102,10 +105,22 @@ class DemoHandler(BaseHTTPRequestHandler):
             raise Failure(HTTPStatus.LENGTH_REQUIRED, "send the photo as the request body, with a Content-Length")
         size, limit = int(length), self.state.max_upload_bytes
         if size > limit:
-            self.close_connection = True  # the unread body must not be parsed as the next request
+            self._discard(size)
             raise Failure(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                           f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB. Send a smaller photo.")
         return self.rfile.read(size)
+
+    def _discard(self, size: int) -> None:
+        """Read and drop a refused body so the client, still sending, gets the answer instead of a reset.
+        Bodies over DISCARD_LIMIT are not worth the bandwidth: the connection is closed on them unread."""
+        self.close_connection = True  # nothing after a refused body is parsed as the next request
+        if size > DISCARD_LIMIT:
+            return
+        while size > 0:
+            chunk = self.rfile.read(min(size, 1 << 20))
+            if not chunk:
+                return
+            size -= len(chunk)
 
     def _respond(self, route) -> None:
         try:
