@@ -207,3 +207,12 @@ def test_config_needs_exactly_one_model_and_names_the_key(run, tmp_path):
         check_config(config(preset="tiny", max_upload_mb=0))
     assert gallery_dir(config(adapter=str(run / "adapter"))) == run.resolve()
     assert gallery_dir(config(preset="tiny")) is None
+
+
+def test_the_shipped_config_composes_and_passes_its_checks():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("app", overrides=["preset=tiny"])
+    check_config(cfg)
+    assert (cfg.host, cfg.port, cfg.adapter, cfg.export, cfg.run) == ("127.0.0.1", 7860, None, None, None)
