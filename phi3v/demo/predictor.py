@@ -22,7 +22,7 @@ import torch
 from phi3v.data.images import REASONS, ImageRejected, decode_product_image
 from phi3v.data.prompts import PromptTemplate
 from phi3v.training.answers import greedy_answers
-from phi3v.training.export import load_for_inference, load_template
+from phi3v.training.export import load_for_inference
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,6 @@ def load_predictor(
         source = f"preset {preset} (random weights, untrained)"
     model.to(_device(device))
     return Predictor(model, processor, template, source, max_new_tokens, max_pixels)
-
-
-def export_template(directory: str | os.PathLike) -> PromptTemplate:
-    """The question an export was trained with (to parse a run's stored answers the same way)."""
-    return load_template(directory)
 
 
 def _device(name: str) -> torch.device:

@@ -61,10 +61,10 @@ class DemoHandler(BaseHTTPRequestHandler):
     state: DemoState  # set on the subclass made by `make_server`
     server_version = "phi3v-demo"
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         self._respond(self._get)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._respond(self._post)
 
     def _get(self) -> tuple[HTTPStatus, str, bytes]:
@@ -140,7 +140,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's signature)
+    def log_message(self, format: str, *args) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
 
