@@ -42,6 +42,7 @@ def build_demo_run(root: Path, seed: int = 1) -> Path:
     run, images = root / "run", root / "images"
     images.mkdir(parents=True, exist_ok=True)
     spec = ModelSpec()
+    torch.manual_seed(seed)  # LoRA A matrices are drawn from the global generator
     model = apply_lora(load_base_model(spec), LoraSpec(r=8, train_projector=True))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # a LoRA at init changes nothing: perturb it so the adapter matters
