@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from phi3v.config_schema import register_schemas
 from phi3v.data.datamodule import ProductDataModule
+from phi3v.training.artifacts import best_score, log_run_artifacts
 from phi3v.training.callbacks import EvaluationReport, SigtermCheckpoint
 from phi3v.training.export import export_adapter
 from phi3v.training.hardware import accumulation, check_precision, world_size
@@ -179,6 +180,9 @@ def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path, tra
     if cfg.export:
         out = export_adapter(module.model, processor, spec, datamodule.template, run_dir / "adapter", trained)
         log.info("adapter written to %s", out)
+        if isinstance(trainer.logger, WandbLogger):  # model + predictions artifacts (staged for `wandb sync` offline)
+            log_run_artifacts(trainer.logger.experiment, out, run_dir / "predictions", spec, datamodule.template,
+                              cfg.checkpoint.monitor, cfg.checkpoint.mode, best_score(trainer), module.last_scores)
     for split, scores in module.last_scores.items():
         baselines = module.baseline_scores.get(split, {})
         print(f"\n{split} (generated answers vs baselines)")

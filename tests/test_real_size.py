@@ -16,13 +16,13 @@ import torch
 from golden_data import REAL_PHI3V, REAL_PHI35V
 from PIL import Image
 
+from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling.configuration import CLIP_VIT_L_14_336
 from phi3v.modeling.presets import build_random_model, preset, random_tensors
 from phi3v.training.export import export_adapter, load_for_inference
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.sharding import shard_units
-from phi3v.data.prompts import PromptTemplate
 
 REAL_PARAMETERS = 4_146_621_440  # bf16 bytes of the hub index / 2
 # The released recipe (conf/model/phi3v.yaml): LoRA r 32 on the decoder projections + the projector.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from wandb_offline import offline_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -56,6 +57,11 @@ def test_small_run_writes_everything(tmp_path):
     assert (run / "plots" / "val_price_scatter.png").is_file()
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline and list(offline[0].glob("*.wandb")), "offline W&B run files in the run dir"
+    # what `wandb sync` would upload (besides the media tables' own "run_table" artifacts)
+    staged = {a.type: a for a in offline_artifacts(run) if a.type in ("model", "dataset")}
+    assert set(staged) == {"model", "dataset"} and "latest" in staged["model"].aliases
+    assert "adapter_model.safetensors" in staged["model"].files and "test.csv" in staged["dataset"].files
+    assert staged["model"].metadata["validation"]["monitor"] == "val/price_mape"
     assert "test (generated answers vs baselines)" in output and "price_mape" in output
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert all("lora_" in k or "modules_to_save" in k for k in checkpoint["state_dict"])  # no frozen base weights

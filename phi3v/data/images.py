@@ -112,9 +112,17 @@ def load_product_image(path: str | os.PathLike, max_pixels: int = 64_000_000) ->
     except OSError as error:
         raise ImageRejected("unreadable", f"{path}: {error}") from error
     try:
-        return _to_rgb(_upright(_decode(data, max_pixels)[0]))
+        return decode_product_image(data, max_pixels)
     except ImageRejected as rejected:
         raise ImageRejected(rejected.reason, f"{path}: {rejected.detail}") from rejected
+
+
+def decode_product_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
+    """Encoded bytes (an upload) as 8-bit RGB, exactly as `load_product_image` reads a file.
+
+    Raises ImageRejected (reason from `REASONS`).
+    """
+    return _to_rgb(_upright(_decode(data, max_pixels)[0]))
 
 
 def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:

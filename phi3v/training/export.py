@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from safetensors import safe_open
 from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.training.model_spec import SPEC_FILE, ModelSpec, load_base_model
+from phi3v.training.snapshot_files import carry_snapshot_files
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +82,23 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     folding it into nf4/int8 weights would round the delta away, and the merged checkpoint then needs
     no bitsandbytes (its model_spec.json says quantization null).
     """
-    out_dir = Path(out_dir)
+    out_dir, base = Path(out_dir), ModelSpec.load(adapter_dir)
+    progress = _Progress(f"merge {adapter_dir} -> {out_dir}")  # a 4B model takes minutes: say where it is
     model, processor, template = load_for_inference(adapter_dir, quantized=False)
+    progress.step(f"loaded the base ({base.name_or_path}, {_millions(model):,.0f}M parameters) and the export")
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
+    progress.step("folded the LoRA deltas into the base weights")
     _set_generation_ids(merged, processor)
     # name_or_path points at the merged export itself, so predict/load_for_inference rebuild from it.
-    spec = replace(ModelSpec.load(adapter_dir).for_inference(), name_or_path=str(out_dir.resolve()), quantization=None)
+    spec = replace(base.for_inference(), name_or_path=str(out_dir.resolve()), quantization=None)
     with _staging(out_dir) as staging:
         merged.save_pretrained(staging)
+        size = sum(f.stat().st_size for f in staging.glob("*.safetensors"))
+        progress.step(f"saved the weights ({size / 1e9:.2f} GB)")
         check_full_model(staging, original_keys(merged), exact=True)
         _write_companions(staging, processor, spec, template)
+        carry_snapshot_files(base, staging)  # auto_map + code files of the user's download, when there is one
+        progress.step("checked every tensor and wrote the processor and loader files")
     log.info("merged %s into %s", adapter_dir, out_dir)
     return out_dir
 
@@ -103,6 +112,23 @@ def merge_note(adapter_dir: str | os.PathLike) -> str | None:
         f"the adapter was trained on a {spec.quantization}-quantized base; it is merged into the unquantized "
         f"{spec.dtype} base weights (re-quantize at load time with model.spec.quantization if needed)"
     )
+
+
+class _Progress:
+    """Log lines `<what>: [i] <stage> (seconds)` for the slow stages of a merge."""
+
+    def __init__(self, what: str):
+        self.what, self.count, self.last = what, 0, time.perf_counter()
+        log.info("%s: started", what)
+
+    def step(self, stage: str) -> None:
+        now, self.count = time.perf_counter(), self.count + 1
+        log.info("%s: [%d] %s (%.1f s)", self.what, self.count, stage, now - self.last)
+        self.last = now
+
+
+def _millions(model) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 def copy_export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

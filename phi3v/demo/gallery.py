@@ -1,0 +1,93 @@
+"""The run's test products for the demo's gallery: photo, true fields and the answer training stored.
+
+Read from the run dir that training wrote: `predictions/test*.csv` (one row per test product, see
+training/callbacks.EvaluationReport) and `splits.json` (how many products each split holds). The true
+title and category are parsed back from the row's target answer with the export's template.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from phi3v.data.images import load_product_image
+from phi3v.data.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+THUMBNAIL = 192  # pixels, the longer side: sharp on the page's 160-px cards, ~10 KB each as JPEG
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    image_path: Path
+    true_title: str | None
+    true_category: str | None
+    true_price: float
+    prediction: str  # the answer generated at the end of training
+    predicted_title: str | None
+    predicted_category: str | None
+    predicted_price: float | None
+    pct_error: float | None  # signed, (predicted - true) / true * 100
+
+    def as_json(self, index: int) -> dict:
+        fields = {k: v for k, v in self.__dict__.items() if k != "image_path"}
+        return {"index": index, "photo": f"/gallery/{index}/photo", "thumbnail": f"/gallery/{index}/thumbnail",
+                **fields}
+
+
+def predictions_file(run_dir: str | os.PathLike) -> Path | None:
+    """The newest predictions/test*.csv of a run, or None."""
+    files = sorted(Path(run_dir, "predictions").glob("test*.csv"), key=lambda p: p.stat().st_mtime)
+    return files[-1] if files else None
+
+
+def load_gallery(run_dir: str | os.PathLike, template: PromptTemplate, limit: int = 60) -> list[GalleryItem]:
+    """Up to `limit` test products of the run (rows whose photo no longer exists are skipped, counted)."""
+    path = predictions_file(run_dir)
+    if path is None:
+        log.info("no predictions/test*.csv in %s: the gallery is empty", run_dir)
+        return []
+    items, missing = [], 0
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if len(items) == limit:
+                break
+            if not Path(row["image_path"]).is_file():
+                missing += 1
+                continue
+            items.append(gallery_item(row, template))
+    if missing:
+        log.warning("gallery: %d photos listed in %s no longer exist (skipped)", missing, path)
+    log.info("gallery: %d test products from %s", len(items), path)
+    return items
+
+
+def gallery_item(row: dict, template: PromptTemplate) -> GalleryItem:
+    truth, predicted = template.parse(row["target"]), template.parse(row["prediction"])
+    return GalleryItem(
+        image_path=Path(row["image_path"]), true_title=truth.title, true_category=truth.category,
+        true_price=float(row["true_price"]), prediction=row["prediction"], predicted_title=predicted.title,
+        predicted_category=predicted.category, predicted_price=predicted.price,
+        pct_error=float(row["pct_error"]) if row.get("pct_error") else None,
+    )
+
+
+def split_counts(run_dir: str | os.PathLike) -> dict[str, int]:
+    """Products per split from the run's splits.json ({} when absent)."""
+    path = Path(run_dir, "splits.json")
+    return json.loads(path.read_text()).get("counts", {}) if path.is_file() else {}
+
+
+def thumbnail_jpeg(path: Path, size: int = THUMBNAIL) -> bytes:
+    """A small JPEG of a product photo (raises ImageRejected when unreadable)."""
+    image = load_product_image(path)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
