@@ -14,7 +14,8 @@ The two variants, on the same model and batch:
   without autograd) and right-padded training rows attend purely causally (no dense mask; see
   phi3v/modeling/masking.py). With batch 1 there is no padding: the mask part only shows at
   `--batch 2` or more with answers of different lengths.
-Peak memory is the process's resident set (VmHWM), reset before each phase on Linux.
+Peak memory is the process's resident set (VmHWM), reset before each variant on Linux. Each variant
+takes one optimizer step, so the second runs on weights the first updated (its loss differs).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def step(model, batch: dict, variant: str, clip: ClipTimer) -> dict:
     start = time.perf_counter()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"variant": variant, "loss": float(loss), "clip_forward_s": clip_forward,
+    return {"variant": variant, "loss": float(loss.detach()), "clip_forward_s": clip_forward,
             "decoder_forward_s": forward - clip_forward, "backward_s": backward,
             "optimizer_s": time.perf_counter() - start, "step_s": forward + backward,
             "clip_in_autograd": clip_requires_grad, "peak_rss_gib": peak_rss_gib()}
