@@ -15,13 +15,12 @@ Split predictions are written as .jsonl or .csv with one row per product (unread
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import json
 from typing import TYPE_CHECKING
 
 import hydra
