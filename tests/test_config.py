@@ -150,7 +150,8 @@ def test_run_dirs_follow_the_launch_time_shared_by_all_ranks(monkeypatch):
         (["experiment=burberry_lora"], ("gpu", "bf16-mixed", 1, 4)),
         (["experiment=burberry_lora", "hardware=cpu"], ("cpu", "32-true", 1, 1)),
         (["experiment=burberry_lora", "hardware=ddp", "hardware.devices=8"], ("auto", "32-true", 8, 1)),
-        (["experiment=burberry_lora", "hardware=fsdp", "hardware.precision=bf16-mixed"], ("auto", "bf16-mixed", "auto", 1)),
+        (["experiment=burberry_lora", "hardware=fsdp", "hardware.precision=bf16-mixed"],
+         ("auto", "bf16-mixed", "auto", 1)),
         (["model=phi3v", "hardware=cpu", "hardware.accumulate_grad_batches=2"], ("cpu", "32-true", 1, 2)),
         (["model=phi3v", "hardware.accelerator=cpu"], ("cpu", "bf16-mixed", 1, 4)),  # a key changes only itself
         (["model=tiny"], ("cpu", "32-true", 1, 1)),
@@ -187,7 +188,8 @@ def test_wrongly_typed_keys_fail_at_composition_naming_the_key(override):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("optimizer.lr=-1", "optimizer.lr=-1.0: must be > 0"), ("scheduler.kind=step", "scheduler.kind=step: must be one of cosine, linear, constant"),
+    [("optimizer.lr=-1", "optimizer.lr=-1.0: must be > 0"), 
+     ("scheduler.kind=step", "scheduler.kind=step: must be one of cosine, linear, constant"),
      ("scheduler.warmup_ratio=1.5", "scheduler.warmup_ratio=1.5: must be in [0, 1)"),
      ("trainer.max_steps=0", "trainer.max_steps=0: must be >= 1, or -1"),
      ("trainer.val_check_interval=2.5", "trainer.val_check_interval=2.5: must be a fraction"),
