@@ -51,10 +51,10 @@ def baselines_for(datamodule: ProductDataModule) -> dict:
 def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
     """(checkpoint path, run dir to continue in) from `resume=` (a run dir or a .ckpt file). The run
     dir is the one Hydra was pointed at (train.yaml: hydra.run.dir), so no new one is created."""
-    from phi3v.training.strategies import is_checkpoint
-
     if resume is None:
         return None, None
+    from phi3v.training.strategies import is_checkpoint
+
     path = Path(resume)
     if path.is_dir() and not is_checkpoint(path):  # a run dir, not the folder of a sharded checkpoint
         path = path / "checkpoints" / "last.ckpt"
@@ -128,24 +128,29 @@ def main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)
         check_launch(cfg)
+    except ConfigError as problem:
+        raise SystemExit(f"error: {problem}") from None
+    return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float | None:
+    from phi3v.console import lightning_logs_through_root, quiet_third_party
+
+    quiet_third_party()  # first: some libraries warn while being imported
+    try:
         ckpt_path, _ = resolve_resume(cfg.resume)
     except ConfigError as problem:
         raise SystemExit(f"error: {problem}") from None
-    return train(cfg, ckpt_path, Path(HydraConfig.get().runtime.output_dir))
-
-
-def train(cfg: DictConfig, ckpt_path: str | None, run_dir: Path) -> float | None:
     import lightning as L
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
-    from phi3v.console import quiet_third_party
     from phi3v.training.launch import prepare_once
     from phi3v.training.model_spec import load_processor
     from phi3v.training.module import Phi3VLitModule
     from phi3v.training.sharding import gathered_adapter_state
 
-    quiet_third_party()
+    lightning_logs_through_root()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     logging.getLogger("phi3v").setLevel(logging.INFO)
 

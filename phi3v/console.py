@@ -41,3 +41,15 @@ def quiet_third_party() -> None:
         warnings.filterwarnings("ignore", message=message)
     for name, patterns in LOG_LINES.items():
         logging.getLogger(name).addFilter(_DropMatching(patterns))
+
+
+def lightning_logs_through_root() -> None:
+    """Lightning gives its `lightning` logger a console handler of its own (at import); under Hydra,
+    whose root handlers print to the console and to train.log, every Lightning line would appear
+    twice. Call after importing Lightning: its lines then go through the root handlers only."""
+    if not logging.getLogger().hasHandlers():
+        return
+    logger = logging.getLogger("lightning")
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)

@@ -68,7 +68,7 @@ class SigtermCheckpoint(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             if trainer.is_global_zero:
                 log.warning("SIGTERM: saved %s at step %d; resume with resume=%s", self.path, trainer.global_step,
                             self.path.parent.parent)
@@ -83,17 +83,17 @@ class LastCheckpoint(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
         # Saved here, not in on_train_end: there Lightning already counts the epoch as completed, and a
         # run resumed with a larger trainer.max_steps would start a new epoch (or stop at max_epochs).
         if _stops_at_max_steps(trainer):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not _stops_at_max_steps(trainer):  # max_epochs reached or stopped early: the state as it ends
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def _stops_at_max_steps(trainer: L.Trainer) -> bool:
