@@ -1,6 +1,8 @@
 """Train, evaluate and export: `python train.py [model=phi3v] [data=burberry] [key=value ...]`.
 
-The only place that instantiates from config. Everything below gets typed objects.
+An entry point (with phi3v.predict, phi3v.export and phi3v.prepare): the only places that instantiate
+from config. Everything below gets typed objects. torch, Lightning and transformers are imported
+inside the functions, after the config is composed and checked: a typo is answered in about a second.
 """
 
 from __future__ import annotations
@@ -8,40 +10,33 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from phi3v.config_checks import ConfigError, check_config
 from phi3v.config_schema import register_schemas
-from phi3v.data.datamodule import ProductDataModule
-from phi3v.training.artifacts import best_score, log_run_artifacts
-from phi3v.training.callbacks import EvaluationReport, SigtermCheckpoint
-from phi3v.training.export import export_adapter
-from phi3v.training.hardware import accumulation, check_precision, world_size
-from phi3v.training.launch import join_external_launch, prepare_once
-from phi3v.training.metrics import Baselines, baseline_metrics
-from phi3v.training.model_spec import load_processor
-from phi3v.training.module import Phi3VLitModule
-from phi3v.training.quantized import quantized_run_problems
-from phi3v.training.reporting import summary_table
-from phi3v.training.sharding import ShardingSpec, gathered_adapter_state
-from phi3v.training.strategies import build_strategy, is_checkpoint
+from phi3v.training.launch import join_external_launch, run_dir_for
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from phi3v.data.datamodule import ProductDataModule
+    from phi3v.training.sharding import ShardingSpec
 
 log = logging.getLogger("phi3v.train")
-
+MIN_JUDGED = 30  # answers below which a verdict against the baselines is noise (a smoke run evaluates a few)
 
 
 def baselines_for(datamodule: ProductDataModule) -> dict:
     """Metrics of constant predictions (train mean/median price, majority category) per eval split."""
+    from phi3v.training.metrics import Baselines, baseline_metrics
+
     train = datamodule.datasets["train"].table
     fitted = Baselines.fit(train.column("price").to_pylist(), train.column("category").to_pylist())
     scores = {}
@@ -54,24 +49,37 @@ def baselines_for(datamodule: ProductDataModule) -> dict:
 
 
 def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
-    """(checkpoint path, run dir to continue in) from `resume=` (a run dir or a .ckpt file)."""
+    """(checkpoint path, run dir to continue in) from `resume=` (a run dir or a .ckpt file). The run
+    dir is the one Hydra was pointed at (train.yaml: hydra.run.dir), so no new one is created."""
     if resume is None:
         return None, None
+    from phi3v.training.strategies import is_checkpoint
+
     path = Path(resume)
     if path.is_dir() and not is_checkpoint(path):  # a run dir, not the folder of a sharded checkpoint
         path = path / "checkpoints" / "last.ckpt"
     if not is_checkpoint(path):
-        raise FileNotFoundError(f"resume={resume}: no checkpoint at {path}")
-    return str(path), path.parent.parent
+        raise ConfigError(f"resume={resume}: no checkpoint at {path} (a run dir with checkpoints/last.ckpt, "
+                          "or a .ckpt file)")
+    fresh = run_dir_for(str(path), "")
+    return str(path), Path(fresh) if fresh else None
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+    from phi3v.training.callbacks import EvaluationReport, LastCheckpoint, SigtermCheckpoint
+    from phi3v.training.strategies import build_strategy
+
     checkpoints = run_dir / "checkpoints"
     callbacks = [
+        # enable_version_counter=False: a resumed run replaces best.ckpt instead of adding best-v1.ckpt
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
-                        save_top_k=1, save_last=False, auto_insert_metric_name=False),
+                        save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False),
         ModelCheckpoint(dirpath=checkpoints, filename="last", every_n_train_steps=cfg.checkpoint.every_n_train_steps,
                         save_top_k=1, enable_version_counter=False),
+        LastCheckpoint(checkpoints),  # also at every validation and at the end of training
         EvaluationReport(run_dir),
         SigtermCheckpoint(checkpoints),
         TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps),  # plain lines in logs and CI, unlike rich
@@ -93,6 +101,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
 
 def sharding_spec(cfg: DictConfig) -> ShardingSpec:
     """hardware.fsdp, with the gather dtype following hardware.precision unless set explicitly."""
+    from dataclasses import replace
+
     spec: ShardingSpec = instantiate(cfg.hardware.fsdp)
     if spec.param_dtype is None:
         precision = str(cfg.hardware.precision)
@@ -103,6 +113,8 @@ def sharding_spec(cfg: DictConfig) -> ShardingSpec:
 
 def accumulate_grad_batches(cfg: DictConfig) -> int:
     """hardware.accumulate_grad_batches, or derived from data.global_batch_size when that is set."""
+    from phi3v.training.hardware import accumulation, world_size
+
     hardware = cfg.hardware
     devices = OmegaConf.to_object(hardware.devices) if isinstance(hardware.devices, ListConfig) else hardware.devices
     world = world_size(hardware.accelerator, devices, hardware.num_nodes)
@@ -112,6 +124,9 @@ def accumulate_grad_batches(cfg: DictConfig) -> int:
 
 def check_launch(cfg: DictConfig) -> None:
     """Fail before any work on combinations that cannot run."""
+    from phi3v.training.hardware import check_precision
+    from phi3v.training.quantized import quantized_run_problems
+
     check_precision(cfg.hardware.precision, cfg.model.spec.dtype)
     accumulate_grad_batches(cfg)  # raises when data.global_batch_size does not divide
     if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.hardware.strategy != "auto":
@@ -131,10 +146,33 @@ register_schemas()
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    check_launch(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    ckpt_path, resumed_dir = resolve_resume(cfg.resume)
-    run_dir = resumed_dir or Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_config(cfg)
+        check_launch(cfg)
+    except ConfigError as problem:
+        raise SystemExit(f"error: {problem}") from None
+    return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float | None:
+    from phi3v.console import lightning_logs_through_root, quiet_third_party
+
+    quiet_third_party()  # first: some libraries warn while being imported
+    try:
+        ckpt_path, _ = resolve_resume(cfg.resume)
+    except ConfigError as problem:
+        raise SystemExit(f"error: {problem}") from None
+    import lightning as L
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from phi3v.training.launch import prepare_once
+    from phi3v.training.model_spec import load_processor
+    from phi3v.training.module import Phi3VLitModule
+    from phi3v.training.sharding import gathered_adapter_state
+
+    lightning_logs_through_root()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     logging.getLogger("phi3v").setLevel(logging.INFO)
 
     spec = instantiate(cfg.model.spec)
@@ -177,6 +215,12 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path, trained: dict | None) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from phi3v.training.artifacts import best_score, log_run_artifacts
+    from phi3v.training.export import export_adapter
+    from phi3v.training.reporting import summary_table
+
     if cfg.export:
         out = export_adapter(module.model, processor, spec, datamodule.template, run_dir / "adapter", trained)
         log.info("adapter written to %s", out)
@@ -202,6 +246,12 @@ def learning_verdict(scores: dict, baselines: dict) -> str:
     """The two questions a demo must answer: better prices than guessing the mean, better
     categories than always naming the most common one?"""
     mape, mean_mape = scores["price_mape"], baselines["train_mean"]["price_mape"]
+    count, parsed = int(scores.get("count", 0)), round(scores.get("parse_rate", 0) * scores.get("count", 0))
+    if count < MIN_JUDGED or not math.isfinite(mape):
+        return (
+            f"too little evaluated to judge: {count} answers, {parsed} with a readable price (at least {MIN_JUDGED} "
+            "needed; a smoke run? evaluate more with data.val_fraction, trainer.limit_val_batches or more steps)"
+        )
     accuracy, majority = scores["category_accuracy"], baselines["train_mean"]["category_accuracy"]
     price = "better" if mape < mean_mape else "NOT better"
     category = "better" if accuracy > majority else "NOT better"

@@ -1,8 +1,13 @@
 """`python -m phi3v.predict adapter=<dir> image=<file>`: describe one product photo, or
-`python -m phi3v.predict adapter=<dir> data=<group> split=test out=preds.jsonl`: predict a whole split.
+`python -m phi3v.predict adapter=<run>/adapter split=test out=preds.jsonl`: predict a split of the run.
 
-`adapter` is any phi3v export (LoRA adapter, full fine-tune or merged model). The question asked is
-the export's own prompt.json, whatever `data.prompt` says, because that is what the model learned.
+`adapter` is any phi3v export (LoRA adapter, full fine-tune or merged model). Everything about the run
+is read from the run itself: the question asked is the export's own prompt.json and the model its
+model_spec.json. For a split, an export inside a training run (`<run>/adapter`) uses the run's
+catalogue and data settings (`<run>/.hydra/config.yaml`) and its `splits.json`: `split=test` is exactly
+the products the run held out. `data=<group>` picks another catalogue: products the run saw are
+predicted by the split they had in the run; a catalogue the run never saw is predicted whole (the
+command says which). An export without a run beside it splits `data=` by its data.* fractions.
 Decoding is greedy, batched with left padding, and stops at `<|end|>`.
 Split predictions are written as .jsonl or .csv with one row per product (unreadable images are skipped):
   product_id, image_path, target, prediction, parsed_title, parsed_category, parsed_price, true_price, pct_error
@@ -10,30 +15,29 @@ Split predictions are written as .jsonl or .csv with one row per product (unread
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
-from transformers.utils import logging as hf_logging
 
+from phi3v.config_checks import source_constant
 from phi3v.config_schema import register_schemas
-from phi3v.data.collate import Phi3VCollator
-from phi3v.data.datamodule import ProductDataModule
-from phi3v.data.images import ImageRejected, load_product_image
-from phi3v.data.prompts import ParsedAnswer, PromptTemplate
-from phi3v.modeling import Phi3VProcessor
-from phi3v.training.answers import greedy_answers
-from phi3v.training.export import load_for_inference
-from phi3v.training.model_spec import DTYPES
-from phi3v.training.reporting import write_rows
+
+if TYPE_CHECKING:  # imported where used: a bad key is answered before seconds of torch imports
+    import torch
+    from torch.utils.data import DataLoader
+
+    from phi3v.data.datamodule import ProductDataModule
+    from phi3v.data.dataset import ProductDataset
+    from phi3v.data.prompts import ParsedAnswer, PromptTemplate
+    from phi3v.modeling import Phi3VProcessor
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -59,8 +63,9 @@ def check_config(cfg: DictConfig) -> None:
         raise UsageError(f"adapter={cfg.adapter}: no such directory")
     if not (Path(cfg.adapter) / "model_spec.json").is_file():
         raise UsageError(f"adapter={cfg.adapter}: not a phi3v export (no model_spec.json in it)")
-    if cfg.dtype is not None and cfg.dtype not in DTYPES:
-        raise UsageError(f"dtype={cfg.dtype}: choose one of {', '.join(DTYPES)} (or null for the export's)")
+    dtypes = source_constant("phi3v.training.model_spec.DTYPES")
+    if cfg.dtype is not None and cfg.dtype not in dtypes:
+        raise UsageError(f"dtype={cfg.dtype}: choose one of {', '.join(dtypes)} (or null for the export's)")
     if cfg.image is not None:
         if not Path(cfg.image).is_file():
             raise UsageError(f"image={cfg.image}: no such file")
@@ -71,6 +76,9 @@ def check_config(cfg: DictConfig) -> None:
         raise UsageError(f"out={cfg.out}: the file name must end in {' or '.join(FORMATS)}")
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise UsageError(f"max_new_tokens={cfg.max_new_tokens} and batch_size={cfg.batch_size} must be >= 1")
+    if cfg.get("data") is None and run_dir_of(cfg.adapter) is None:
+        raise UsageError(f"data= is required: adapter={cfg.adapter} is not inside a training run (no splits.json "
+                         "beside it), so name the catalogue to predict (e.g. data=sample)")
 
 
 # ---- generation ------------------------------------------------------------------------------
@@ -78,6 +86,9 @@ def predict_image(
     model, processor: Phi3VProcessor, template: PromptTemplate, path: str | os.PathLike, max_new_tokens: int
 ) -> tuple[str, ParsedAnswer]:
     """The answer for one photo and its parsed fields."""
+    from phi3v.data.images import ImageRejected, load_product_image
+    from phi3v.training.answers import greedy_answers
+
     try:
         image = load_product_image(path)
     except ImageRejected as problem:
@@ -91,6 +102,8 @@ def prediction_rows(
     model, processor: Phi3VProcessor, template: PromptTemplate, batches: Iterable, max_new_tokens: int
 ) -> Iterator[dict]:
     """One output row per product of the generation batches (collator mode "generate")."""
+    from phi3v.training.answers import greedy_answers
+
     for batch in batches:
         meta = batch["meta"]
         for i, answer in enumerate(greedy_answers(model, processor, batch, max_new_tokens)):
@@ -109,28 +122,86 @@ def prediction_row(meta: dict, i: int, answer: str, parsed: ParsedAnswer) -> dic
 
 
 def split_batches(
-    datamodule: ProductDataModule, template: PromptTemplate, split: str, batch_size: int
+    datamodule: ProductDataModule, template: PromptTemplate, split: str, batch_size: int, run: Path | None = None
 ) -> DataLoader:
-    """A generation loader over `split` (in manifest order), prompts in the export's template."""
+    """A generation loader over `split` (in manifest order), prompts in the export's template: the
+    products of `split` in the run's splits.json when `run` is given, else the datamodule's split."""
+    from torch.utils.data import DataLoader
+
+    from phi3v.data.collate import Phi3VCollator
+
     datamodule.prepare_data()  # builds the manifest if missing (synthetic data, downloads)
-    datamodule.setup("predict")
-    dataset = datamodule.datasets[split]
-    log.info("predicting %d products of the %s split", len(dataset), split)
+    if run is None:
+        datamodule.setup("predict")
+        dataset = datamodule.datasets[split]
+        log.info("predicting %d products of the %s split (data.val_fraction/test_fraction: no run beside the "
+                 "export)", len(dataset), split)
+    else:
+        dataset, description = run_products(datamodule, run, split)
+        print(description)
     collate = Phi3VCollator(datamodule.processor, template, "generate")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
+# ---- the run an export came from -------------------------------------------------------------
+def run_dir_of(adapter: str | os.PathLike) -> Path | None:
+    """The training run that wrote an export (`<run>/adapter`, splits.json beside it), else None."""
+    parent = Path(adapter).resolve().parent
+    return parent if (parent / "splits.json").is_file() else None
+
+
+def run_data_config(run: Path) -> DictConfig:
+    """The data settings the run trained with (its Hydra record), without its output dir."""
+    path = run / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: name the catalogue with data=<group> (and its data.* settings)")
+    data = OmegaConf.load(path).data
+    data.output_dir = None
+    return data
+
+
+def run_products(datamodule: ProductDataModule, run: Path, split: str) -> tuple[ProductDataset, str]:
+    """The catalogue's products in `split` of the run's splits.json (exactly those), or all of them when
+    the run never saw any of its products; and a sentence saying which."""
+    from phi3v.data.dataset import ProductDataset, read_manifest
+    from phi3v.data.prepare import MANIFEST
+
+    splits = json.loads((run / "splits.json").read_text())
+    manifest = read_manifest(datamodule.data_dir / MANIFEST)
+    ids = [str(pid) for pid in manifest.column("product_id").to_pylist()]
+    seen = {str(pid) for name in SPLITS for pid in splits.get(name, [])}
+    if seen.isdisjoint(ids):
+        rows = list(range(len(ids)))
+        description = (f"the run {run} never saw catalogue {datamodule.source} ({datamodule.data_dir}): "
+                       f"predicting all {len(rows)} products, split={split} does not apply")
+    else:
+        wanted = {str(pid) for pid in splits[split]}
+        rows = [i for i, pid in enumerate(ids) if pid in wanted]
+        description = f"predicting the {split} split of run {run} (its splits.json): {len(rows)} products"
+        if len(rows) < len(wanted):
+            description += f", {len(wanted) - len(rows)} of its {len(wanted)} are not in this catalogue"
+    dataset = ProductDataset(manifest.take(rows), datamodule.data_dir, datamodule.strict_images, datamodule.max_pixels)
+    return dataset, description
+
+
 # ---- the command -----------------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 def run(cfg: DictConfig) -> None:
+    from transformers.utils import logging as hf_logging
+
+    from phi3v.console import quiet_third_party
+    from phi3v.training.export import load_for_inference
+    from phi3v.training.reporting import write_rows
+
     hf_logging.disable_progress_bar()
-    # PEFT calls a transformers property deprecated in v5: noise for users of the command, not theirs to fix.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    quiet_third_party()
     model, processor, template = load_for_inference(cfg.adapter, dtype=cfg.dtype)
     model.to(pick_device(cfg.device))
     if cfg.image is not None:
@@ -138,9 +209,11 @@ def run(cfg: DictConfig) -> None:
         print(f"answer: {answer}")
         print(f"title: {parsed.title}\ncategory: {parsed.category}\nprice: {parsed.price}")
         return
-    datamodule = instantiate(cfg.data)
+    run_dir = run_dir_of(cfg.adapter)
+    data = cfg.data if cfg.get("data") is not None else run_data_config(run_dir)  # the run's own catalogue
+    datamodule = instantiate(data, _convert_="all")
     datamodule.connect(processor)
-    batches = split_batches(datamodule, template, cfg.split, cfg.batch_size)
+    batches = split_batches(datamodule, template, cfg.split, cfg.batch_size, run_dir)
     count = write_rows(prediction_rows(model, processor, template, batches, cfg.max_new_tokens), COLUMNS, cfg.out)
     print(f"wrote {count} predictions ({cfg.split} split) to {cfg.out}")
 

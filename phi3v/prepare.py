@@ -14,8 +14,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from phi3v.config_schema import register_schemas
-from phi3v.data.datamodule import ProductDataModule
-from phi3v.data.prepare import prepare_catalogue
 
 # Typed schemas for conf/ (typos and wrong types fail naming the key); must precede composition.
 register_schemas()
@@ -23,7 +21,9 @@ register_schemas()
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    datamodule: ProductDataModule = instantiate(cfg.data)
+    from phi3v.data.prepare import prepare_catalogue  # after composition: a typo is answered at once
+
+    datamodule = instantiate(cfg.data)
     report = prepare_catalogue(
         datamodule.source,
         datamodule.data_dir,

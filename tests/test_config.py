@@ -209,3 +209,126 @@ def test_real_recipe_loaders_keep_workers_and_pin_memory():
     data = compose("train", overrides=["experiment=burberry_lora"]).data
     assert data.num_workers > 0 and data.persistent_workers and data.pin_memory
     assert data.val_limit == 64 and compose("train").data.val_limit is None  # the demo scores all of val
+
+
+# ---- precedence: command line > experiment > model recipe > group defaults ---------------------
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # accumulation stays 1 in the groups: the recipe's data.global_batch_size derives it (tested below)
+        (["model=phi3v"], ("gpu", "bf16-mixed", 1, 1)),  # the model's own hardware: one GPU
+        (["model=phi3v", "hardware=cpu"], ("cpu", "32-true", 1, 1)),  # the command line's group, whole
+        (["hardware=cpu", "model=phi3v"], ("cpu", "32-true", 1, 1)),  # order on the command line is irrelevant
+        (["model=phi35v", "hardware=cpu"], ("cpu", "32-true", 1, 1)),
+        (["model=phi3v", "hardware=ddp"], ("auto", "32-true", "auto", 1)),
+        (["model=phi3v", "hardware=fsdp"], ("auto", "32-true", "auto", 1)),
+        (["experiment=burberry_lora"], ("gpu", "bf16-mixed", 1, 1)),
+        (["experiment=burberry_lora", "hardware=cpu"], ("cpu", "32-true", 1, 1)),
+        (["experiment=burberry_lora", "hardware=ddp", "hardware.devices=8"], ("auto", "32-true", 8, 1)),
+        (["experiment=burberry_lora", "hardware=fsdp", "hardware.precision=bf16-mixed"],
+         ("auto", "bf16-mixed", "auto", 1)),
+        (["model=phi3v", "hardware=cpu", "hardware.accumulate_grad_batches=2"], ("cpu", "32-true", 1, 2)),
+        (["model=phi3v", "hardware.accelerator=cpu"], ("cpu", "bf16-mixed", 1, 1)),  # a key changes only itself
+        (["model=tiny"], ("cpu", "32-true", 1, 1)),
+    ],
+)
+def test_command_line_hardware_beats_the_model_recipe(overrides, expected):
+    hardware = compose("train", overrides=overrides).hardware
+    assert (hardware.accelerator, hardware.precision, hardware.devices, hardware.accumulate_grad_batches) == expected
+
+
+def test_recipe_keys_beat_group_defaults_and_lose_to_the_experiment_and_the_command_line():
+    assert compose("train", overrides=["model=phi3v"]).data.batch_size == 4  # recipe over data/sample
+    assert compose("train", overrides=["model=tiny"]).data.batch_size == 8  # model_tuning/tiny
+    assert compose("train", overrides=["model=tiny", "data.batch_size=2"]).data.batch_size == 2
+    burberry = compose("train", overrides=["experiment=burberry_lora", "hardware=cpu", "trainer.max_epochs=1"])
+    assert (burberry.trainer.max_epochs, burberry.trainer.val_check_interval) == (1, 0.5)
+    assert compose("train", overrides=["experiment=burberry_lora"]).trainer.max_epochs == 3
+
+
+# ---- every key typed (at composition) and range-checked (right after) -------------------------
+@pytest.mark.parametrize(
+    "override",
+    ["optimizer.lr=abc", "trainer.max_steps=abc", "evaluation.max_new_tokens=abc", "scheduler.warmup_ratio=abc",
+     "scheduler.min_lr_ratio=abc", "scheduler.kindd=cosine", "checkpoint.every_n_train_steps=abc",
+     "checkpoint.modee=min", "test=maybe", "export=maybe", "seed=x", "trainer.max_epochs=1.5",
+     "optimizer.betas=abc", "evaluation.table_samples=x", "trainer.foo=1", "hardware.precision=[1]"],
+)
+def test_wrongly_typed_keys_fail_at_composition_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose("train", overrides=[override])
+    assert f"full_key: {key}" in str(raised.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("optimizer.lr=-1", "optimizer.lr=-1.0: must be > 0"), 
+     ("scheduler.kind=step", "scheduler.kind=step: must be one of cosine, linear, constant"),
+     ("scheduler.warmup_ratio=1.5", "scheduler.warmup_ratio=1.5: must be in [0, 1)"),
+     ("trainer.max_steps=0", "trainer.max_steps=0: must be >= 1, or -1"),
+     ("trainer.val_check_interval=2.5", "trainer.val_check_interval=2.5: must be a fraction"),
+     ("checkpoint.mode=up", "checkpoint.mode=up: must be one of min, max"),
+     ("checkpoint.every_n_train_steps=0", "checkpoint.every_n_train_steps=0: must be >= 1"),
+     ("evaluation.max_new_tokens=0", "evaluation.max_new_tokens=0: must be >= 1"),
+     ("hardware.strategy=deepspeed", "hardware.strategy=deepspeed: must be one of auto, ddp, fsdp"),
+     ("hardware.precision=bf15", "hardware.precision=bf15: must be one of"),
+     ("seed=-1", "seed=-1: must be >= 0"), ("resume=/no/such/run", "resume=/no/such/run: no such run dir"),
+     ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5]: must be two numbers in [0, 1)")],
+)
+def test_values_out_of_range_fail_naming_the_key_and_what_is_allowed(override, message):
+    from phi3v.config_checks import ConfigError, check_config
+
+    with pytest.raises(ConfigError) as raised:
+        check_config(compose("train", overrides=[override]))
+    assert message in str(raised.value)
+
+
+def test_every_option_passes_the_range_checks():
+    from phi3v.config_checks import check_config
+
+    for group, options in GROUPS.items():
+        for option in options:
+            check_config(compose("train", overrides=[f"{group}={option}"]))
+
+
+def test_schemas_read_from_source_equal_the_imported_signatures():
+    """One source of truth: the fields config_schema.py reads from the source are the arguments (names,
+    defaults) of the imported constructors."""
+    import dataclasses
+    import inspect
+
+    from hydra.utils import get_object
+
+    from phi3v.config_schema import _SCHEMAS, NESTED
+
+    for key, schema in _SCHEMAS.items():
+        target, supplied = key.split(":")
+        constructor = get_object(target)
+        if dataclasses.is_dataclass(constructor):
+            arguments = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                         for f in dataclasses.fields(constructor)}
+        else:
+            arguments = {name: p.default for name, p in inspect.signature(constructor).parameters.items()
+                         if not (inspect.isfunction(constructor) and p.default is inspect.Parameter.empty)}
+        expected = {name: list(value) if isinstance(value, tuple) else value for name, value in arguments.items()
+                    if name not in supplied.split(",")}
+        fields = {f.name: f for f in dataclasses.fields(schema) if f.name not in ("_target_", "_partial_")}
+        assert fields.keys() == expected.keys(), target
+        for name, field in fields.items():
+            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+            if dataclasses.is_dataclass(default) or expected[name] in (inspect.Parameter.empty, dataclasses.MISSING):
+                continue  # nested schemas (checked on their own), or required arguments
+            assert default == expected[name] or (default is None and expected[name] is None), (target, name)
+    assert {key.split(":")[0] for key in _SCHEMAS} >= NESTED
+
+
+def test_composing_the_config_imports_no_torch():
+    """A typo or --help is answered without torch, Lightning or transformers (seconds of imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, train; heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

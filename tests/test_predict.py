@@ -158,3 +158,62 @@ def test_predict_cli_whole_test_split(adapter, tmp_path):
         assert row["target"].startswith("Product: ") and row["true_price"] > 0
         assert Path(row["image_path"]).is_file()
     assert f"wrote 2 predictions (test split) to {out}" in result.stdout
+
+
+# ---- the run an export came from -------------------------------------------------------------
+RUN_DATA = {  # fractions and seed unlike predict's data defaults: a re-split would pick other products
+    "_target_": "phi3v.data.datamodule.ProductDataModule", "val_fraction": 0.2, "test_fraction": 0.15,
+    "split_seed": 3, "synthetic": {"_target_": "phi3v.data.synthetic.SyntheticSpec", "num_products": 40},
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """What train.py leaves: <run>/adapter, <run>/splits.json and <run>/.hydra/config.yaml."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from phi3v.training.model_spec import ModelSpec, load_processor
+
+    run = tmp_path_factory.mktemp("run")
+    build_adapter(run / "adapter")
+    data = {**RUN_DATA, "data_dir": str(run.parent / "run_data")}
+    (run / ".hydra").mkdir()
+    OmegaConf.save({"data": data, "seed": 0}, run / ".hydra" / "config.yaml")
+    datamodule = instantiate(data, output_dir=str(run), _convert_="all")
+    datamodule.connect(load_processor(ModelSpec()))
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # writes splits.json, as in training
+    return run
+
+
+def test_split_test_is_exactly_the_runs_held_out_products(trained_run, tmp_path, capsys):
+    from phi3v.predict import run as predict
+
+    out = tmp_path / "p.jsonl"
+    cfg = predict_config(f"adapter={trained_run / 'adapter'}", "split=test", f"out={out}", "max_new_tokens=2")
+    check_config(cfg)
+    predict(cfg)
+    predicted = sorted(str(json.loads(line)["product_id"]) for line in out.read_text().splitlines())
+    held_out = json.loads((trained_run / "splits.json").read_text())["test"]
+    assert predicted == sorted(str(pid) for pid in held_out) and len(predicted) == 6  # 15% of 40
+    assert "predicting the test split of run" in capsys.readouterr().out
+
+
+def test_a_catalogue_the_run_never_saw_is_predicted_whole_and_said_so(tmp_path):
+    from phi3v.predict import run_products
+    from phi3v.training.model_spec import ModelSpec, load_processor
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "splits.json").write_text(json.dumps({"train": ["a"], "val": ["b"], "test": ["c"]}))
+    datamodule = ProductDataModule(data_dir=str(tmp_path / "data"), synthetic=SyntheticSpec(num_products=9))
+    datamodule.connect(load_processor(ModelSpec()))
+    datamodule.prepare_data()
+    dataset, description = run_products(datamodule, run, "test")
+    assert len(dataset) == 9 and "never saw" in description and "all 9 products" in description
+
+
+def test_an_export_outside_a_run_needs_a_data_group(adapter):
+    with pytest.raises(UsageError, match="data= is required"):
+        check_config(predict_config(f"adapter={adapter}", "split=test"))

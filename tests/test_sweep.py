@@ -105,12 +105,15 @@ def test_fixed_overrides_are_the_real_recipe_with_one_run_dir_per_run(hydra_cont
 
 
 def test_an_agent_of_two_gpus_adds_ddp_to_the_command(hydra_context):
-    """README: an agent that owns 2 GPUs gets `hardware=ddp hardware.devices=2` in the sweep's command."""
+    """README: an agent that owns 2 GPUs gets `hardware=ddp hardware.devices=2 hardware.precision=bf16-mixed` in
+    the sweep's command (a hardware group on the command line replaces the recipe's whole, precision included);
+    the sampled global batch then derives the accumulation over the 2 GPUs."""
     import train
 
     params = {"data.global_batch_size": 16, "data.batch_size": 4}
-    cfg = compose("train", overrides=[*RECIPE, "hardware=ddp", "hardware.devices=2", *agent_args(params)])
-    assert (cfg.hardware.strategy, cfg.hardware.devices, cfg.hardware.accelerator) == ("ddp", 2, "gpu")
+    cfg = compose("train", overrides=[*RECIPE, "hardware=ddp", "hardware.devices=2", "hardware.precision=bf16-mixed",
+                                      *agent_args(params)])
+    assert (cfg.hardware.strategy, cfg.hardware.devices, cfg.hardware.accelerator) == ("ddp", 2, "auto")
     assert cfg.hardware.precision == "bf16-mixed" and train.accumulate_grad_batches(cfg) == 2  # 16 / (4 x 2)
 
 

@@ -119,3 +119,29 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
     step = trainable_state(last)[0]
     assert 0 < step < 400
     assert "SIGTERM: saved" in output
+
+
+@pytest.mark.slow
+def test_a_short_run_resumes_from_its_final_last_ckpt_in_its_own_run_dir(tmp_path):
+    """3 steps (fewer than checkpoint.every_n_train_steps): last.ckpt is the final state; resume=<run dir>
+    continues there (no new outputs/<date>/<time>), keeps one best.ckpt, and the loader resumes mid-epoch."""
+    settings = [f"data.data_dir={tmp_path / 'data'}", *SMALL, "trainer.val_check_interval=2", "logger=none",
+                "test=false", "export=false", "checkpoint.every_n_train_steps=50"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+    def run(*overrides: str) -> str:
+        done = subprocess.run([sys.executable, str(REPO / "train.py"), *settings, *overrides], cwd=tmp_path,
+                              env=environment, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        return done.stdout + done.stderr
+
+    run("trainer.max_steps=3")
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert trainable_state(last)[0] == 3  # the end of the run, not the last step interval or validation
+    output = run("trainer.max_steps=5", f"resume={run_dir}")
+    assert list((tmp_path / "outputs").glob("*/*")) == [run_dir]  # no second run dir
+    assert trainable_state(last)[0] == 5
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and list((run_dir / ".hydra").glob("resumed_*"))
+    assert "not resumable" not in output

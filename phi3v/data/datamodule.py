@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -192,9 +193,10 @@ class ProductDataModule(L.LightningDataModule):
         if self._restored_sampler is not None:  # resuming mid-epoch: skip the batches already trained
             self.train_sampler.load_state_dict(self._restored_sampler)
             self._restored_sampler = None
-        return DataLoader(
+        return ResumableLoader(
             self.datasets["train"], batch_sampler=self.train_sampler,
             collate_fn=Phi3VCollator(self.processor, self.template, "train"), **self.loader_options,
+            state=self.state_dict,
         )
 
     def _eval_loader(self, split: str, mode: str, indices: np.ndarray | None = None) -> DataLoader:
@@ -242,6 +244,23 @@ class ProductDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self._restored_sampler = state.get("train_sampler")
+
+
+class ResumableLoader(DataLoader):
+    """The train loader. Lightning resumes mid-epoch only from loaders with `state_dict` and
+    `load_state_dict` (else it warns the loader is "not resumable"); this one's state is the
+    datamodule's sampler position (counted in trained batches), restored into its batch sampler."""
+
+    def __init__(self, *args, state: Callable[[], dict], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state().get("train_sampler", {})
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:  # the same state the datamodule restored (idempotent)
+            self.batch_sampler.load_state_dict(state)
 
 
 def default_data_dir(source: str) -> Path:

@@ -1,4 +1,4 @@
-"""Rank-aware side effects of a training run: plots, prediction tables, SIGTERM checkpoints."""
+"""Rank-aware side effects of a training run: plots, prediction tables, last and SIGTERM checkpoints."""
 
 from __future__ import annotations
 
@@ -71,7 +71,33 @@ class SigtermCheckpoint(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             if trainer.is_global_zero:
                 log.warning("SIGTERM: saved %s at step %d; resume with resume=%s", self.path, trainer.global_step,
                             self.path.parent.parent)
+
+
+class LastCheckpoint(L.Callback):
+    """`last.ckpt` after every validation and when training ends (besides `checkpoint.every_n_train_steps`),
+    so `resume=` always continues from the latest state, also of a finished or short run."""
+
+    def __init__(self, checkpoint_dir: str | Path):
+        self.path = Path(checkpoint_dir) / "last.ckpt"
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        # Saved here, not in on_train_end: there Lightning already counts the epoch as completed, and a
+        # run resumed with a larger trainer.max_steps would start a new epoch (or stop at max_epochs).
+        if _stops_at_max_steps(trainer):
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not _stops_at_max_steps(trainer):  # max_epochs reached or stopped early: the state as it ends
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def _stops_at_max_steps(trainer: L.Trainer) -> bool:
+    return 0 < trainer.max_steps <= trainer.global_step

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
+if TYPE_CHECKING:
+    from lightning.fabric.plugins.environments import ClusterEnvironment
 
+# torch and Lightning are imported inside the functions that need them: train.py imports this module
+# before composing the config, and a config typo must be answered without seconds of imports.
+# Variables that torchrun and srun set; without any of them there is no external launch to join.
+LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_ID")
 LAUNCH_TIME = "PHI3V_LAUNCH_TIME"  # ISO time shared by all ranks of a launch
 _STARTED = datetime.now()
 
@@ -26,9 +31,32 @@ def launch_time() -> datetime:
     return datetime.fromisoformat(shared) if shared else _STARTED
 
 
+def run_dir_for(resume: str | None, fresh: str) -> str:
+    """The run dir of this run (hydra.run.dir): the one `resume=` continues (a run dir, or a checkpoint
+    in `<run dir>/checkpoints/`), so resuming writes into it and creates no new one; else `fresh`."""
+    if not resume:
+        return fresh
+    path = Path(resume)
+    if path.parent.name == "checkpoints":
+        return str(path.parent.parent)
+    if path.suffix == ".ckpt":  # a checkpoint kept elsewhere: the continued run gets a new dir
+        return fresh
+    return str(path)
+
+
+def resume_subdir(resume: str | None, stamp: str) -> str:
+    """Where Hydra records the config (hydra.output_subdir): `.hydra`, or for a run that continues an
+    existing run dir `.hydra/resumed_<stamp>`, keeping the original run's record intact."""
+    return f".hydra/resumed_{stamp}" if resume and run_dir_for(resume, "") else ".hydra"
+
+
 def external_cluster() -> ClusterEnvironment | None:
     """The environment of a multi-process torchrun or srun launch, None otherwise (one process, or
     processes Lightning starts itself)."""
+    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        return None
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
     for kind in (TorchElasticEnvironment, SLURMEnvironment):
         if kind.detect():
             environment = kind()
@@ -49,6 +77,9 @@ def join_external_launch(argv: list[str], timeout_minutes: int = 30) -> list[str
             "Hydra multirun (-m) cannot run under torchrun/srun: every rank would run the whole sweep. "
             "Launch one run per job, or use a W&B sweep (sweep.yaml) with one agent per node group."
         )
+    import torch
+    import torch.distributed as dist
+
     rank = environment.global_rank()
     # gloo for the CPU objects exchanged here (and CPU runs); NCCL for the GPU collectives of training
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
@@ -65,6 +96,8 @@ def join_external_launch(argv: list[str], timeout_minutes: int = 30) -> list[str
 
 
 def is_distributed() -> bool:
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -75,6 +108,8 @@ def prepare_once(prepare) -> None:
     if not is_distributed():
         prepare()
         return
+    import torch.distributed as dist
+
     rank = dist.get_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
     if rank == 0:

@@ -53,10 +53,14 @@ def build_wandb_logger(
     resolved = resolve_mode(mode)
     if resolved == "offline":
         log.info("W&B offline (no credentials). Upload later with: wandb sync %s/wandb/offline-run-*", save_dir)
-    return WandbLogger(
+    logger = WandbLogger(
         project=project, entity=entity, save_dir=str(save_dir), mode=resolved, tags=list(tags or []), name=name,
         settings=wandb.Settings(init_timeout=init_timeout),
     )
+    # Lightning always passes `anonymous` to wandb.init, and W&B then warns the setting "has no effect":
+    # leaving it out changes nothing but the console.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def build_csv_logger(save_dir: str | Path) -> CSVLogger:

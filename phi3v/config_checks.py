@@ -1,0 +1,151 @@
+"""Ranges and choices of the composed config, checked right after composition (before any import of
+torch or a model): every problem at once, each naming the key's full name and what is allowed.
+
+Types are the schemas' job (config_schema.py); the arguments of our own constructors (model.spec,
+model.lora, data, hardware.fsdp) are also checked by those constructors. Lists of choices are read
+from the code that uses them (`KINDS` of the scheduler, `STRATEGIES`, ...), never copied.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from phi3v.config_schema import source_definition
+
+# lightning.fabric.connector's _PRECISION_INPUT_STR (importing Lightning to read it takes seconds)
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true", "64", "32", "16", "bf16")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+
+
+class ConfigError(ValueError):
+    """Config values out of range: one line per key, each naming it and what is allowed."""
+
+
+def source_constant(target: str) -> Any:
+    """A module-level literal (a dict gives its keys) read from source, e.g. the scheduler's KINDS."""
+    module, name = target.rsplit(".", 1)
+    _, node = source_definition(module, name)
+    if isinstance(node.value, ast.Dict):
+        return tuple(ast.literal_eval(key) for key in node.value.keys)
+    return ast.literal_eval(node.value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _number(v) and v >= low), f">= {low}"
+
+
+def _positive() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _number(v) and v > 0), "> 0"
+
+
+def _fraction(closed: bool = False) -> tuple[Callable[[Any], bool], str]:
+    if closed:
+        return (lambda v: _number(v) and 0 <= v <= 1), "in [0, 1]"
+    return (lambda v: _number(v) and 0 <= v < 1), "in [0, 1)"
+
+
+def _one_of(choices) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
+
+
+def _or_null(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
+    check, allowed = rule
+    return (lambda v: v is None or check(v)), f"{allowed}, or null"
+
+
+def _steps_or_unlimited() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _number(v) and (v == -1 or v >= 1)), ">= 1, or -1 (no limit)"
+
+
+def _share_or_count() -> tuple[Callable[[Any], bool], str]:
+    """Lightning's convention: a float is a fraction of an epoch, an int a number of batches/steps."""
+    def check(v: Any) -> bool:
+        return (isinstance(v, float) and 0 < v <= 1) or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+    return check, "a fraction in (0.0, 1.0] or a whole number of batches >= 0"
+
+
+def _devices() -> tuple[Callable[[Any], bool], str]:
+    def check(v: Any) -> bool:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)):
+            return True
+        return isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v)
+    return check, "auto, a count >= 1 (-1 = all), or a list of device ids"
+
+
+def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """Full key -> (check, what is allowed). Keys absent from a config (e.g. optimizer.momentum with
+    adamw) are skipped."""
+    dtypes = source_constant("phi3v.training.model_spec.DTYPES")
+    return {
+        "seed": _at_least(0),
+        "optimizer.lr": _positive(),
+        "optimizer.weight_decay": _at_least(0),
+        "optimizer.betas": ((lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v)),
+                            "two numbers in [0, 1)"),
+        "optimizer.eps": _positive(),
+        "optimizer.momentum": _at_least(0),
+        "optimizer.dampening": _at_least(0),
+        "scheduler.kind": _one_of(source_constant("phi3v.training.schedules.KINDS")),
+        "scheduler.warmup_ratio": _fraction(),
+        "scheduler.min_lr_ratio": _fraction(closed=True),
+        "trainer.max_epochs": _steps_or_unlimited(),
+        "trainer.max_steps": _steps_or_unlimited(),
+        "trainer.val_check_interval": _share_or_count(),
+        "trainer.check_val_every_n_epoch": _or_null(_at_least(1)),
+        "trainer.limit_train_batches": _share_or_count(),
+        "trainer.limit_val_batches": _share_or_count(),
+        "trainer.limit_test_batches": _share_or_count(),
+        "trainer.num_sanity_val_steps": _at_least(-1),
+        "trainer.log_every_n_steps": _at_least(1),
+        "checkpoint.mode": _one_of(("min", "max")),
+        "checkpoint.every_n_train_steps": _at_least(1),
+        "evaluation.max_new_tokens": _at_least(1),
+        "evaluation.table_samples": _at_least(0),
+        "evaluation.max_nonfinite_steps": _at_least(1),
+        "hardware.accelerator": _one_of(ACCELERATORS),
+        "hardware.devices": _devices(),
+        "hardware.num_nodes": _at_least(1),
+        "hardware.strategy": _one_of(source_constant("phi3v.training.strategies.STRATEGIES")),
+        "hardware.precision": _one_of(PRECISIONS),
+        "hardware.accumulate_grad_batches": _at_least(1),
+        "hardware.gradient_clip_val": _or_null(_positive()),
+        "hardware.timeout_minutes": _at_least(1),
+        "hardware.fsdp.param_dtype": _or_null(_one_of(dtypes)),
+        "hardware.fsdp.reduce_dtype": _one_of(dtypes),
+        "model.spec.dtype": _one_of(dtypes),
+        "logger.mode": _one_of(source_constant("phi3v.training.loggers.MODES")),
+    }
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """One line per key out of range: `key=value: must be <allowed>`."""
+    problems = []
+    for key, (check, allowed) in rules().items():
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value == "<absent>":
+            continue
+        plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if not check(plain):
+            problems.append(f"{key}={plain}: must be {allowed}")
+    resume = cfg.get("resume")
+    if resume is not None and not Path(resume).exists():
+        problems.append(f"resume={resume}: no such run dir or checkpoint")
+    return problems
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every key out of range (entry points call this first)."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("config values out of range (set them on the command line, key=value):\n  "
+                          + "\n  ".join(problems))
