@@ -227,6 +227,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if gpu else platform.processor() or "cpu"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None) if gpu else None
 
+    out = Path(args.out)
+    header = (f"{preset} on {name} (torch {torch.__version__}, peak {peak} TFLOP/s bf16), "
+              f"warm-up {warmup}, median of {steps} steps")
     cells: list[Cell] = []
     for method in args.methods.split(","):
         reason = method_available(method)
@@ -254,18 +257,20 @@ def main() -> None:
                     torch.cuda.empty_cache()
             cells.append(cell)
             print(markdown([cell], "").splitlines()[-1], flush=True)
+            write(out, cells, header)  # after every cell: a run cut short still leaves its table
         del model
         gc.collect()
         if gpu:
             torch.cuda.empty_cache()
 
-    out = Path(args.out)
+    write(out, cells, header)
+    print(markdown(cells, header))
+
+
+def write(out: Path, cells: list[Cell], header: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    header = (f"{preset} on {name} (torch {torch.__version__}, peak {peak} TFLOP/s bf16), "
-              f"warm-up {warmup}, median of {steps} steps")
     (out / "gpu.md").write_text(markdown(cells, header))
     (out / "gpu.json").write_text(json.dumps({"header": header, "cells": [asdict(c) for c in cells]}, indent=1))
-    print(markdown(cells, header))
 
 
 if __name__ == "__main__":
