@@ -186,3 +186,12 @@ def test_quantized_while_built_equals_built_then_quantized(kind):
     ids = torch.arange(3, 40).unsqueeze(0)
     with torch.no_grad():
         torch.testing.assert_close(streamed(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)
+
+
+def test_build_ignores_the_default_device_of_the_caller():
+    """Lightning's configure_model runs under `torch.device(<gpu>)`: the draws must stay on the CPU
+    generator's device (found on an H200: 'Expected a cuda device type for generator')."""
+    expected = build_random_model("tiny", seed=5)
+    with torch.device("meta"):
+        built = build_random_model("tiny", seed=5, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), expected.state_dict().values()))

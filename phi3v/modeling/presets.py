@@ -130,6 +130,16 @@ def build_random_model(
     device = torch.device(device)
     if device.type == "meta":  # structure only: shapes, names, parameter counts, no memory
         return model
+    with torch.device(device):  # init's temporaries on the target, whatever the caller's default device
+        _materialise(model, config, seed, device, dtype, quantization)
+    if quantization:
+        from .quantization import mark_quantized
+
+        mark_quantized(model, quantization)
+    return model
+
+
+def _materialise(model, config, seed: int, device: torch.device, dtype, quantization: str | None) -> None:
     layers = {id(layer): index for index, layer in enumerate(model.model.layers)}
     inside = {id(m) for layer in model.model.layers for m in layer.modules()}
     for module in model.modules():  # everything but the decoder layers, which come one at a time
@@ -147,11 +157,6 @@ def build_random_model(
         if name.endswith(RANDOM_PARAMETERS):
             _draw(parameter, config.initializer_range, generator)
     model.initialize_weights()  # the constants outside the layers (done layers are marked initialised)
-    if quantization:
-        from .quantization import mark_quantized
-
-        mark_quantized(model, quantization)
-    return model
 
 
 RANDOM_MODULES = (nn.Linear, nn.Embedding, nn.Conv2d)
@@ -195,7 +200,7 @@ def fill_uniform_(tensor: torch.Tensor, std: float, generator: torch.Generator) 
     and copied into `tensor` (any dtype, any device): never a float32 copy of a whole tensor."""
     bound = std * 3**0.5
     flat = tensor.view(-1)
-    scratch = torch.empty(min(flat.numel(), SCRATCH_ELEMENTS), dtype=torch.float32)
+    scratch = torch.empty(min(flat.numel(), SCRATCH_ELEMENTS), dtype=torch.float32, device="cpu")  # not the default device
     for start in range(0, flat.numel(), SCRATCH_ELEMENTS):
         block = scratch[: min(SCRATCH_ELEMENTS, flat.numel() - start)]
         block.uniform_(-bound, bound, generator=generator)
