@@ -37,6 +37,7 @@ from phi3v.data.prompts import PromptTemplate  # noqa: E402
 from phi3v.modeling.configuration import CLIP_VIT_L_14_336  # noqa: E402
 from phi3v.modeling.masking import training_attention_mask  # noqa: E402
 from phi3v.modeling.presets import build_random_model  # noqa: E402
+from phi3v.modeling.quantization import weight_bytes  # noqa: E402
 from phi3v.training.lora import apply_lora  # noqa: E402
 from phi3v.training.losses import supervised_loss_sum  # noqa: E402
 from phi3v.training.model_spec import DTYPES, ModelSpec, load_processor  # noqa: E402
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="decoder and CLIP depth (default: the real one)")
     parser.add_argument("--checkpointing", default="on", choices=["on", "off"])
     parser.add_argument("--variants", default="after,before")
+    parser.add_argument("--quantization", default=None, choices=["nf4", "int8"], help="QLoRA base (bitsandbytes)")
     args = parser.parse_args()
 
     overrides = {}
@@ -131,10 +133,10 @@ def main() -> None:
     torch.manual_seed(0)
     reset_peak_rss()
     start = time.perf_counter()
-    base = build_random_model(args.preset, dtype=DTYPES[args.dtype], **overrides)
+    base = build_random_model(args.preset, dtype=DTYPES[args.dtype], quantization=args.quantization, **overrides)
     built = time.perf_counter() - start
-    weights = sum(p.numel() * p.element_size() for p in base.parameters()) / 2**30
-    print(f"built {args.preset} ({args.dtype}, {sum(p.numel() for p in base.parameters()):,} parameters, "
+    weights = weight_bytes(base) / 2**30
+    print(f"built {args.preset} ({args.dtype}, quantization {args.quantization}, {sum(p.numel() for p in base.parameters()):,} parameters, "
           f"{weights:.2f} GiB) in {built:.1f} s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     if args.checkpointing == "on":
         base.activation_checkpointing_enable()
