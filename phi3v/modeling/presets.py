@@ -146,12 +146,13 @@ def _materialise(model, config, seed: int, device: torch.device, dtype, quantiza
         if id(module) not in inside:
             module.to_empty(device=device, recurse=False)
     generator = torch.Generator().manual_seed(seed)
-    # The draws follow module order, the same with or without quantization (a list: quantizing a
-    # layer replaces its linear modules, which a live traversal would then visit and draw again).
-    for module in list(model.modules()):
+    # The draws follow module order (pre-order, as model.modules()), the same with or without
+    # quantization. A decoder layer is one unit: the walk never descends into it, so the linear
+    # modules that quantizing replaces are neither visited again nor kept alive by the traversal.
+    for module in _walk(model, layers):
         if id(module) in layers:
             _build_layer(model, module, f"model.layers.{layers[id(module)]}", device, generator, quantization, dtype)
-        elif id(module) not in inside and isinstance(module, RANDOM_MODULES):
+        elif isinstance(module, RANDOM_MODULES):
             _draw(module.weight, config.initializer_range, generator)
     for name, parameter in model.named_parameters():
         if name.endswith(RANDOM_PARAMETERS):
@@ -168,6 +169,13 @@ def random_tensors(model: nn.Module) -> list[torch.Tensor]:
     """The parameters a random preset draws, in draw order; every other one is a constant."""
     weights = [m.weight for m in model.modules() if isinstance(m, RANDOM_MODULES)]
     return weights + [p for n, p in model.named_parameters() if n.endswith(RANDOM_PARAMETERS)]
+
+
+def _walk(module: nn.Module, units: dict[int, int]):
+    yield module
+    if id(module) not in units:
+        for child in module.children():
+            yield from _walk(child, units)
 
 
 def _build_layer(model, layer: nn.Module, name: str, device, generator, quantization: str | None, dtype) -> None:
