@@ -260,13 +260,10 @@ def test_composing_the_config_imports_no_torch():
 
 
 def test_resume_points_hydra_at_the_run_dir_it_continues(tmp_path):
-    from omegaconf import OmegaConf
-
     run = tmp_path / "outputs" / "2026-01-02" / "03-04-05"
     (run / "checkpoints").mkdir(parents=True)
     for resume in (run, run / "checkpoints" / "last.ckpt"):
-        hydra = OmegaConf.to_container(compose("train", overrides=[f"resume={resume}"],
-                                               return_hydra_config=True).hydra, resolve=True)
-        assert hydra["run"]["dir"] == str(run) and hydra["output_subdir"].startswith(".hydra/resumed_")
-    fresh = OmegaConf.to_container(compose("train", return_hydra_config=True).hydra, resolve=True)
-    assert fresh["run"]["dir"].startswith("outputs/") and fresh["output_subdir"] == ".hydra"
+        hydra = compose("train", overrides=[f"resume={resume}"], return_hydra_config=True).hydra
+        assert hydra.run.dir == str(run) and hydra.output_subdir.startswith(".hydra/resumed_")
+    fresh = compose("train", return_hydra_config=True).hydra
+    assert fresh.run.dir.startswith("outputs/") and fresh.output_subdir == ".hydra"
