@@ -79,8 +79,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
                         save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False),
         ModelCheckpoint(dirpath=checkpoints, filename="last", every_n_train_steps=cfg.checkpoint.every_n_train_steps,
                         save_top_k=1, enable_version_counter=False),
-        LastCheckpoint(checkpoints),  # also at every validation and at the end of training
         EvaluationReport(run_dir),
+        LastCheckpoint(checkpoints),  # also at every validation (after its report) and at the end of training
         SigtermCheckpoint(checkpoints),
         TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps),  # plain lines in logs and CI, unlike rich
     ]

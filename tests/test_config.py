@@ -332,3 +332,13 @@ def test_composing_the_config_imports_no_torch():
             "assert not heavy, heavy")
     done = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_resume_points_hydra_at_the_run_dir_it_continues(tmp_path):
+    run = tmp_path / "outputs" / "2026-01-02" / "03-04-05"
+    (run / "checkpoints").mkdir(parents=True)
+    for resume in (run, run / "checkpoints" / "last.ckpt"):
+        hydra = compose("train", overrides=[f"resume={resume}"], return_hydra_config=True).hydra
+        assert hydra.run.dir == str(run) and hydra.output_subdir.startswith(".hydra/resumed_")
+    fresh = compose("train", return_hydra_config=True).hydra
+    assert fresh.run.dir.startswith("outputs/") and fresh.output_subdir == ".hydra"

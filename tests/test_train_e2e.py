@@ -139,7 +139,7 @@ def test_a_short_run_resumes_from_its_final_last_ckpt_in_its_own_run_dir(tmp_pat
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     last = run_dir / "checkpoints" / "last.ckpt"
     assert trainable_state(last)[0] == 3  # the end of the run, not the last step interval or validation
-    output = run("trainer.max_steps=5", f"resume={run_dir}")
+    output = run("trainer.max_steps=5", f"resume={run_dir.relative_to(tmp_path)}")  # as typed: outputs/<d>/<t>
     assert list((tmp_path / "outputs").glob("*/*")) == [run_dir]  # no second run dir
     assert trainable_state(last)[0] == 5
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
