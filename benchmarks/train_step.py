@@ -136,7 +136,8 @@ def main() -> None:
     base = build_random_model(args.preset, dtype=DTYPES[args.dtype], quantization=args.quantization, **overrides)
     built = time.perf_counter() - start
     weights = weight_bytes(base) / 2**30
-    print(f"built {args.preset} ({args.dtype}, quantization {args.quantization}, {sum(p.numel() for p in base.parameters()):,} parameters, "
+    stored = sum(p.numel() for p in base.parameters())  # packed values for a quantized base
+    print(f"built {args.preset} ({args.dtype}, quantization {args.quantization}, {stored:,} stored parameters, "
           f"{weights:.2f} GiB) in {built:.1f} s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
     if args.checkpointing == "on":
         base.activation_checkpointing_enable()

@@ -206,7 +206,7 @@ def run(cfg: DictConfig) -> None:
     model.to(pick_device(cfg.device))
     if cfg.image is not None:
         answer, parsed = predict_image(model, processor, template, cfg.image, cfg.max_new_tokens)
-        print(f"answer: {answer}")
+        print(f"answer: {json.dumps(answer, ensure_ascii=False)}")  # quoted: a generated newline stays on its line
         print(f"title: {parsed.title}\ncategory: {parsed.category}\nprice: {parsed.price}")
         return
     run_dir = run_dir_of(cfg.adapter)

@@ -141,6 +141,7 @@ def test_predict_cli_one_photo(adapter, photo):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[-4:]] == ["answer", "title", "category", "price"]
+    assert isinstance(json.loads(lines[-4].removeprefix("answer: ")), str)  # one line, whatever was generated
 
 
 @pytest.mark.slow

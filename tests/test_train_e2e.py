@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from wandb_offline import offline_artifacts
+from wandb_offline import history_counts, offline_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -62,6 +62,11 @@ def test_small_run_writes_everything(tmp_path):
     assert set(staged) == {"model", "dataset"} and "latest" in staged["model"].aliases
     assert "adapter_model.safetensors" in staged["model"].files and "test.csv" in staged["dataset"].files
     assert staged["model"].metadata["validation"]["monitor"] == "val/price_mape"
+    # every evaluation's table and scatter reached the W&B history: 2 validations (the subset in training,
+    # the whole split after it) and the test (an explicit step= below W&B's step counter dropped some)
+    logged = history_counts(run)
+    assert [logged[f"{split}/{media}"] for split in ("val", "test") for media in ("predictions", "price_scatter")] \
+        == [2, 2, 1, 1]
     assert "test (generated answers vs baselines)" in output and "price_mape" in output
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert all("lora_" in k or "modules_to_save" in k for k in checkpoint["state_dict"])  # no frozen base weights

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +73,15 @@ def offline_artifacts(run_dir: Path) -> list[StagedArtifact]:
             found.append(StagedArtifact(artifact.name, artifact.type, list(artifact.aliases),
                                         json.loads(artifact.metadata or "{}"), files))
     return found
+
+
+def history_counts(run_dir: Path) -> Counter:
+    """How many history rows of the offline run carry each logged key (media such as tables and images
+    count under their own key, e.g. "val/predictions"): a log call W&B dropped is missing here."""
+    [log] = list((run_dir / "wandb").glob("offline-run-*/*.wandb"))
+    counts = Counter()
+    for record in finished_records(log):
+        if record.WhichOneof("record_type") == "history":
+            keys = {item.key or "/".join(item.nested_key) for item in record.history.item}
+            counts.update({key.removesuffix("/_type") for key in keys})  # a medium is a dict with a _type
+    return counts

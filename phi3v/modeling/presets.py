@@ -208,7 +208,8 @@ def fill_uniform_(tensor: torch.Tensor, std: float, generator: torch.Generator) 
     and copied into `tensor` (any dtype, any device): never a float32 copy of a whole tensor."""
     bound = std * 3**0.5
     flat = tensor.view(-1)
-    scratch = torch.empty(min(flat.numel(), SCRATCH_ELEMENTS), dtype=torch.float32, device="cpu")  # not the default device
+    # on the CPU explicitly: callers may run under another default device (Lightning's configure_model)
+    scratch = torch.empty(min(flat.numel(), SCRATCH_ELEMENTS), dtype=torch.float32, device="cpu")
     for start in range(0, flat.numel(), SCRATCH_ELEMENTS):
         block = scratch[: min(SCRATCH_ELEMENTS, flat.numel() - start)]
         block.uniform_(-bound, bound, generator=generator)

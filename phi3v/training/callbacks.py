@@ -60,7 +60,9 @@ class EvaluationReport(L.Callback):
                     f"{split}/predictions": wandb_prediction_table(rows),
                     f"{split}/price_scatter": wandb.Image(str(path)),
                 }
-                logger.experiment.log(media, step=trainer.global_step)
+                # Lightning's WandbLogger plots everything against "trainer/global_step" and lets W&B count its
+                # own steps (one per log call); an explicit step= below that count is dropped with a warning.
+                logger.experiment.log({**media, "trainer/global_step": trainer.global_step})
 
 
 class SigtermCheckpoint(L.Callback):
