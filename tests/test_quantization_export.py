@@ -4,6 +4,7 @@ onto the quantized base for inference (predict, evaluation) and merged into the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -67,7 +68,7 @@ def test_predict_command_runs_on_the_quantized_base(exported, tmp_path, capsys):
                             "max_new_tokens": 8})
     predict_command(cfg)
     expected, _ = predict_image(model, Phi3VProcessor.from_pretrained(out, padding_side="left"), TEMPLATE, path, 8)
-    assert f"answer: {expected}\n" in capsys.readouterr().out
+    assert f"answer: {json.dumps(expected, ensure_ascii=False)}\n" in capsys.readouterr().out  # printed quoted
 
 
 def test_merge_folds_the_adapter_into_the_unquantized_base(exported, generation_batch, tmp_path, capsys):
