@@ -62,7 +62,12 @@ def export_adapter(
     """
     out_dir = Path(out_dir)
     with _staging(out_dir) as staging:
-        model.save_pretrained(staging, state_dict=state_dict)
+        if isinstance(model, PeftModel):
+            # phi3v never resizes the vocabulary, so PEFT's "auto" check (which looks the base's config.json
+            # up on the hub by its name) has nothing to find; trained embeddings are modules_to_save anyway.
+            model.save_pretrained(staging, state_dict=state_dict, save_embedding_layers=False)
+        else:
+            model.save_pretrained(staging, state_dict=state_dict)
         if isinstance(model, PeftModel):
             check_adapter_file(staging / ADAPTER_WEIGHTS, adapter_keys(model))
         else:
