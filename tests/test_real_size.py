@@ -19,7 +19,8 @@ from PIL import Image
 
 from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling.configuration import CLIP_VIT_L_14_336
-from phi3v.modeling.presets import build_random_model, preset, random_tensors
+from phi3v.modeling.presets import preset
+from phi3v.modeling.random_weights import build_random_model, random_tensors
 from phi3v.training.export import export_adapter, load_for_inference
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor

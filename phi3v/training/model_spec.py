@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from phi3v.modeling import Phi3VForCausalLM, Phi3VImageProcessor, Phi3VProcessor, build_tiny_model, load_tokenizer
-from phi3v.modeling.presets import PRESETS, build_random_model, preset
+from phi3v.modeling.presets import PRESETS, preset
 from phi3v.modeling.quantization import QUANTIZATIONS, quantize_decoder
+from phi3v.modeling.random_weights import build_random_model
 
 SPEC_FILE = "model_spec.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
