@@ -1,7 +1,7 @@
 """A merged export laid out like the base snapshot it came from, so other tools load it as they load
 Microsoft's release.
 
-vLLM, lmdeploy and `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)` find a Phi-3-V
+vLLM, lmdeploy and transformers' remote-code loading (the `trust_remote_code` flag) find a Phi-3-V
 checkpoint's classes through `auto_map` (config.json, preprocessor_config.json, ...) and the code files
 (`modeling_phi3_v.py`, `processing_phi3_v.py`, ...) beside the weights. phi3v never runs or ships that code:
 at export time the files are copied from the user's own download of the base (the local snapshot
