@@ -14,6 +14,7 @@ from functools import partial
 import pytest
 import torch
 from PIL import Image
+from test_export import one_thread  # noqa: F401 (autouse: one intra-op thread, restored after)
 
 from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling import Phi3VForCausalLM, build_tiny_model
@@ -36,14 +37,6 @@ SPEC = ModelSpec(num_crops=1)  # 1 crop + global view: short sequences (CPU time
 KINDS = ("nf4", "int8")
 PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads; restored for the other test modules (see test_export)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

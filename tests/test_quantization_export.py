@@ -11,22 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from peft import PeftModel
-from test_export import TEMPLATE, adapted_model, logits, product_image
+from test_export import TEMPLATE, adapted_model, logits, one_thread, product_image  # noqa: F401 (one_thread: autouse)
 
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.modeling.quantization import QUANTIZATIONS, is_quantized_model
 from phi3v.training.answers import greedy_answers
 from phi3v.training.export import export_adapter, load_for_inference
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads; restored for the other test modules (see test_export)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---- export, inference, merge ----------------------------------------------------------------

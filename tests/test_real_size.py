@@ -16,6 +16,7 @@ import pytest
 import torch
 from golden_data import REAL_PHI3V, REAL_PHI35V
 from PIL import Image
+from test_real_checkpoints import REAL_PARAMETERS, real_shapes
 
 from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling.configuration import CLIP_VIT_L_14_336
@@ -26,14 +27,9 @@ from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.sharding import shard_units
 
-REAL_PARAMETERS = 4_146_621_440  # bf16 bytes of the hub index / 2
 # The released recipe (conf/model/phi3v.yaml): LoRA r 32 on the decoder projections + the projector.
 RECIPE = LoraSpec(r=32, alpha=64, dropout=0.05, train_projector=True)
 SHALLOW = {"num_hidden_layers": 2, "vision_config": {**CLIP_VIT_L_14_336, "num_hidden_layers": 2}}
-
-
-def real_shapes(directory) -> dict[str, list[int]]:
-    return json.loads((directory / "real_state_dict_shapes.json").read_text())["shapes"]
 
 
 @pytest.mark.parametrize(("name", "golden"), [("random:phi3v", REAL_PHI3V), ("random:phi35v", REAL_PHI35V)])
