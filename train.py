@@ -103,11 +103,11 @@ def sharding_spec(cfg: DictConfig) -> ShardingSpec:
     """hardware.fsdp, with the gather dtype following hardware.precision unless set explicitly."""
     from dataclasses import replace
 
+    from phi3v.training.hardware import half_dtype
+
     spec: ShardingSpec = instantiate(cfg.hardware.fsdp)
     if spec.param_dtype is None:
-        precision = str(cfg.hardware.precision)
-        dtype = "bfloat16" if precision.startswith("bf16") else "float16" if precision.startswith("16") else None
-        spec = replace(spec, param_dtype=dtype)
+        spec = replace(spec, param_dtype=half_dtype(cfg.hardware.precision))
     return spec
 
 

@@ -7,18 +7,27 @@ import torch
 
 from .launch import external_cluster
 
-# Mixed precisions compute in one 16-bit type; weights stored in the other one would be converted in
-# every op (bf16 -> fp16 overflows above 65,504; fp16 -> bf16 drops 3 mantissa bits), and 16-mixed's
-# loss scaling (GradScaler) is meant for fp16 or fp32 weights.
-MIXED_PRECISION_DTYPES = {"16-mixed": ("float16", "float32"), "bf16-mixed": ("bfloat16", "float32")}
 PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed"}  # Lightning's older spellings
 
 
+def half_dtype(precision: str | int) -> str | None:
+    """The 16-bit type a Lightning precision computes in: bfloat16 for bf16-mixed/bf16-true, float16
+    for 16-mixed/16-true, None for 32/64-bit precisions."""
+    name = str(precision)
+    return "bfloat16" if name.startswith("bf16") else "float16" if name.startswith("16") else None
+
+
 def check_precision(precision: str | int, dtype: str) -> None:
-    """Fail, saying what to set, when `hardware.precision` and `model.spec.dtype` disagree."""
+    """Fail, saying what to set, when a mixed `hardware.precision` and `model.spec.dtype` disagree.
+
+    Mixed precisions compute in one 16-bit type; weights stored in the other one would be converted in
+    every op (bf16 -> fp16 overflows above 65,504; fp16 -> bf16 drops 3 mantissa bits), and 16-mixed's
+    loss scaling (GradScaler) is meant for fp16 or fp32 weights."""
     name = PRECISION_ALIASES.get(str(precision), str(precision))
-    allowed = MIXED_PRECISION_DTYPES.get(name)
-    if allowed is None or dtype in allowed:
+    if not name.endswith("-mixed"):
+        return
+    allowed = (half_dtype(name), "float32")
+    if dtype in allowed:
         return
     other = "bf16-mixed (GPUs with bfloat16: Ampere and newer)" if name == "16-mixed" else "16-mixed"
     raise ValueError(
