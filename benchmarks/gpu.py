@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from phi3v.data.prompts import PromptTemplate  # noqa: E402
+from phi3v.modeling.masking import training_attention_mask  # noqa: E402
 from phi3v.modeling.random_weights import build_random_model  # noqa: E402
 from phi3v.training.lora import LoraSpec, apply_lora  # noqa: E402
 from phi3v.training.losses import supervised_loss_sum  # noqa: E402
@@ -149,6 +150,8 @@ def run_cell(model, processor, cell: Cell, device: torch.device, warmup: int, st
     batch = make_batch(processor, cell.batch, device)
     cell.tokens_per_sample = int(batch["attention_mask"][0].sum())
     labels = batch.pop("labels")
+    # as the training step builds them (module.teacher_forced): no dense mask when padding only trails
+    inputs = {**batch, "attention_mask": training_attention_mask(batch["attention_mask"], labels)}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     if device.type == "cuda":
@@ -159,7 +162,7 @@ def run_cell(model, processor, cell: Cell, device: torch.device, warmup: int, st
     for i in range(warmup + steps):
         start = time.perf_counter()
         with autocast:
-            logits = model(**batch, use_cache=False).logits
+            logits = model(**inputs, use_cache=False).logits
             loss_sum, tokens = supervised_loss_sum(logits, labels)
             loss = loss_sum / tokens
         del logits
@@ -175,7 +178,7 @@ def run_cell(model, processor, cell: Cell, device: torch.device, warmup: int, st
     cell.step_s = statistics.median(times)
     cell.samples_per_s = cell.batch / cell.step_s
     cell.tokens_per_s = cell.batch * cell.tokens_per_sample / cell.step_s
-    flops = step_flops(base, {**batch, "labels": labels})
+    flops = step_flops(base, batch)
     cell.tflops = flops / cell.step_s / 1e12
     cell.mfu = cell.tflops / peak if peak else None
     if device.type == "cuda":
