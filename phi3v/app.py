@@ -18,21 +18,15 @@ tests/test_app_browser.py checks in a real browser that the page never asks for 
 from __future__ import annotations
 
 import logging
-import sys
-import warnings
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from phi3v.cli import UsageError, check_dtype, check_export_dir, quiet_console, run_command, start
 from phi3v.modeling.presets import PRESETS
-from phi3v.training.model_spec import DTYPES
 
 log = logging.getLogger("phi3v.app")
-
-
-class UsageError(Exception):
-    """A bad command-line value; the message names the key (printed as one line, exit code 1)."""
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -43,16 +37,14 @@ def check_config(cfg: DictConfig) -> None:
             "choose exactly one model: adapter=<run>/adapter, export=<dir> (phi3v.export) or preset=tiny"
             + (f" (got {', '.join(chosen)})" if chosen else "")
         )
-    directory = cfg.adapter or cfg.export
-    key = "adapter" if cfg.adapter else "export"
-    if directory is not None and not (Path(directory) / "model_spec.json").is_file():
-        raise UsageError(f"{key}={directory}: not a phi3v export (no model_spec.json in it)")
+    for key in ("adapter", "export"):
+        if cfg[key] is not None:
+            check_export_dir(key, cfg[key])
     if cfg.preset is not None and cfg.preset not in PRESETS:
         raise UsageError(f"preset={cfg.preset}: choose one of {', '.join(sorted(PRESETS))}")
     if cfg.run is not None and not Path(cfg.run).is_dir():
         raise UsageError(f"run={cfg.run}: no such directory (a train.py run dir, for the gallery)")
-    if cfg.dtype is not None and cfg.dtype not in DTYPES:
-        raise UsageError(f"dtype={cfg.dtype}: choose one of {', '.join(DTYPES)} (or null for the export's)")
+    check_dtype(cfg.dtype)
     for key in ("max_new_tokens", "max_upload_mb", "max_pixels"):
         if cfg[key] <= 0:
             raise UsageError(f"{key}={cfg[key]} must be > 0")
@@ -67,15 +59,11 @@ def gallery_dir(cfg: DictConfig) -> Path | None:
 
 
 def run(cfg: DictConfig) -> None:
-    from transformers.utils import logging as hf_logging
-
     from phi3v.demo.gallery import load_gallery, split_counts
     from phi3v.demo.predictor import load_predictor
     from phi3v.demo.server import DemoState, make_server
 
-    hf_logging.disable_progress_bar()
-    # PEFT calls a transformers property deprecated in v5: noise for users of the command, not theirs to fix.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    quiet_console()
     predictor = load_predictor(
         export=cfg.adapter or cfg.export, preset=cfg.preset, dtype=cfg.dtype, device=cfg.device,
         max_new_tokens=cfg.max_new_tokens, max_pixels=cfg.max_pixels,
@@ -97,13 +85,8 @@ def run(cfg: DictConfig) -> None:
 @hydra.main(config_path="../conf", config_name="app", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("phi3v").setLevel(logging.INFO)
-    try:
-        check_config(cfg)
-        run(cfg)
-    except UsageError as problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(1)
+    run_command(check_config, run, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    start(main)

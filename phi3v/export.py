@@ -13,27 +13,19 @@ Either way `out` can be passed to `python -m phi3v.predict adapter=<out>`.
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-
-class UsageError(Exception):
-    """A bad command-line value; the message names the key (printed as one line, exit code 1)."""
+from phi3v.cli import UsageError, check_export_dir, quiet_console, require, run_command, start
 
 
 def check_config(cfg: DictConfig) -> None:
     """Fail on bad keys before the (slow) model imports."""
     for key in ("adapter", "out"):
-        if OmegaConf.is_missing(cfg, key):
-            raise UsageError(f"{key}= is required (python -m phi3v.export adapter=<dir> out=<dir> [merge=true])")
-    if not Path(cfg.adapter).is_dir():
-        raise UsageError(f"adapter={cfg.adapter}: no such directory")
-    if not (Path(cfg.adapter) / "model_spec.json").is_file():
-        raise UsageError(f"adapter={cfg.adapter}: not a phi3v export (no model_spec.json in it)")
+        require(cfg, key, " (python -m phi3v.export adapter=<dir> out=<dir> [merge=true])")
+    check_export_dir("adapter", cfg.adapter)
 
 
 def describe(directory: Path) -> str:
@@ -45,13 +37,9 @@ def describe(directory: Path) -> str:
 
 
 def run(cfg: DictConfig) -> Path:
-    from transformers.utils import logging as hf_logging
-
     from phi3v.training.export import copy_export, merge_adapter, merge_note
 
-    hf_logging.disable_progress_bar()
-    # PEFT calls a transformers property deprecated in v5: noise for users of the command, not theirs to fix.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    quiet_console()
     try:
         if cfg.merge:
             note = merge_note(cfg.adapter)
@@ -65,14 +53,8 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        check_config(cfg)
-        out = run(cfg)
-    except UsageError as problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(1)
-    print(describe(out))
+    print(describe(run_command(check_config, run, cfg)))
 
 
 if __name__ == "__main__":
-    main()
+    start(main)

@@ -10,7 +10,8 @@ predicted by the split they had in the run; a catalogue the run never saw is pre
 command says which). An export without a run beside it splits `data=` by its data.* fractions.
 Decoding is greedy, batched with left padding, and stops at `<|end|>`.
 Split predictions are written as .jsonl or .csv with one row per product (unreadable images are skipped):
-  product_id, image_path, target, prediction, parsed_title, parsed_category, parsed_price, true_price, pct_error
+  product_id, image_path, target, prediction, parsed_title, parsed_category, parsed_price, true_price,
+  price_error_pct (signed: 100 * (parsed - true) / true; the row of phi3v.inference, as in training's CSVs)
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,45 +26,26 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from phi3v.config_checks import source_constant
-from phi3v.config_schema import register_schemas
+from phi3v.cli import UsageError, check_dtype, check_export_dir, quiet_console, require, run_command, start
+from phi3v.data.splits import SPLITS
 
 if TYPE_CHECKING:  # imported where used: a bad key is answered before seconds of torch imports
-    import torch
     from torch.utils.data import DataLoader
 
     from phi3v.data.datamodule import ProductDataModule
     from phi3v.data.dataset import ProductDataset
-    from phi3v.data.prompts import ParsedAnswer, PromptTemplate
     from phi3v.modeling import Phi3VProcessor
+    from phi3v.task import ParsedAnswer, PromptTemplate
 
 log = logging.getLogger(__name__)
-COLUMNS = (
-    "product_id", "image_path", "target", "prediction",
-    "parsed_title", "parsed_category", "parsed_price", "true_price", "pct_error",
-)
 FORMATS = (".jsonl", ".csv")
-SPLITS = ("train", "val", "test")
-
-# Typed schemas for conf/ (the data group's defaults name them); must precede composition.
-register_schemas()
-
-
-class UsageError(Exception):
-    """A bad command-line value; the message names the key (printed as one line, exit code 1)."""
 
 
 def check_config(cfg: DictConfig) -> None:
     """Fail on bad keys before any model is built."""
-    if OmegaConf.is_missing(cfg, "adapter"):
-        raise UsageError("adapter= is required: the export directory written by phi3v.export or training")
-    if not Path(cfg.adapter).is_dir():
-        raise UsageError(f"adapter={cfg.adapter}: no such directory")
-    if not (Path(cfg.adapter) / "model_spec.json").is_file():
-        raise UsageError(f"adapter={cfg.adapter}: not a phi3v export (no model_spec.json in it)")
-    dtypes = source_constant("phi3v.training.model_spec.DTYPES")
-    if cfg.dtype is not None and cfg.dtype not in dtypes:
-        raise UsageError(f"dtype={cfg.dtype}: choose one of {', '.join(dtypes)} (or null for the export's)")
+    require(cfg, "adapter", ": the export directory written by phi3v.export or training")
+    check_export_dir("adapter", cfg.adapter)
+    check_dtype(cfg.dtype)
     if cfg.image is not None:
         if not Path(cfg.image).is_file():
             raise UsageError(f"image={cfg.image}: no such file")
@@ -87,7 +67,7 @@ def predict_image(
 ) -> tuple[str, ParsedAnswer]:
     """The answer for one photo and its parsed fields."""
     from phi3v.data.images import ImageRejected, load_product_image
-    from phi3v.training.answers import greedy_answers
+    from phi3v.inference import greedy_answers
 
     try:
         image = load_product_image(path)
@@ -96,29 +76,6 @@ def predict_image(
     inputs = processor(template.prompt(), [image], padding_side="left")
     answer = greedy_answers(model, processor, inputs, max_new_tokens)[0]
     return answer, template.parse(answer)
-
-
-def prediction_rows(
-    model, processor: Phi3VProcessor, template: PromptTemplate, batches: Iterable, max_new_tokens: int
-) -> Iterator[dict]:
-    """One output row per product of the generation batches (collator mode "generate")."""
-    from phi3v.training.answers import greedy_answers
-
-    for batch in batches:
-        meta = batch["meta"]
-        for i, answer in enumerate(greedy_answers(model, processor, batch, max_new_tokens)):
-            if meta["supervised"][i]:  # else the image was unreadable (logged by the dataset): no row
-                yield prediction_row(meta, i, answer, template.parse(answer))
-
-
-def prediction_row(meta: dict, i: int, answer: str, parsed: ParsedAnswer) -> dict:
-    truth = float(meta["price"][i])
-    error = None if parsed.price is None or truth == 0 else abs(parsed.price - truth) / abs(truth) * 100
-    return {
-        "product_id": meta["product_id"][i], "image_path": meta["image_path"][i], "target": meta["target"][i],
-        "prediction": answer, "parsed_title": parsed.title, "parsed_category": parsed.category,
-        "parsed_price": parsed.price, "true_price": truth, "pct_error": error,
-    }
 
 
 def split_batches(
@@ -185,23 +142,10 @@ def run_products(datamodule: ProductDataModule, run: Path, split: str) -> tuple[
 
 
 # ---- the command -----------------------------------------------------------------------------
-def pick_device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run(cfg: DictConfig) -> None:
-    from transformers.utils import logging as hf_logging
+    from phi3v.inference import load_for_inference, pick_device, prediction_rows, write_predictions
 
-    from phi3v.console import quiet_third_party
-    from phi3v.training.export import load_for_inference
-    from phi3v.training.reporting import write_rows
-
-    hf_logging.disable_progress_bar()
-    quiet_third_party()
+    quiet_console()
     model, processor, template = load_for_inference(cfg.adapter, dtype=cfg.dtype)
     model.to(pick_device(cfg.device))
     if cfg.image is not None:
@@ -214,19 +158,14 @@ def run(cfg: DictConfig) -> None:
     datamodule = instantiate(data, _convert_="all")
     datamodule.connect(processor)
     batches = split_batches(datamodule, template, cfg.split, cfg.batch_size, run_dir)
-    count = write_rows(prediction_rows(model, processor, template, batches, cfg.max_new_tokens), COLUMNS, cfg.out)
+    count = write_predictions(prediction_rows(model, processor, template, batches, cfg.max_new_tokens), cfg.out)
     print(f"wrote {count} predictions ({cfg.split} split) to {cfg.out}")
 
 
 @hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        check_config(cfg)
-        run(cfg)
-    except UsageError as problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(1)
+    run_command(check_config, run, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    start(main)

@@ -1,38 +1,48 @@
 """`python -m phi3v.prepare data=<sample|burberry|table> [overrides]`: build a catalogue's manifest.
 
 Downloads (or generates) the images, validates every row and prints kept/dropped counts by reason.
-Running it again reuses every image already valid on disk.
+Running it again reuses every image already valid on disk. Only the catalogue keys of the data group
+matter here (source, data_dir, columns, split, download, synthetic); the loader settings do not.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from phi3v.config_schema import register_schemas
+from phi3v.cli import start
 
-# Typed schemas for conf/ (typos and wrong types fail naming the key); must precede composition.
-register_schemas()
+if TYPE_CHECKING:
+    from phi3v.data.prepare import PrepareReport
+
+
+def prepare(data: DictConfig, progress: bool = True) -> PrepareReport:
+    """Prepare the catalogue a data config names, with ProductDataModule's defaults for absent parts."""
+    from hydra.utils import instantiate  # after composition: a typo is answered at once
+
+    from phi3v.data.catalogue import ColumnMap
+    from phi3v.data.download import DownloadSettings
+    from phi3v.data.prepare import default_data_dir, prepare_catalogue
+    from phi3v.data.synthetic import SyntheticSpec
+
+    return prepare_catalogue(
+        data.source,
+        data.data_dir or default_data_dir(data.source),
+        instantiate(data.columns) or ColumnMap(),
+        instantiate(data.download) or DownloadSettings(),
+        instantiate(data.synthetic) or SyntheticSpec(),
+        data.split,
+        progress=progress,
+    )
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from phi3v.data.prepare import prepare_catalogue  # after composition: a typo is answered at once
-
-    datamodule = instantiate(cfg.data)
-    report = prepare_catalogue(
-        datamodule.source,
-        datamodule.data_dir,
-        datamodule.columns,
-        datamodule.download,
-        datamodule.synthetic,
-        datamodule.split,
-        progress=cfg.progress,
-    )
+    report = prepare(cfg.data, cfg.progress)
     print(report.summary())
     if report.kept == 0:
         logging.getLogger(__name__).error("no usable rows: check data.columns and the drop reasons above")
@@ -40,4 +50,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    start(main)

@@ -1,22 +1,22 @@
 """A small run directory as train.py leaves it, for the web demo's tests (no training: seconds).
 
   <root>/run/adapter/               the tiny preset with a LoRA adapter whose B matrices are seeded noise
-  <root>/run/predictions/test.csv   one row per product, EvaluationReport's columns
+  <root>/run/predictions/test.csv   one row per product, as EvaluationReport writes it (phi3v.inference rows)
   <root>/run/splits.json            split counts
   <root>/images/<id>.png            the product photos (plain shapes on distinct colours)
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from phi3v.data.prompts import PromptTemplate
 from phi3v.data.splits import write_splits
+from phi3v.inference import prediction_row, write_predictions
+from phi3v.task import PromptTemplate
 from phi3v.training.export import export_adapter
 from phi3v.training.lora import LoraSpec, apply_lora
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
@@ -54,15 +54,9 @@ def build_demo_run(root: Path, seed: int = 1) -> Path:
     for pid, color, title, category, price, answer in PRODUCTS:
         path = images / f"{pid}.png"
         product_photo(color).save(path)
-        parsed = TEMPLATE.parse(answer).price
-        rows.append({"image_path": str(path), "target": TEMPLATE.target(title, category, price), "prediction": answer,
-                     "parsed_price": parsed, "true_price": price,
-                     "pct_error": None if parsed is None else 100 * (parsed - price) / price})
-    (run / "predictions").mkdir(parents=True)
-    with (run / "predictions" / "test.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        rows.append(prediction_row(pid, path, TEMPLATE.target(title, category, price), answer, TEMPLATE.parse(answer),
+                                   price))
+    write_predictions(rows, run / "predictions" / "test.csv")
     ids = ["70000001", "70000002", *(p[0] for p in PRODUCTS)]
     write_splits(run / "splits.json", ids, np.array(["train", "train", "test", "test", "test"]))
     return run

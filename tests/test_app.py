@@ -19,11 +19,12 @@ from demo_run import PRODUCTS, build_demo_run, product_photo
 from omegaconf import OmegaConf
 from PIL import Image
 
-from phi3v.app import UsageError, check_config, gallery_dir
-from phi3v.data.prompts import PromptTemplate
+from phi3v.app import check_config, gallery_dir
+from phi3v.cli import UsageError
 from phi3v.demo.gallery import load_gallery, split_counts
 from phi3v.demo.predictor import load_predictor
 from phi3v.demo.server import DemoState, make_server
+from phi3v.task import PromptTemplate
 
 MAX_UPLOAD = 2_000_000
 
@@ -168,9 +169,9 @@ def test_page_info_and_gallery(served):
     first, second, third = gallery
     assert (first["true_title"], first["true_category"], first["true_price"]) == ("Check Wool Scarf", "SCARVES", 450.0)
     assert (first["predicted_category"], first["predicted_price"]) == ("SCARVES", 420.0)
-    assert first["pct_error"] == pytest.approx(-100 * 30 / 450)
+    assert first["price_error_pct"] == pytest.approx(-100 * 30 / 450)
     assert (second["predicted_category"], second["predicted_price"]) == ("BAGS", 990.0)
-    assert (third["predicted_title"], third["predicted_price"], third["pct_error"]) == (None, None, None)
+    assert (third["predicted_title"], third["predicted_price"], third["price_error_pct"]) == (None, None, None)
     status, kind, thumbnail = request(port, "GET", "/gallery/1/thumbnail")
     assert status == 200 and kind == "image/jpeg" and max(Image.open(io.BytesIO(thumbnail)).size) <= 192
     assert request(port, "GET", "/gallery/1/photo")[2] == state.gallery[1].image_path.read_bytes()

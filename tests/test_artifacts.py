@@ -11,7 +11,8 @@ import pytest
 from demo_run import PRODUCTS, build_demo_run
 from wandb_offline import offline_artifacts
 
-from phi3v.data.prompts import PromptTemplate
+from phi3v.inference import COLUMNS
+from phi3v.task import PromptTemplate
 from phi3v.training.artifacts import is_best, log_run_artifacts, model_artifact_name
 from phi3v.training.model_spec import ModelSpec
 
@@ -55,9 +56,11 @@ def test_adapter_and_predictions_are_staged_with_metadata_and_aliases(offline_ru
     assert (predictions.name, predictions.type) == (f"run-{run.id}-predictions", "dataset")
     assert sorted(predictions.files) == ["test.csv", "test.table.json"]
     table = json.loads(predictions.files["test.table.json"].read_text())
-    assert table["columns"] == ["image_path", "target", "prediction", "parsed_price", "true_price", "pct_error"]
-    assert [row[4] for row in table["data"]] == [p[4] for p in PRODUCTS]
-    assert table["data"][2][3] is None  # an unparsed price stays empty
+    assert table["columns"] == list(COLUMNS)
+    true_price, parsed_price, error = map(COLUMNS.index, ("true_price", "parsed_price", "price_error_pct"))
+    assert [row[true_price] for row in table["data"]] == [p[4] for p in PRODUCTS]
+    assert table["data"][0][error] == pytest.approx(100 * (420 - 450) / 450)  # a float, signed
+    assert table["data"][2][parsed_price] is None and table["data"][2][error] is None  # unparsed: empty
 
 
 def test_best_alias_only_when_the_exported_weights_are_the_best():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from phi3v.data.catalogue import ColumnMap, InvalidValue, parse_price, validate_rows
-from phi3v.data.prompts import PromptTemplate, parse_number, price_from_answer
 from phi3v.data.splits import assign_splits, limited_rows
+from phi3v.task import PromptTemplate, parse_number, price_from_answer
 
 
 @pytest.mark.parametrize(

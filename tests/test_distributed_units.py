@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from phi3v.data.prompts import PromptTemplate
+from phi3v.task import PromptTemplate
 from phi3v.training.gathering import gather_records
 from phi3v.training.launch import external_cluster, join_external_launch
 from phi3v.training.lora import LoraSpec, apply_lora

@@ -20,15 +20,14 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from phi3v.data.prompts import PromptTemplate
+from phi3v.inference import ADAPTER_WEIGHTS, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor, tiny_config
+from phi3v.task import PromptTemplate
 from phi3v.training.export import (
-    ADAPTER_WEIGHTS,
     adapter_keys,
     check_adapter_file,
     copy_export,
     export_adapter,
-    load_for_inference,
     merge_adapter,
 )
 from phi3v.training.lora import LoraSpec, apply_lora

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from phi3v.data.prompts import ParsedAnswer
+from phi3v.task import ParsedAnswer
 from phi3v.training.metrics import (
     METRIC_KEYS,
     Baselines,

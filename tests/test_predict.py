@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from test_export import ONE_THREAD, build_adapter, one_thread, product_image  # noqa: F401 (one_thread: autouse)
 
+from phi3v.cli import UsageError
+from phi3v.config_schema import register_schemas
 from phi3v.data.datamodule import ProductDataModule
-from phi3v.data.prompts import ParsedAnswer
 from phi3v.data.synthetic import SyntheticSpec
-from phi3v.predict import (
-    COLUMNS,
-    UsageError,
-    check_config,
-    main,
-    predict_image,
-    prediction_row,
-    prediction_rows,
-    split_batches,
-)
-from phi3v.training.export import load_for_inference
-from phi3v.training.reporting import write_rows
+from phi3v.inference import COLUMNS, load_for_inference, prediction_rows
+from phi3v.predict import check_config, main, predict_image, split_batches
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 6
@@ -47,6 +36,7 @@ def photo(tmp_path_factory) -> Path:
 
 
 def predict_config(*overrides: str) -> DictConfig:
+    register_schemas()  # as `python -m phi3v.predict` does before composing
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("predict", overrides=list(overrides))
 
@@ -69,35 +59,6 @@ def test_batched_split_predictions_equal_one_photo_at_a_time(adapter, tmp_path):
         assert (row["parsed_title"], row["parsed_category"], row["parsed_price"]) == (
             parsed.title, parsed.category, parsed.price
         )
-
-
-def test_a_row_scores_the_parsed_price():
-    meta = {"product_id": ["7"], "image_path": ["a.jpg"], "target": ["Product: A, Category: B, Full Price: 200.0"],
-            "price": torch.tensor([200.0], dtype=torch.float64)}
-    row = prediction_row(meta, 0, "Product: A, Category: B, Full Price: 150.0", ParsedAnswer("A", "B", 150.0))
-    assert row["true_price"] == 200.0 and row["pct_error"] == pytest.approx(25.0)
-    assert prediction_row(meta, 0, "garbage", ParsedAnswer(None, None, None))["pct_error"] is None
-
-
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_rows_are_written_by_suffix_and_never_half(tmp_path, suffix):
-    rows = [dict.fromkeys(COLUMNS, "x") | {"pct_error": None, "true_price": 1.5} for _ in range(3)]
-    out = tmp_path / "sub" / f"p{suffix}"
-    assert write_rows(iter(rows), COLUMNS, out) == 3
-    if suffix == ".jsonl":
-        read = [json.loads(line) for line in out.read_text().splitlines()]
-        assert read == rows
-    else:
-        read = list(csv.DictReader(out.open()))
-        assert len(read) == 3 and list(read[0]) == list(COLUMNS) and read[0]["true_price"] == "1.5"
-
-    def failing():
-        yield rows[0]
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError):
-        write_rows(failing(), COLUMNS, tmp_path / f"failed{suffix}")
-    assert not list(tmp_path.glob("failed*"))
 
 
 def test_bad_values_are_reported_by_key(adapter, photo, tmp_path):

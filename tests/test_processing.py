@@ -105,3 +105,21 @@ def test_batch_decode_skips_image_positions(processor):
     batch = processor("<|user|>\n<|image_1|>\nHi<|end|>", [image()])
     assert processor.batch_decode(batch["input_ids"]) == [processor.decode(batch["input_ids"][0])]
     assert "Hi" in processor.decode(batch["input_ids"][0])
+
+
+def test_sequence_lengths_equal_the_rows_tokenize_builds(processor):
+    """Counted from image sizes alone, the lengths a sampler groups by are those of the real rows, also
+    for answers that change how the prompt's end tokenizes (leading space, digits, no separator)."""
+    prompt = chat_prompt([{"role": "user", "content": "<|image_1|>What is shown in this image?"}])
+    sizes = [(64, 48), (1000, 100), (336, 900), (5, 700)]
+    answers = ["Product: A, Category: B, Full Price: 1250.0", " leading space", "", "1,299.99 USD\nsecond line"]
+    counts = processor.image_processor([image(w, h) for w, h in sizes])["num_img_tokens"]
+    assert len(set(counts)) == len(counts)  # four different image token counts
+    rows = processor.tokenize([prompt] * 4, [[n] for n in counts], answers)
+    assert processor.sequence_lengths(prompt, sizes, answers) == rows["attention_mask"].sum(1).tolist()
+    prompts_only = processor.tokenize([prompt] * 4, [[n] for n in counts])
+    assert processor.sequence_lengths(prompt, sizes) == prompts_only["attention_mask"].sum(1).tolist()
+    with pytest.raises(ValueError, match="one image tag, got 2"):
+        processor.sequence_lengths("<|image_1|><|image_2|>", sizes)
+    with pytest.raises(ValueError, match="4 image sizes but 1 answers"):
+        processor.sequence_lengths(prompt, sizes, answers[:1])

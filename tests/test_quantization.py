@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from test_export import one_thread  # noqa: F401 (autouse: one intra-op thread, restored after)
 
-from phi3v.data.prompts import PromptTemplate
 from phi3v.modeling import Phi3VForCausalLM, build_tiny_model
 from phi3v.modeling.quantization import (
     QuantizationUnavailable,
@@ -28,6 +27,7 @@ from phi3v.modeling.quantization import (
     require_bitsandbytes,
     weight_bytes,
 )
+from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.module import Phi3VLitModule

@@ -7,11 +7,11 @@ import math
 import pytest
 from PIL import Image
 
-from phi3v.data.prompts import ParsedAnswer
+from phi3v.inference import prediction_row
+from phi3v.task import ParsedAnswer
 from phi3v.training.reporting import (
     TABLE_COLUMNS,
     beats_baselines,
-    prediction_rows,
     price_scatter,
     summary_table,
     wandb_prediction_table,
@@ -49,28 +49,12 @@ def test_price_scatter_rejects_mismatched_lengths(tmp_path):
 def rows_fixture(tmp_path):
     image = tmp_path / "a.png"
     Image.new("RGB", (64, 48), "red").save(image)
-    return prediction_rows(
-        [image, tmp_path / "missing.jpg"],
-        ["Product: A, Category: c, Full Price: 200.0", "Product: B, Category: d, Full Price: 50.0"],
-        ["Product: A, Category: c, Full Price: 150.0", "no idea"],
-        [ParsedAnswer("A", "c", 150.0), ParsedAnswer(None, None, None)],
-        [200.0, 50.0],
-    )
-
-
-def test_prediction_rows(tmp_path):
-    rows = rows_fixture(tmp_path)
-    assert rows[0] == {
-        "image_path": str(tmp_path / "a.png"),
-        "target": "Product: A, Category: c, Full Price: 200.0",
-        "prediction": "Product: A, Category: c, Full Price: 150.0",
-        "parsed_price": 150.0,
-        "true_price": 200.0,
-        "pct_error": -25.0,  # (150 - 200) / 200: an underestimate is negative
-    }
-    assert rows[1]["parsed_price"] is None and rows[1]["pct_error"] is None
-    with pytest.raises(ValueError, match="one entry per sample"):
-        prediction_rows(["a"], [], [], [], [])
+    return [
+        prediction_row("1", image, "Product: A, Category: c, Full Price: 200.0",
+                       "Product: A, Category: c, Full Price: 150.0", ParsedAnswer("A", "c", 150.0), 200.0),
+        prediction_row("2", tmp_path / "missing.jpg", "Product: B, Category: d, Full Price: 50.0", "no idea",
+                       ParsedAnswer(None, None, None), 50.0),
+    ]
 
 
 def test_wandb_prediction_table(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from phi3v.data.prompts import PromptTemplate
+from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng

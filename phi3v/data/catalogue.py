@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .prompts import parse_number
+from phi3v.task import parse_number
 
 MISSING_CATEGORY = "N.A."
 _PLACEHOLDERS = {"", "n.a.", "n/a", "na", "nan", "none", "null", "-"}

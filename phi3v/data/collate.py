@@ -7,7 +7,7 @@ Modes:
             tensor held once, so pinning and the copy to the device happen once; the model inputs
             of each use: `eval_inputs(batch, "loss")`, `eval_inputs(batch, "generate")`
 Every batch carries `meta` (ids, targets, prices, skipped-image count); pass only the model keys
-to the model: `model(**model_inputs(batch))`.
+to the model: `model(**model_inputs(batch))` (the batch contract: phi3v.modeling.batch).
 
 A batch always keeps every sample it was given, so all ranks of a distributed run run the same
 graph: a sample whose image is unreadable gets a white placeholder photo, and it and the padding
@@ -23,22 +23,12 @@ import torch
 from PIL import Image
 
 from phi3v.modeling import IGNORE_INDEX, Phi3VProcessor
+from phi3v.task import PromptTemplate
 
 from .dataset import Sample
-from .prompts import PromptTemplate
 
-MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "labels")
-PIXEL_KEYS = ("pixel_values", "image_sizes")
 # Stands in for an unreadable photo: one CLIP crop (the cheapest photo the model accepts), white.
 PLACEHOLDER = Image.new("RGB", (336, 336), "white")
-
-
-class Phi3VBatch(TypedDict, total=False):
-    input_ids: torch.Tensor  # (batch, length) int64; image k of a row holds -k
-    attention_mask: torch.Tensor  # (batch, length) 1 = token, 0 = padding
-    pixel_values: torch.Tensor  # (images, num_crops + 1, 3, 336, 336) float32
-    image_sizes: torch.Tensor  # (images, 2) canvas (height, width)
-    labels: torch.Tensor  # (batch, length) -100 except answer tokens and <|end|>
 
 
 class BatchMeta(TypedDict):
@@ -51,17 +41,6 @@ class BatchMeta(TypedDict):
     target: list[str]  # the answer the model should generate
     image_path: list[str]
     skipped_images: int  # samples of this batch whose image was unreadable (not padding repeats)
-
-
-def model_inputs(batch: dict) -> Phi3VBatch:
-    """The keys `Phi3VForCausalLM.forward` takes."""
-    return {key: batch[key] for key in MODEL_KEYS if key in batch}
-
-
-def eval_inputs(batch: dict, use: Literal["loss", "generate"]) -> Phi3VBatch:
-    """The model inputs of an eval batch for the teacher-forced loss (right-padded, with labels) or
-    for generation (left-padded prompts): the text of `use` with the batch's one pixel tensor."""
-    return model_inputs({**batch[use], **{key: batch[key] for key in PIXEL_KEYS}})
 
 
 class Phi3VCollator:

@@ -1,4 +1,4 @@
-"""ProductDataModule: a prepared catalogue as train/val/test/predict loaders for Phi-3-V.
+"""ProductDataModule: a prepared catalogue as train/val/test loaders for Phi-3-V.
 
 The data config never knows the model: `connect(processor)` injects what batching needs (the
 tokenizer, num_crops) after both are built.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,21 +17,28 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from phi3v.modeling import Phi3VProcessor
+from phi3v.task import PromptTemplate
 
 from .catalogue import ColumnMap
 from .collate import Phi3VCollator
 from .dataset import ProductDataset, read_manifest
 from .download import DownloadSettings
 from .eval_sampler import EvalBatchSampler
-from .prepare import MANIFEST, REPORT, SYNTHETIC, PrepareReport, catalogue_signature, prepare_catalogue
-from .prompts import PromptTemplate
+from .prepare import (
+    MANIFEST,
+    REPORT,
+    SYNTHETIC,
+    PrepareReport,
+    catalogue_signature,
+    default_data_dir,
+    prepare_catalogue,
+)
 from .sampler import LengthGroupedBatchSampler
-from .sources import TABLE_SUFFIXES
-from .splits import assign_splits, check_fractions, limited_rows, write_splits
+from .splits import SPLITS, assign_splits, check_fractions, limited_rows, write_splits
 from .synthetic import SyntheticSpec
 
 log = logging.getLogger(__name__)
-LENGTH_CHUNK = 4096  # answers tokenized per call: bounded memory for 100k-row catalogues
+LENGTH_CHUNK = 4096  # rows counted per processor call: bounded memory for 100k-row catalogues
 
 
 class ProductDataModule(L.LightningDataModule):
@@ -46,7 +52,7 @@ class ProductDataModule(L.LightningDataModule):
         val_fraction, test_fraction, split_seed: product-grouped split of the kept rows.
         limit: use at most this many rows (chosen with split_seed) for quick runs.
         prompt: question, answer template and price format.
-        batch_size, eval_batch_size: per-device batch sizes (train / val, test, predict).
+        batch_size, eval_batch_size: per-device batch sizes (train / val and test).
         global_batch_size: samples per optimizer step over all devices; train.py derives
             hardware.accumulate_grad_batches from it (None: accumulation as set there).
         val_limit: products scored at each validation during training, the same ones every time (the
@@ -150,7 +156,7 @@ class ProductDataModule(L.LightningDataModule):
         splits = assign_splits(ids, self.val_fraction, self.test_fraction, self.split_seed)
         if self.output_dir is not None:
             write_splits(self.output_dir / "splits.json", ids, splits)
-        for name in ("train", "val", "test"):
+        for name in SPLITS:
             rows = np.flatnonzero(splits == name)
             table = manifest.take(rows)
             self.datasets[name] = ProductDataset(table, self.data_dir, self.strict_images, self.max_pixels)
@@ -159,30 +165,20 @@ class ProductDataModule(L.LightningDataModule):
         log.info("data %s: %s", self.source, counts)
 
     def token_lengths(self, dataset: ProductDataset) -> np.ndarray:
-        """Exact token count of every sample (prompt + image + answer + <|end|>) without opening images."""
-        if len(dataset) == 0:
-            return np.zeros(0, dtype=np.int64)
-        processor = self.processor
-        table = dataset.table
-        widths, heights = table.column("image_width").to_numpy(), table.column("image_height").to_numpy()
-        image = np.array([processor.image_processor.num_image_tokens(int(w), int(h)) for w, h in zip(widths, heights)])
-        prompt_ids = processor.tokenize([self.template.prompt()], [[0]])["input_ids"][0]
-        tail = self.template.prompt().split("<|image_1|>")[-1]
-        head = len(prompt_ids) - len(processor.tokenizer(tail)["input_ids"])
-        text = np.empty(len(dataset), dtype=np.int64)
+        """Exact token count of every sample (prompt + image + answer + <|end|>), as the collator
+        builds it (the processor counts), from the manifest's image sizes without opening images."""
+        lengths = np.zeros(len(dataset), dtype=np.int64)
+        prompt, table = self.template.prompt(), dataset.table
         for start in range(0, len(dataset), LENGTH_CHUNK):
-            text[start : start + LENGTH_CHUNK] = self._answer_lengths(table.slice(start, LENGTH_CHUNK), tail)
-        return head + image + text
-
-    def _answer_lengths(self, rows, tail: str) -> list[int]:
-        """Tokens of prompt tail + answer + <|end|> (tokenized together, as the processor does)."""
-        answers = [
-            self.template.target(t, c, p)
-            for t, c, p in zip(rows.column("title").to_pylist(), rows.column("category").to_pylist(),
-                               rows.column("price").to_pylist())
-        ]
-        encoded = self.processor.tokenizer([tail + a + "<|end|>" for a in answers])["input_ids"]
-        return [len(ids) for ids in encoded]
+            rows = table.slice(start, LENGTH_CHUNK)
+            sizes = zip(rows.column("image_width").to_pylist(), rows.column("image_height").to_pylist())
+            answers = [
+                self.template.target(t, c, p)
+                for t, c, p in zip(rows.column("title").to_pylist(), rows.column("category").to_pylist(),
+                                   rows.column("price").to_pylist())
+            ]
+            lengths[start : start + rows.num_rows] = self.processor.sequence_lengths(prompt, list(sizes), answers)
+        return lengths
 
     # ---- loaders -------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -228,9 +224,6 @@ class ProductDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test", "eval")
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test", "generate")
-
     # ---- resuming (Lightning stores this in every checkpoint) ------------------------------
     def state_dict(self) -> dict:
         if self.train_sampler is None:
@@ -261,11 +254,3 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict) -> None:
         if state:  # the same state the datamodule restored (idempotent)
             self.batch_sampler.load_state_dict(state)
-
-
-def default_data_dir(source: str) -> Path:
-    """data/sample for the synthetic catalogue, else data/<source made filesystem-safe>."""
-    if source == SYNTHETIC:
-        return Path("data") / "sample"
-    name = Path(source).stem if Path(source).suffix.lower() in TABLE_SUFFIXES else source
-    return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_.")

@@ -6,9 +6,10 @@ snake_case reason: `DOWNLOAD_REASONS`, `f"http_{status}"` for a final non-2xx st
 `phi3v.data.images.REASONS`. Bad input never raises; only local failures (e.g. a full disk) and Ctrl-C do.
 
 Files are named by `image_file_stem(url)` (a hash), never by anything taken from the data, so neither a
-key nor a URL can choose where a file lands. They are written atomically: a hidden temporary file in the
-same directory, then `os.replace`, so an interrupted run never leaves a half-written image under a final
-name. A re-run reuses every valid file without a request and downloads again what is missing or broken.
+key nor a URL can choose where a file lands. They are written atomically (phi3v.files: a hidden temporary
+file in the same directory, then `os.replace`), so an interrupted run never leaves a half-written image
+under a final name. A re-run reuses every valid file without a request and downloads again what is missing
+or broken.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -32,6 +32,7 @@ from tqdm import tqdm
 from urllib3.exceptions import ReadTimeoutError
 
 from phi3v.data.images import ImageRejected, inspect_image_bytes
+from phi3v.files import atomic_write_bytes
 
 # Cells that mean "no URL" in scraped catalogues (compared case-insensitively, after stripping).
 MISSING_URL_MARKERS = frozenset({"", "n.a.", "n/a", "na", "nan", "none", "null", "-"})
@@ -242,7 +243,7 @@ def _obtain(url: str, context: _Context) -> DownloadResult:
         return DownloadResult("", url, None, failure.reason, failure.detail)
     except ImageRejected as rejected:
         return DownloadResult("", url, None, rejected.reason, f"{rejected.detail} (Content-Type {content_type!r})")
-    path = _write_atomically(context.image_dir / f"{stem}.{fmt}", data)
+    path = atomic_write_bytes(context.image_dir / f"{stem}.{fmt}", data)
     return DownloadResult("", url, path, None, "", width, height, downloaded=True)
 
 
@@ -360,19 +361,3 @@ def _read_body(response: requests.Response, settings: DownloadSettings, stop: th
         if stop.is_set():
             raise _Failure("interrupted", "download cancelled")
     return bytes(body)
-
-
-def _write_atomically(target: Path, data: bytes) -> Path:
-    """Write `data` to `target` so that `target` is either absent, the old file, or complete."""
-    # Hidden name (never matches `stem.*`), unique per attempt; os.open applies the umask, unlike mkstemp's 0600.
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        # No fsync: a power cut may leave an empty or partial file, which the next run's check replaces.
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return target

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +21,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phi3v.files import atomic_write, atomic_write_text
+
 from .catalogue import ColumnMap, DroppedRow, ProductRow, validate_rows
 from .dataset import MANIFEST_COLUMNS
 from .download import DownloadItem, DownloadSettings, download_images
 from .images import ImageRejected, inspect_image_bytes
-from .sources import read_table
+from .sources import TABLE_SUFFIXES, read_table
 from .synthetic import SyntheticSpec, generate_catalogue
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,14 @@ class PrepareReport:
         lines += [f"  dropped {reason}: {count}" for reason, count in sorted(self.dropped.items())]
         lines.append(f"  images downloaded {self.downloaded}, reused {self.reused}; manifest in {self.data_dir}")
         return "\n".join(lines)
+
+
+def default_data_dir(source: str) -> Path:
+    """data/sample for the synthetic catalogue, else data/<source made filesystem-safe>."""
+    if source == SYNTHETIC:
+        return Path("data") / "sample"
+    name = Path(source).stem if Path(source).suffix.lower() in TABLE_SUFFIXES else source
+    return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_.")
 
 
 def catalogue_signature(source: str, columns: ColumnMap, synthetic: SyntheticSpec, split: str) -> dict:
@@ -157,12 +168,9 @@ def _write_outputs(data_dir: Path, kept: list[dict], dropped: list[DroppedRow], 
          ("reason", pa.string()), ("detail", pa.string())]
     )
     _atomic_parquet(pa.Table.from_pylist([asdict(d) for d in dropped], schema=drop_schema), data_dir / DROPPED)
-    temporary = data_dir / (REPORT + ".tmp")
-    temporary.write_text(json.dumps(asdict(report), indent=1))
-    os.replace(temporary, data_dir / REPORT)
+    atomic_write_text(data_dir / REPORT, json.dumps(asdict(report), indent=1))
 
 
 def _atomic_parquet(table: pa.Table, path: Path) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
+    with atomic_write(path, "wb") as handle:
+        pq.write_table(table, handle)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from phi3v.files import atomic_write_text
+
 SPLITS = ("train", "val", "test")
 
 
@@ -58,6 +60,4 @@ def write_splits(path: str | os.PathLike, product_ids: Sequence[str], splits: np
     content["counts"] = {name: len(content[name]) for name in SPLITS}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(content, indent=1))
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(content, indent=1))

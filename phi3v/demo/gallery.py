@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phi3v.data.images import load_product_image
-from phi3v.data.prompts import PromptTemplate
+from phi3v.task import PromptTemplate
 
 log = logging.getLogger(__name__)
 THUMBNAIL = 192  # pixels, the longer side: sharp on the page's 160-px cards, ~10 KB each as JPEG
@@ -32,7 +32,7 @@ class GalleryItem:
     predicted_title: str | None
     predicted_category: str | None
     predicted_price: float | None
-    pct_error: float | None  # signed, (predicted - true) / true * 100
+    price_error_pct: float | None  # signed, 100 * (predicted - true) / true (phi3v.task.price_error_pct)
 
     def as_json(self, index: int) -> dict:
         fields = {k: v for k, v in self.__dict__.items() if k != "image_path"}
@@ -73,7 +73,7 @@ def gallery_item(row: dict, template: PromptTemplate) -> GalleryItem:
         image_path=Path(row["image_path"]), true_title=truth.title, true_category=truth.category,
         true_price=float(row["true_price"]), prediction=row["prediction"], predicted_title=predicted.title,
         predicted_category=predicted.category, predicted_price=predicted.price,
-        pct_error=float(row["pct_error"]) if row.get("pct_error") else None,
+        price_error_pct=float(row["price_error_pct"]) if row.get("price_error_pct") else None,
     )
 
 

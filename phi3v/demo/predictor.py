@@ -1,7 +1,7 @@
 """One photo in, one parsed answer out: the model behind the web demo.
 
-The only module of the demo that touches inference code (export loading, greedy decoding, parsing),
-so moving those helpers elsewhere changes the imports here and nowhere else.
+The only module of the demo that touches inference code (phi3v.inference: export loading, greedy
+decoding; phi3v.task: parsing).
 
 One `Predictor` serves every request of the process: the photo is decoded and preprocessed in the
 request's thread, then generation runs under a lock, one at a time. Serialising costs throughput on
@@ -17,13 +17,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-import torch
-
 from phi3v.data.images import REASONS, ImageRejected, decode_product_image
-from phi3v.data.prompts import PromptTemplate
-from phi3v.training.answers import greedy_answers
-from phi3v.training.export import load_for_inference
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
+from phi3v.inference import greedy_answers, load_for_inference, load_untrained, pick_device
+from phi3v.task import PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +104,7 @@ def load_predictor(
         model, processor, template = load_for_inference(export, dtype=dtype)
         source = str(export)
     else:
-        spec = ModelSpec(name_or_path=preset, dtype=dtype or "float32")
-        model = load_base_model(spec, device="cpu").eval().requires_grad_(False)
-        processor, template = load_processor(spec), PromptTemplate()
+        model, processor, template = load_untrained(preset, dtype)
         source = f"preset {preset} (random weights, untrained)"
-    model.to(_device(device))
+    model.to(pick_device(device))
     return Predictor(model, processor, template, source, max_new_tokens, max_pixels)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

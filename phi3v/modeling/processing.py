@@ -163,6 +163,29 @@ class Phi3VProcessor:
             label_rows.append(labels)
         return self._pad(sequences, label_rows if answers is not None else None, padding_side)
 
+    def sequence_lengths(
+        self, prompt: str, image_sizes: Sequence[tuple[int, int]], answers: Sequence[str] | None = None
+    ) -> list[int]:
+        """Tokens of each row `tokenize` would build for `prompt` with one image of each (width,
+        height) in `image_sizes` (and the matching answer + `<|end|>`), padding excluded, computed
+        from image sizes alone: no image is opened or processed. Samplers group by these lengths.
+
+        The prompt must hold one image tag. The text before it is tokenized once; the text after it
+        is tokenized together with each answer, as `_encode` does (the answer can change how the
+        prompt's end tokenizes)."""
+        tags = _image_tags(prompt, 0)
+        if len(tags) != 1:
+            raise ValueError(f"sequence_lengths needs a prompt with one image tag, got {len(tags)}: {prompt!r}")
+        if answers is not None and len(answers) != len(image_sizes):
+            raise ValueError(f"got {len(image_sizes)} image sizes but {len(answers)} answers")
+        before, after = IMAGE_TAG.split(prompt)[::2]
+        head = len(self._tokenize(before))
+        tails = [after] if answers is None else [after + answer + END_OF_TURN for answer in answers]
+        tail = [len(ids) for ids in self.tokenizer(tails, add_special_tokens=True)["input_ids"]]
+        tail = tail * len(image_sizes) if answers is None else tail
+        count = self.image_processor.num_image_tokens
+        return [head + count(int(width), int(height)) + text for (width, height), text in zip(image_sizes, tail)]
+
     def _assign_images(self, prompts: list[str], images) -> list[list[Image.Image]]:
         """Split `images` over the prompts by their tags, checking tags and counts."""
         tags = [_image_tags(p, i) for i, p in enumerate(prompts)]

@@ -26,7 +26,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from phi3v.data.prompts import PromptTemplate
+from phi3v.task import PromptTemplate
 from phi3v.training.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def json_safe(value):
     return value
 
 
-NUMERIC_COLUMNS = ("parsed_price", "true_price", "pct_error")
+NUMERIC_COLUMNS = ("parsed_price", "true_price", "price_error_pct")
 
 
 def csv_table(path: Path):

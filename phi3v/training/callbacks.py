@@ -11,7 +11,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .reporting import prediction_rows, price_scatter, wandb_prediction_table, write_rows
+from phi3v.inference import prediction_row, write_predictions
+
+from .reporting import price_scatter, wandb_prediction_table
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,11 @@ class EvaluationReport(L.Callback):
         predicted = [r["parsed"].price for r in records]
         title = f"{split} step {trainer.global_step}"
         path = price_scatter(true, predicted, self.plots / f"{name}_price_scatter.png", title=title)
-        rows = prediction_rows(
-            [r["image_path"] for r in records], [r["target"] for r in records], [r["prediction"] for r in records],
-            [r["parsed"] for r in records], true,
-        )
-        write_rows(rows, list(rows[0]), self.predictions / f"{name}.csv")
+        rows = [
+            prediction_row(r["product_id"], r["image_path"], r["target"], r["prediction"], r["parsed"], r["price"])
+            for r in records
+        ]
+        write_predictions(rows, self.predictions / f"{name}.csv")
         rows = rows[: module.evaluation.table_samples]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -1,10 +1,6 @@
-"""Shipping a fine-tune: the PEFT adapter (or full model) with everything needed to rebuild it.
-
-An export directory holds
-  adapter_config.json + adapter_model.safetensors   (LoRA)  or  config.json + model.safetensors (full / merged)
-  model_spec.json    how to rebuild the base model (phi3v.training.model_spec.ModelSpec)
-  prompt.json        the PromptTemplate the model was trained with (predict must ask the same question)
-  processor files    tokenizer + preprocessor config, so inference never depends on the training config
+"""Shipping a fine-tune: writing the PEFT adapter (or full model) with everything needed to rebuild it,
+checking that every trained tensor was written, merging and copying exports. Loading an export for
+inference (and its layout: adapter, model_spec.json, prompt.json, processor files) is phi3v.inference.
 
 Exports are written into a hidden sibling directory and renamed into place, so a crash never leaves
 a half-written export where a loader would find it.
@@ -27,17 +23,15 @@ from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 from safetensors import safe_open
 
-from phi3v.data.prompts import PromptTemplate
+from phi3v.inference import ADAPTER_WEIGHTS, PROMPT_FILE, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
-from phi3v.training.model_spec import SPEC_FILE, ModelSpec, load_base_model
+from phi3v.task import PromptTemplate
+from phi3v.training.model_spec import SPEC_FILE, ModelSpec
 from phi3v.training.snapshot_files import carry_snapshot_files
 
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"  # the export's name inside a run directory
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PROMPT_FILE = "prompt.json"
 # Prefixes wrappers add to module names (FSDP1, activation checkpointing, torch.compile); PEFT's
 # saved keys never carry them, so expected keys are computed without them.
 WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -269,41 +263,3 @@ def original_keys(model: Phi3VForCausalLM) -> set[str]:
         fresh = Phi3VForCausalLM(model.config)
     ignored = fresh._keys_to_ignore_on_save or []
     return {key for key in fresh.state_dict() if key not in ignored}
-
-
-# ---- loading ---------------------------------------------------------------------------------
-def is_adapter(directory: str | os.PathLike) -> bool:
-    return (Path(directory) / ADAPTER_CONFIG).is_file()
-
-
-def load_template(directory: str | os.PathLike) -> PromptTemplate:
-    path = Path(directory) / PROMPT_FILE
-    if not path.is_file():  # e.g. a checkpoint exported by hand: the seed's wording is the best guess
-        log.warning("%s not found: using the default prompt template", path)
-        return PromptTemplate()
-    return PromptTemplate(**json.loads(path.read_text()))
-
-
-def load_for_inference(
-    adapter_dir: str | os.PathLike, dtype: str | None = None, quantized: bool = True
-) -> tuple[PeftModel | Phi3VForCausalLM, Phi3VProcessor, PromptTemplate]:
-    """Model (eval mode, frozen), processor (left padding, for generation) and template of an export.
-
-    An adapter is attached to the base rebuilt from model_spec.json (quantized as it was trained,
-    unless `quantized` is False); a full or merged export is loaded from `adapter_dir` itself (so
-    the directory may be moved). `dtype` overrides the spec's (the compute dtype of a quantized base).
-    """
-    directory = Path(adapter_dir)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory")
-    spec = ModelSpec.load(directory).for_inference()
-    spec = replace(spec, dtype=dtype) if dtype else spec
-    spec = spec if quantized else replace(spec, quantization=None)
-    if is_adapter(directory):
-        model = PeftModel.from_pretrained(load_base_model(spec), directory)
-    else:
-        model = load_base_model(replace(spec, name_or_path=str(directory)))
-    model.eval().requires_grad_(False)
-    # The export's own processor files (num_crops included) are what the model was trained with.
-    processor = Phi3VProcessor.from_pretrained(directory, padding_side="left")
-    return model, processor, load_template(directory)

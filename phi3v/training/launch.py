@@ -9,6 +9,7 @@ names the run directory after it. Lightning then finds the process group initial
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,13 +23,19 @@ if TYPE_CHECKING:
 # Variables that torchrun and srun set; without any of them there is no external launch to join.
 LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_ID")
 LAUNCH_TIME = "PHI3V_LAUNCH_TIME"  # ISO time shared by all ranks of a launch
-_STARTED = datetime.now()
+
+
+@functools.cache
+def process_start() -> datetime:
+    """This process's start time: the time of the first call, the same at every call after it (every part
+    of the run dir's name reads it, so they must agree)."""
+    return datetime.now()
 
 
 def launch_time() -> datetime:
     """When this run started: the shared time of an external launch, else this process's start."""
     shared = os.environ.get(LAUNCH_TIME)
-    return datetime.fromisoformat(shared) if shared else _STARTED
+    return datetime.fromisoformat(shared) if shared else process_start()
 
 
 def run_dir_for(resume: str | None, fresh: str) -> str:
@@ -87,7 +94,7 @@ def join_external_launch(argv: list[str], timeout_minutes: int = 30) -> list[str
         backend, init_method=f"tcp://{environment.main_address}:{environment.main_port}", rank=rank,
         world_size=environment.world_size(), timeout=timedelta(minutes=timeout_minutes),
     )
-    shared = [_STARTED.isoformat() if rank == 0 else None]
+    shared = [process_start().isoformat() if rank == 0 else None]
     dist.broadcast_object_list(shared, src=0)
     os.environ[LAUNCH_TIME] = shared[0]
     if rank == 0:

@@ -1,7 +1,7 @@
 """Evaluation metrics for generated product answers, and the constant-prediction baselines they must beat.
 
 `ProductMetrics` accumulates, over an evaluation epoch, how well parsed answers
-(`phi3v.data.prompts.ParsedAnswer`) match the catalogue's price, category and title. Strings cannot be
+(`phi3v.task.ParsedAnswer`) match the catalogue's price, category and title. Strings cannot be
 synchronised across DDP ranks, so they are compared in `update` and only numbers are stored, as tensor
 states that torchmetrics sums (`dist_reduce_fx="sum"`) or concatenates (`"cat"`) over ranks.
 
@@ -22,7 +22,7 @@ import torch
 import torchmetrics
 from torchmetrics.utilities import dim_zero_cat
 
-from phi3v.data.prompts import ParsedAnswer
+from phi3v.task import ParsedAnswer, price_error_pct
 
 METRIC_KEYS = (
     "price_mae",
@@ -75,11 +75,9 @@ def text_similarity(predicted: str | None, truth: str) -> float:
 
 
 def absolute_percentage_error(predicted: float, truth: float) -> float:
-    """|predicted - truth| / |truth| in percent. A true price of 0 gives 0 for an exact 0, else infinity."""
-    error = abs(predicted - truth)
-    if truth == 0:
-        return 0.0 if error == 0 else math.inf
-    return 100.0 * error / abs(truth)
+    """|predicted - truth| / |truth| in percent: the absolute value of `phi3v.task.price_error_pct`
+    (the prediction CSVs' column). A true price of 0 gives 0 for an exact 0, else infinity."""
+    return abs(price_error_pct(predicted, truth))
 
 
 class ProductMetrics(torchmetrics.Metric):

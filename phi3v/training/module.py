@@ -20,11 +20,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from phi3v.data.collate import eval_inputs, model_inputs
-from phi3v.data.prompts import PromptTemplate
+from phi3v.inference import greedy_answers
 from phi3v.modeling import Phi3VProcessor, training_attention_mask
+from phi3v.modeling.batch import eval_inputs, model_inputs
+from phi3v.task import PromptTemplate
 
-from .answers import greedy_answers
 from .gathering import gather_records
 from .lora import LoraSpec, apply_lora, trainable_parameter_names
 from .losses import per_sample_loss, supervised_loss_sum
@@ -211,7 +211,8 @@ class Phi3VLitModule(L.LightningModule):
                 continue
             self._records[split].append(
                 {"index": meta["index"][i], "loss_sum": float(loss_sums[i]), "tokens": int(tokens[i]),
-                 "image_path": meta["image_path"][i], "target": meta["target"][i], "prediction": answer,
+                 "product_id": meta["product_id"][i], "image_path": meta["image_path"][i],
+                 "target": meta["target"][i], "prediction": answer,
                  "parsed": self.template.parse(answer), "price": float(meta["price"][i]),
                  "category": meta["category"][i], "title": meta["title"][i]}
             )

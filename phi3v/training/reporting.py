@@ -1,4 +1,5 @@
-"""What an evaluation leaves behind for people: a price scatter plot, a per-sample table, a summary.
+"""What an evaluation leaves behind for people: a price scatter plot, a W&B table of its answers, a summary.
+(The prediction rows and their CSVs are phi3v.inference's.)
 
 Plots use matplotlib's object API (`Figure` + `FigureCanvasAgg`), never pyplot, so importing this module
 does not select a backend or touch global matplotlib state. wandb is imported only inside the function that
@@ -7,18 +8,14 @@ needs it.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import operator
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from phi3v.data.prompts import ParsedAnswer
 
 # Direction of each metric for `beats_baselines`; metrics not listed (e.g. `count`) are not compared.
 LOWER_IS_BETTER = frozenset({"price_mae", "price_mape", "price_median_ape"})
@@ -91,38 +88,12 @@ def _draw_points(axes, points: list[tuple[float, float]], unparsed: int, skipped
     axes.grid(True, which="both", alpha=0.3)
 
 
-def percent_error(predicted: float | None, truth: float) -> float | None:
-    """Signed error in percent, (predicted - truth) / truth * 100 (positive = overestimate); None when
-    the price was not parsed or the true price is 0."""
-    if predicted is None or truth == 0:
-        return None
-    return 100.0 * (predicted - truth) / abs(truth)
-
-
-def prediction_rows(
-    image_paths: Sequence[str | os.PathLike],
-    targets: Sequence[str],
-    predictions_text: Sequence[str],
-    parsed: Sequence[ParsedAnswer],
-    prices: Sequence[float],
-) -> list[dict]:
-    """One dict per sample: image_path, target, prediction (the generated text), parsed_price, true_price,
-    pct_error (signed percent, see `percent_error`; None when unparsed)."""
-    lengths = {len(image_paths), len(targets), len(predictions_text), len(parsed), len(prices)}
-    if len(lengths) != 1:
-        raise ValueError(f"prediction_rows needs one entry per sample in every argument, got lengths {lengths}")
-    return [
-        {"image_path": str(image), "target": target, "prediction": text, "parsed_price": answer.price,
-         "true_price": float(price), "pct_error": percent_error(answer.price, float(price))}
-        for image, target, text, answer, price in zip(image_paths, targets, predictions_text, parsed, prices)
-    ]
-
-
-TABLE_COLUMNS = ["image", "target", "prediction", "parsed_price", "true_price", "pct_error"]
+TABLE_COLUMNS = ["image", "target", "prediction", "parsed_price", "true_price", "price_error_pct"]
 
 
 def wandb_prediction_table(rows: list[dict], thumbnail: int = 224):
-    """A `wandb.Table` of `prediction_rows` output; images shrunk to fit `thumbnail` pixels (None if unreadable)."""
+    """A `wandb.Table` of prediction rows (`phi3v.inference.prediction_row`); images shrunk to fit
+    `thumbnail` pixels (None if unreadable)."""
     import wandb  # lazily: importing wandb is slow and only W&B runs need it
 
     table = wandb.Table(columns=TABLE_COLUMNS)
@@ -130,7 +101,7 @@ def wandb_prediction_table(rows: list[dict], thumbnail: int = 224):
         image = _thumbnail(row["image_path"], thumbnail)
         table.add_data(
             None if image is None else wandb.Image(image), row["target"], row["prediction"], row["parsed_price"],
-            row["true_price"], row["pct_error"],
+            row["true_price"], row["price_error_pct"],
         )
     return table
 
@@ -188,27 +159,3 @@ def summary_table(
 
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{float(value):.4f}"
-
-
-def write_rows(rows: Iterable[dict], columns: Sequence[str], out: str | os.PathLike) -> int:
-    """Write rows as JSON lines or CSV (by suffix) via a temp file renamed into place; returns the count."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    count = 0
-    try:
-        with partial.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns)) if out.suffix.lower() == ".csv" else None
-            if writer is not None:
-                writer.writeheader()
-            for row in rows:
-                if writer is not None:
-                    writer.writerow(row)
-                else:
-                    handle.write(json.dumps(row) + "\n")
-                count += 1
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, out)
-    return count

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from .lora import trainable_parameter_names
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .model_spec import DTYPES
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""The question asked about a product photo, the answer the model learns, and parsing it back.
+"""The product task: the question asked about a photo, the answer the model learns, parsing it back,
+and how far a parsed price is from the truth. Data (batching), training (evaluation) and inference
+(predict, the web demo) all read it from here.
 
 Default wording is exactly the seed notebook's: user turn `<|image_1|>What is shown in this image?`
 and answer `Product: {title}, Category: {category}, Full Price: {price}`, with the price written as
@@ -101,6 +103,20 @@ def price_from_answer(answer: str) -> float | None:
             return value
     numbers = list(_NUMBER.finditer(answer))
     return parse_number(numbers[-1].group(0)) if numbers else None
+
+
+def price_error_pct(predicted: float | None, truth: float) -> float | None:
+    """Signed price error in percent, 100 * (predicted - truth) / truth: +10.0 means 10% too high.
+
+    The one definition behind every `price_error_pct` column (training's prediction CSVs, predict's
+    output, the demo's gallery) and, as its absolute value, the metrics' APE. None when no price was
+    parsed. A true price of 0 (the catalogue never keeps one) gives 0 for an exact 0, else +-infinity.
+    """
+    if predicted is None:
+        return None
+    if truth == 0:
+        return 0.0 if predicted == 0 else math.copysign(math.inf, predicted)
+    return 100.0 * (predicted - truth) / abs(truth)
 
 
 def _answer_pattern(template: str) -> re.Pattern:

@@ -1,0 +1,166 @@
+"""Using a fine-tune: loading an export, greedy answers, and the prediction row every consumer writes.
+
+Used by `phi3v.predict` (one photo or a split), the web demo (phi3v/demo), training's evaluation
+(greedy answers, and the callback's prediction CSVs) and training/export.py (a merge or a copy
+loads the export first).
+
+An export directory (written by phi3v.training.export) holds
+  adapter_config.json + adapter_model.safetensors   (LoRA)  or  config.json + model.safetensors (full / merged)
+  model_spec.json    how to rebuild the base model (phi3v.training.model_spec.ModelSpec)
+  prompt.json        the PromptTemplate the model was trained with (inference asks the same question)
+  processor files    tokenizer + preprocessor config, so inference never depends on the training config
+
+A prediction row (`prediction_row`, columns `COLUMNS`) is the same wherever answers are written:
+training's predictions/*.csv, predict's .jsonl/.csv and the demo's gallery, which reads the former.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from phi3v.files import atomic_write
+from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
+from phi3v.modeling.batch import model_inputs
+from phi3v.task import ParsedAnswer, PromptTemplate, price_error_pct
+from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PROMPT_FILE = "prompt.json"
+COLUMNS = (
+    "product_id", "image_path", "target", "prediction",
+    "parsed_title", "parsed_category", "parsed_price", "true_price", "price_error_pct",
+)
+
+
+# ---- loading ---------------------------------------------------------------------------------
+def is_adapter(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / ADAPTER_CONFIG).is_file()
+
+
+def load_template(directory: str | os.PathLike) -> PromptTemplate:
+    path = Path(directory) / PROMPT_FILE
+    if not path.is_file():  # e.g. a checkpoint exported by hand: the seed's wording is the best guess
+        log.warning("%s not found: using the default prompt template", path)
+        return PromptTemplate()
+    return PromptTemplate(**json.loads(path.read_text()))
+
+
+def load_for_inference(adapter_dir: str | os.PathLike, dtype: str | None = None, quantized: bool = True):
+    """Model (eval mode, frozen), processor (left padding, for generation) and template of an export.
+
+    An adapter is attached to the base rebuilt from model_spec.json (quantized as it was trained,
+    unless `quantized` is False); a full or merged export is loaded from `adapter_dir` itself (so
+    the directory may be moved). `dtype` overrides the spec's (the compute dtype of a quantized base).
+    Returns (PeftModel or Phi3VForCausalLM, Phi3VProcessor, PromptTemplate).
+    """
+    from peft import PeftModel
+
+    directory = Path(adapter_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    spec = ModelSpec.load(directory).for_inference()
+    spec = replace(spec, dtype=dtype) if dtype else spec
+    spec = spec if quantized else replace(spec, quantization=None)
+    if is_adapter(directory):
+        model = PeftModel.from_pretrained(load_base_model(spec), directory)
+    else:
+        model = load_base_model(replace(spec, name_or_path=str(directory)))
+    model.eval().requires_grad_(False)
+    # The export's own processor files (num_crops included) are what the model was trained with.
+    processor = Phi3VProcessor.from_pretrained(directory, padding_side="left")
+    return model, processor, load_template(directory)
+
+
+def load_untrained(preset: str, dtype: str | None = None) -> tuple[Phi3VForCausalLM, Phi3VProcessor, PromptTemplate]:
+    """A preset's random weights (frozen, eval mode), its processor and the default template: the
+    demo's model right after install, before any training."""
+    spec = ModelSpec(name_or_path=preset, dtype=dtype or "float32")
+    model = load_base_model(spec, device="cpu").eval().requires_grad_(False)
+    return model, load_processor(spec), PromptTemplate()
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto`: CUDA when available, else the CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---- answering -------------------------------------------------------------------------------
+def greedy_answers(
+    model, processor: Phi3VProcessor, inputs: dict, max_new_tokens: int, synced: bool = False
+) -> list[str]:
+    """Greedy decoding of a left-padded generation batch, stopped at `<|end|>`; only the new tokens
+    are decoded.
+
+    `synced`: keep stepping until every rank is done (FSDP: each step all-gathers weights, so the
+    ranks must run the same number of forward passes; answers are unchanged)."""
+    device = next(model.parameters()).device
+    batch = {key: value.to(device) for key, value in model_inputs(inputs).items()}
+    with torch.no_grad():  # not inference_mode: FSDP's all-gathered weights must stay ordinary tensors
+        tokens = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=processor.end_token_id,
+            pad_token_id=processor.pad_token_id,
+            synced_gpus=synced,
+        )
+    return processor.batch_decode(tokens[:, batch["input_ids"].shape[1] :])
+
+
+def prediction_rows(
+    model, processor: Phi3VProcessor, template: PromptTemplate, batches: Iterable, max_new_tokens: int
+) -> Iterator[dict]:
+    """One row per product of generation batches (collator mode "generate"); products whose image
+    was unreadable (logged by the dataset) get none."""
+    for batch in batches:
+        meta = batch["meta"]
+        for i, answer in enumerate(greedy_answers(model, processor, batch, max_new_tokens)):
+            if meta["supervised"][i]:
+                yield prediction_row(meta["product_id"][i], meta["image_path"][i], meta["target"][i], answer,
+                                     template.parse(answer), meta["price"][i])
+
+
+# ---- rows ------------------------------------------------------------------------------------
+def prediction_row(
+    product_id: str, image_path: str | os.PathLike, target: str, prediction: str, parsed: ParsedAnswer,
+    true_price: float,
+) -> dict:
+    """One product's answer, its parsed fields and its signed price error (`COLUMNS`, in order)."""
+    true_price = float(true_price)
+    return {
+        "product_id": product_id, "image_path": str(image_path), "target": target, "prediction": prediction,
+        "parsed_title": parsed.title, "parsed_category": parsed.category, "parsed_price": parsed.price,
+        "true_price": true_price, "price_error_pct": price_error_pct(parsed.price, true_price),
+    }
+
+
+def write_predictions(rows: Iterable[dict], out: str | os.PathLike) -> int:
+    """Write prediction rows as JSON lines or CSV (by `out`'s suffix), atomically: an interrupted or
+    failing write leaves no file. Returns the number of rows."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with atomic_write(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS) if out.suffix.lower() == ".csv" else None
+        if writer is not None:
+            writer.writeheader()
+        for row in rows:
+            if writer is not None:
+                writer.writerow(row)
+            else:
+                handle.write(json.dumps(row) + "\n")
+            count += 1
+    return count
