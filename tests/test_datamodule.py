@@ -74,6 +74,34 @@ def test_splits_lengths_and_batches(prepared, processor, tmp_path):
     assert torch.isfinite(model(**model_inputs(batch)).loss)
 
 
+def test_sampler_lengths_equal_collated_lengths_for_photos_of_every_shape(processor, tmp_path):
+    """Every sample of a catalogue whose photos differ in size and aspect ratio (so in image tokens) and
+    whose answers differ in length: the length the sampler groups by, counted from the manifest's image
+    sizes without opening a photo, is the collated row's length."""
+    from PIL import Image
+
+    sizes = [(64, 48), (900, 120), (336, 1000), (500, 500), (1400, 700), (40, 400), (700, 333)]
+    rows = []
+    for i, (width, height) in enumerate(sizes):
+        Image.new("RGB", (width, height), (30 * i, 90, 160)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'Wide ' * i}Bag {i},BAGS,{1250.5 * (i + 1)},{i}")
+    table = tmp_path / "catalogue.csv"
+    table.write_text("imageurl,title,category3_code,full_price,product_code\n" + "\n".join(rows) + "\n")
+    module = ProductDataModule(source=str(table), data_dir=str(tmp_path / "data"), val_fraction=0.0,
+                               test_fraction=0.0, batch_size=3, group_by_length=False)
+    module.connect(processor)
+    module.prepare_data()
+    module.setup("fit")
+    dataset = module.datasets["train"]
+    assert len(dataset) == len(sizes) and len(set(module.lengths["train"].tolist())) == len(sizes)
+    seen = []
+    for batch in module.train_dataloader():
+        for row, index in enumerate(batch["meta"]["index"]):
+            seen.append(index)
+            assert int(batch["attention_mask"][row].sum()) == module.lengths["train"][index]
+    assert set(seen) == set(range(len(sizes)))  # every sample (padding repeats one to fill the last batch)
+
+
 def tensors(tree) -> list[torch.Tensor]:
     if isinstance(tree, torch.Tensor):
         return [tree]
