@@ -94,3 +94,18 @@ def test_prepare_burberry_schema_csv_with_local_urls(tmp_path, server):
     ]
     again = run_prepare("data=burberry", f"data.source={table}", f"data.data_dir={out}")
     assert "images downloaded 0, reused 2" in again.stdout
+
+
+def test_importing_the_commands_changes_nothing():
+    """No import-time side effects: importing predict, prepare, export, app or the launch helpers registers
+    no config schema or resolver and fixes no start time; running a command (`cli.start`) does."""
+    code = (
+        "import phi3v.predict, phi3v.prepare, phi3v.export, phi3v.app, phi3v.training.launch as launch\n"
+        "from hydra.core.config_store import ConfigStore\n"
+        "from omegaconf import OmegaConf\n"
+        "print(sorted(ConfigStore.instance().repo), OmegaConf.has_resolver('launch_time'),"
+        " launch.process_start.cache_info().currsize)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "['_dummy_empty_config_.yaml', 'hydra'] False 0"
