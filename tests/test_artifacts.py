@@ -15,6 +15,8 @@ from phi3v.data.prompts import PromptTemplate
 from phi3v.training.artifacts import is_best, log_run_artifacts, model_artifact_name
 from phi3v.training.model_spec import ModelSpec
 
+pytestmark = pytest.mark.unit
+
 SCORES = {"val": {"price_mape": 41.5, "category_accuracy": 0.5},
           "test": {"price_mape": 44.0, "price_mae": float("nan")}}
 

@@ -6,11 +6,11 @@ import itertools
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from phi3v.config_schema import register_schemas
+pytestmark = [pytest.mark.config, pytest.mark.usefixtures("hydra_context")]
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = {
@@ -18,13 +18,6 @@ GROUPS = {
     for group in ("model", "data", "optimizer", "scheduler", "hardware", "logger", "experiment")
 }
 SCHEDULER_KINDS = ("cosine", "linear", "constant")  # phi3v.training.schedules.KINDS, as a user writes them
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hydra_context():
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
 
 
 def test_every_group_has_the_documented_options():

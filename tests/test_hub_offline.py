@@ -14,6 +14,8 @@ import sys
 import pytest
 from golden_data import TINY_MODEL
 
+pytestmark = pytest.mark.unit
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HUB_IDS = ["microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct"]
 

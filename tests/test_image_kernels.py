@@ -17,6 +17,8 @@ from test_image_processing import noise_image
 import phi3v.modeling.image_kernels as image_kernels
 from phi3v.modeling.image_processing import Phi3VImageProcessor, hd_geometry
 
+pytestmark = pytest.mark.unit
+
 KERNELS = image_kernels._hd_canvas
 
 

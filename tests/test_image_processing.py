@@ -26,6 +26,8 @@ from phi3v.modeling.image_processing import (
     to_rgb,
 )
 
+pytestmark = pytest.mark.golden
+
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "phi3v-tiny"
 if not (GOLDEN / "manifest.json").is_file():
     raise FileNotFoundError(f"golden reference data not found at {GOLDEN}; clone phi3v next to shared/")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from test_export import ONE_THREAD, build_adapter, one_thread, product_image  # noqa: F401 (one_thread: autouse)
+from test_export import ONE_THREAD, build_adapter, product_image
 
 from phi3v.data.datamodule import ProductDataModule
 from phi3v.data.prompts import ParsedAnswer
@@ -29,6 +29,8 @@ from phi3v.predict import (
 )
 from phi3v.training.export import load_for_inference
 from phi3v.training.reporting import write_rows
+
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 6
@@ -136,6 +138,7 @@ def run_predict(*overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_predict_cli_one_photo(adapter, photo):
     result = run_predict(f"adapter={adapter}", f"image={photo}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -145,6 +148,7 @@ def test_predict_cli_one_photo(adapter, photo):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_predict_cli_whole_test_split(adapter, tmp_path):
     out = tmp_path / "p.jsonl"
     result = run_predict(

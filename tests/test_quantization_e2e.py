@@ -14,6 +14,8 @@ import torch
 from test_distributed_e2e import DDP, LOSS_RTOL, logged
 from test_train_e2e import REPO, train, trainable_state
 
+pytestmark = pytest.mark.e2e
+
 NF4 = ["model.spec.quantization=nf4"]
 # Constant lr without warmup: a run stopped at step 2 and resumed to step 4 sees the lr of a 4-step run.
 STEPS = ["trainer.limit_val_batches=0", "checkpoint.monitor=null", "test=false", "logger=csv",

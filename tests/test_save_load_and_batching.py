@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 
+pytestmark = pytest.mark.unit
+
 SETTINGS = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=512)
 
 

@@ -16,6 +16,8 @@ from phi3v.modeling import (
     tiny_config,
 )
 
+pytestmark = pytest.mark.unit
+
 PROMPT = "<|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n"
 ANSWER = "Product: Check Wool Scarf, Category: Scarves, Full Price: 490.00"
 
