@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from test_export import ONE_THREAD, build_adapter, product_image
+from test_export import ONE_THREAD, REPO, build_adapter, product_image
 
 from phi3v.data.datamodule import ProductDataModule
 from phi3v.data.prompts import ParsedAnswer
@@ -32,7 +32,6 @@ from phi3v.training.reporting import write_rows
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 6
 
 
