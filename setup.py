@@ -1,7 +1,7 @@
 """Build of the optional native image kernels; all other metadata lives in pyproject.toml.
 
 The extension is optional: without a C compiler the install still succeeds and
-phi3v.modeling.image_processing falls back to Pillow + numpy (same output, slower)."""
+phi3v.modeling.image_kernels falls back to Pillow + numpy (same output, slower)."""
 
 from setuptools import Extension, setup
 

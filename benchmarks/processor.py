@@ -5,9 +5,10 @@ The baseline below is what a direct port of the reference HD transform does: PIL
 canvas to a float tensor / 255, Normalize with torch ops, bicubic global view, crops by slicing
 and torch.cat, zero crops appended, images stacked.
 
-"phi3v" is the processor as installed: with the C kernels of phi3v/modeling/_hd_canvas.c where they
-are built and the CPU has AVX2. "no C" is the same processor with them switched off (Pillow's resize
-and numpy/torch ops), what a machine without a C compiler gets.
+"phi3v" is the processor as installed (the accelerated paths of phi3v/modeling/image_kernels.py): with
+the C kernels of phi3v/modeling/_hd_canvas.c where they are built and the CPU has AVX2. "no C" is the
+same processor with them switched off (Pillow's resize and numpy/torch ops), what a machine without a
+C compiler gets.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from phi3v.modeling import image_processing
+from phi3v.modeling import image_kernels
 from phi3v.modeling.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Phi3VImageProcessor
 
 CROP = 336
@@ -119,15 +120,15 @@ def max_differences(ours: torch.Tensor, reference: torch.Tensor) -> tuple[float,
 @contextlib.contextmanager
 def without_c_kernels():
     """The processor's Pillow + numpy path, as on a machine where the C kernels are not built."""
-    kernels, image_processing._hd_canvas = image_processing._hd_canvas, None
+    kernels, image_kernels._hd_canvas = image_kernels._hd_canvas, None
     try:
         yield
     finally:
-        image_processing._hd_canvas = kernels
+        image_kernels._hd_canvas = kernels
 
 
 def c_kernels_state() -> str:
-    kernels = image_processing._hd_canvas
+    kernels = image_kernels._hd_canvas
     if kernels is None:
         return "not built (no C compiler at install?): phi3v = no C"
     return "built, AVX2 resize in use" if kernels.available() else "built, CPU without AVX2: Pillow resize"

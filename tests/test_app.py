@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from demo_run import PRODUCTS, build_demo_run, product_photo
 from omegaconf import OmegaConf
 from PIL import Image
@@ -26,15 +25,9 @@ from phi3v.demo.predictor import load_predictor
 from phi3v.demo.server import DemoState, make_server
 from phi3v.task import PromptTemplate
 
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
+
 MAX_UPLOAD = 2_000_000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only contend with the server's
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

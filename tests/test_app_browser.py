@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from demo_run import PRODUCTS, build_demo_run, product_photo
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("PHI3V_CHROMIUM", "/usr/bin/chromium"))
 BROWSER_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

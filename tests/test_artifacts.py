@@ -16,6 +16,8 @@ from phi3v.task import PromptTemplate
 from phi3v.training.artifacts import is_best, log_run_artifacts, model_artifact_name
 from phi3v.training.model_spec import ModelSpec
 
+pytestmark = pytest.mark.unit
+
 SCORES = {"val": {"price_mape": 41.5, "category_accuracy": 0.5},
           "test": {"price_mape": 44.0, "price_mae": float("nan")}}
 
@@ -75,3 +77,16 @@ def test_model_artifact_names_follow_the_base():
     phi35v = ModelSpec("microsoft/Phi-3.5-vision-instruct")
     assert model_artifact_name(phi35v) == "phi3v-adapter-Phi-3.5-vision-instruct"
     assert model_artifact_name(ModelSpec(os.path.join("snapshots", "abc123", ""))) == "phi3v-adapter-abc123"
+
+
+def test_wandb_logger_stages_artifacts_and_table_media_in_the_run_dir(tmp_path, monkeypatch):
+    """W&B stages artifact and table files under WANDB_DATA_DIR (default ~/.local/share/wandb): an offline
+    run must keep them in its run dir, where `wandb sync` finds them, whatever the variable said before."""
+    from wandb.sdk.artifacts.staging import get_staging_dir
+
+    from phi3v.training.loggers import build_wandb_logger
+
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "home" / ".local" / "share" / "wandb"))  # restored after
+    logger = build_wandb_logger(tmp_path / "run", mode="disabled")
+    assert get_staging_dir() == str(tmp_path / "run" / "wandb" / "artifacts" / "staging")
+    assert logger.save_dir == str(tmp_path / "run")

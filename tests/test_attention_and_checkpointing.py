@@ -10,28 +10,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from PIL import Image
 
 from phi3v.config_schema import register_schemas
 from phi3v.modeling import IGNORE_INDEX, build_tiny_model, padding_only_trails, training_attention_mask
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
+from phi3v.training.model_spec import ModelSpec, load_base_model
 from phi3v.training.module import EvalSpec, Phi3VLitModule
+
+pytestmark = pytest.mark.unit
 
 SPEC = ModelSpec(num_crops=1)
 PROMPT = PromptTemplate().prompt()
 ANSWERS = ["Product: Check Wool Scarf, Category: Scarves, Full Price: 490.00", "Product: x"]
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return load_processor(SPEC)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return [Image.new("RGB", (300, 200), "red"), Image.new("RGB", (200, 300), "blue")]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from phi3v.data.catalogue import ColumnMap, InvalidValue, parse_price, validate_
 from phi3v.data.splits import assign_splits, limited_rows
 from phi3v.task import PromptTemplate, parse_number, price_from_answer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("value", "expected"),

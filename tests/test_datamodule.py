@@ -12,15 +12,12 @@ from lightning.pytorch.trainer.states import TrainerFn, TrainerState
 from phi3v.data.datamodule import ProductDataModule, default_data_dir
 from phi3v.data.prepare import MANIFEST, REPORT
 from phi3v.data.synthetic import SyntheticSpec
-from phi3v.modeling import IGNORE_INDEX, Phi3VProcessor, build_tiny_model, preset_dir
+from phi3v.modeling import IGNORE_INDEX, build_tiny_model
 from phi3v.modeling.batch import eval_inputs, model_inputs
 
+pytestmark = pytest.mark.unit
+
 PRODUCTS = 60
-
-
-@pytest.fixture(scope="module")
-def processor() -> Phi3VProcessor:
-    return Phi3VProcessor.from_pretrained(preset_dir("tiny"))
 
 
 @pytest.fixture(scope="module")

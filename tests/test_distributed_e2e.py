@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file
 from test_train_e2e import REPO, SMALL, train
 
+pytestmark = pytest.mark.e2e
+
 # One epoch of the 48 training products in 6 steps of 8 (one process) or 2 x 4 (two ranks).
 EPOCH = ["trainer.max_steps=6", "trainer.val_check_interval=6", "trainer.log_every_n_steps=1", "logger=csv",
          "test=false", "checkpoint.every_n_train_steps=6"]

@@ -14,6 +14,8 @@ from phi3v.training.losses import per_sample_loss
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.sharding import gathered_adapter_state, shard_units
 
+pytestmark = pytest.mark.unit
+
 SPEC = ModelSpec(num_crops=1)
 
 

@@ -29,6 +29,8 @@ from phi3v.data.download import (
 )
 from phi3v.data.images import load_product_image
 
+pytestmark = pytest.mark.unit
+
 JPEG = good_images()["jpeg"][0]
 # Local server: generous connect/read timeouts except where a test is about timeouts; tiny backoff.
 FAST = DownloadSettings(workers=8, connect_timeout=2.0, read_timeout=3.0, retries=1, backoff=0.01)

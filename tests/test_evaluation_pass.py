@@ -20,16 +20,13 @@ from phi3v.data.collate import Phi3VCollator
 from phi3v.data.dataset import Sample
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec
-from phi3v.training.model_spec import ModelSpec, load_processor
+from phi3v.training.model_spec import ModelSpec
 from phi3v.training.module import EvalSpec, Phi3VLitModule
+
+pytestmark = pytest.mark.unit
 
 SPEC = ModelSpec(num_crops=1)
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return load_processor(SPEC)
 
 
 def samples(count: int = 2) -> list[Sample]:

@@ -33,10 +33,12 @@ from phi3v.training.export import (
 from phi3v.training.lora import LoraSpec, apply_lora
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
+
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = PromptTemplate(price_format="{:,.2f}")  # not the default: the export must carry it
 GENERATE = dict(max_new_tokens=6, do_sample=False)
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # see `one_thread`
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # see `one_thread` (conftest.py)
 
 
 def adapted_model(spec: ModelSpec, seed: int = 1) -> PeftModel:
@@ -60,16 +62,6 @@ def product_image(color: str = "red", size: tuple[int, int] = (300, 200)) -> Ima
     image = Image.new("RGB", size, color)
     image.paste(Image.new("RGB", (size[0] // 3, size[1] // 3), "white"), (10, 10))
     return image
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from intra-op threads, and when anything else runs on the machine
-    OpenMP's spinning threads make every matmul 10-40x slower; restored for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +218,7 @@ def run_export(*overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_export_cli_merges(exported, tmp_path):
     _, out = exported
     result = run_export(f"adapter={out}", "merge=true", f"out={tmp_path / 'merged'}")
@@ -235,6 +228,7 @@ def test_export_cli_merges(exported, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_export_cli_missing_adapter_is_one_clear_line(tmp_path):
     result = run_export(f"adapter={tmp_path / 'nope'}", f"out={tmp_path / 'out'}")
     assert result.returncode == 1

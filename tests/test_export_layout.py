@@ -22,6 +22,8 @@ from phi3v.training.lora import LoraSpec, apply_lora
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.snapshot_files import missing_auto_map_modules
 
+pytestmark = pytest.mark.unit
+
 CODE_FILES = ("configuration_phi3_v.py", "modeling_phi3_v.py", "image_processing_phi3_v.py", "processing_phi3_v.py")
 MODEL_AUTO_MAP = {"AutoConfig": "configuration_phi3_v.Phi3VConfig",
                   "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM"}

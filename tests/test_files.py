@@ -6,6 +6,8 @@ import pytest
 
 from phi3v.files import atomic_write, atomic_write_bytes, atomic_write_text
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_write_replaces_the_file_whole(tmp_path):
     target = tmp_path / "report.json"

@@ -14,7 +14,9 @@ from phi3v.predict import predict_image
 from phi3v.task import PromptTemplate
 from phi3v.training.export import export_adapter, merge_adapter
 from phi3v.training.lora import LoraSpec, apply_lora
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
+from phi3v.training.model_spec import ModelSpec, load_base_model
+
+pytestmark = pytest.mark.unit
 
 SPEC = ModelSpec(dtype="bfloat16", num_crops=1)
 EVERYTHING = LoraSpec(r=4, dropout=0.0, vision=True, train_projector=True,
@@ -23,13 +25,7 @@ PROMPT = PromptTemplate().prompt()
 
 
 @pytest.fixture(scope="module")
-def processor():
-    return load_processor(SPEC)
-
-
-@pytest.fixture(scope="module")
-def batch(processor):
-    images = [Image.new("RGB", (300, 200), "red"), Image.new("RGB", (200, 300), "blue")]
+def batch(processor, images):
     return processor([PROMPT, PROMPT], images, answers=["Product: A, Category: B, Full Price: 10.0", "Product: C"])
 
 

@@ -24,6 +24,8 @@ from golden_data import (
 
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 
+pytestmark = pytest.mark.golden
+
 GENERATED_TOKENS = 12  # manifest generation_settings.max_new_tokens
 
 

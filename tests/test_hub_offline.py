@@ -14,13 +14,16 @@ import sys
 import pytest
 from golden_data import TINY_MODEL
 
+pytestmark = pytest.mark.unit
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HUB_IDS = ["microsoft/Phi-3-vision-128k-instruct", "microsoft/Phi-3.5-vision-instruct"]
 
 LOAD_SCRIPT = """
 import sys, torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
-from phi3v.modeling import Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor
+from phi3v.modeling import Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor, register_auto_classes
+register_auto_classes()
 hub_id = sys.argv[1]
 model, info = Phi3VForCausalLM.from_pretrained(hub_id, output_loading_info=True)
 assert not info["missing_keys"] and not info["unexpected_keys"], info

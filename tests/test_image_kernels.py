@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 from test_image_processing import noise_image
 
-import phi3v.modeling.image_processing as image_processing
+import phi3v.modeling.image_kernels as image_kernels
 from phi3v.modeling.image_processing import Phi3VImageProcessor, hd_geometry
 
-KERNELS = image_processing._hd_canvas
+pytestmark = pytest.mark.unit
+
+KERNELS = image_kernels._hd_canvas
 
 
 def pillow_canvas(image: Image.Image, num_crops: int) -> np.ndarray:
@@ -57,7 +59,7 @@ def render_calls(monkeypatch) -> list[tuple]:
             calls.append((*args[1:3], type(args[0]).__name__))
             return KERNELS.render_canvas(*args)
 
-    monkeypatch.setattr(image_processing, "_hd_canvas", Spy)
+    monkeypatch.setattr(image_kernels, "_hd_canvas", Spy)
     return calls
 
 
@@ -106,10 +108,32 @@ def test_processor_output_is_identical_without_kernels(width, height, num_crops,
     processor = Phi3VImageProcessor(num_crops=num_crops)
     images = [noise_image(width, height, seed) for seed in range(2)]
     with_kernels = processor(images)
-    monkeypatch.setattr(image_processing, "_hd_canvas", None)
+    monkeypatch.setattr(image_kernels, "_hd_canvas", None)
     without = processor(images)
     assert torch.equal(with_kernels["pixel_values"], without["pixel_values"])
     assert torch.equal(with_kernels["image_sizes"], without["image_sizes"])
+
+
+# Canvas factors (side / 336) 1 to 7 and 14 on either axis, odd and even, padded or not, portrait and landscape.
+ACCELERATED_SIZES = [(1000, 1000, 16), (500, 300, 16), (200, 640, 16), (64, 900, 16), (90, 70, 1), (700, 700, 4),
+                     (480, 700, 9), (1000, 140, 7), (2000, 1333, 16), (1500, 97, 16)]
+
+
+@pytest.mark.parametrize("with_c", [True, False], ids=["c-kernels", "no-c-kernels"])
+@pytest.mark.parametrize(("width", "height", "num_crops"), ACCELERATED_SIZES)
+def test_accelerated_output_is_bit_identical_to_the_reference(width, height, num_crops, with_c, monkeypatch):
+    """image_kernels against the reference transform of image_processing.py: every value, global view
+    included, bit for bit, so a processor never changes its output with the paths it can use."""
+    if not with_c:
+        monkeypatch.setattr(image_kernels, "_hd_canvas", None)
+    images = [noise_image(width, height, seed) for seed in range(2)]
+    processor = Phi3VImageProcessor(num_crops=num_crops)
+    accelerated, canvas = processor(images), processor.hd_canvas(images[0])
+    processor.accelerated = False
+    reference = processor(images)
+    assert torch.equal(accelerated["pixel_values"], reference["pixel_values"])
+    assert torch.equal(accelerated["image_sizes"], reference["image_sizes"])
+    assert np.array_equal(canvas, processor.hd_canvas(images[0]))
 
 
 def test_lazily_loaded_file_is_read(tmp_path):
@@ -132,7 +156,7 @@ def test_image_in_several_memory_blocks_is_copied_then_resized_natively(render_c
     finally:
         Image.core.set_block_size(16 * 1024 * 1024)  # Pillow's default
     with pytest.raises(ValueError, match="not contiguous"):
-        image_processing.pa.array(blocked)
+        image_kernels.pa.array(blocked)
     assert np.array_equal(Phi3VImageProcessor(num_crops=4).hd_canvas(blocked), expected)
     assert np.array_equal(Phi3VImageProcessor(num_crops=4).hd_canvas(image), expected)
     assert render_calls == [(700, 500, "bytes"), (700, 500, "memoryview")]  # copied, then read in place

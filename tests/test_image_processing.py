@@ -18,13 +18,15 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-import phi3v.modeling.image_processing as image_processing
+import phi3v.modeling.image_kernels as image_kernels
 from phi3v.modeling.image_processing import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     Phi3VImageProcessor,
     to_rgb,
 )
+
+pytestmark = pytest.mark.golden
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "phi3v-tiny"
 if not (GOLDEN / "manifest.json").is_file():
@@ -75,12 +77,15 @@ def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-@pytest.fixture(params=["c-kernels", "no-c-kernels"])
+@pytest.fixture(params=["c-kernels", "no-c-kernels", "reference"])
 def kernels(request, monkeypatch) -> str:
-    """Run a test with the C kernels (where built) and with the Pillow + numpy path that machines
-    without a C compiler get (tests/test_image_kernels.py checks the kernels are built here)."""
+    """Run a test with the C kernels (where built), with the Pillow + numpy path that machines
+    without a C compiler get (tests/test_image_kernels.py checks the kernels are built here), and
+    with the reference transform of image_processing.py (image_kernels not used at all)."""
     if request.param == "no-c-kernels":
-        monkeypatch.setattr(image_processing, "_hd_canvas", None)
+        monkeypatch.setattr(image_kernels, "_hd_canvas", None)
+    if request.param == "reference":
+        monkeypatch.setattr(Phi3VImageProcessor, "accelerated", False)
     return request.param
 
 
@@ -444,5 +449,5 @@ def test_band_export_fallback_gives_identical_pixels(monkeypatch, kernels):
     def not_exportable(_band):
         raise ValueError("Image rows are not contiguous in memory")
 
-    monkeypatch.setattr(image_processing.pa, "array", not_exportable)
+    monkeypatch.setattr(image_kernels.pa, "array", not_exportable)
     assert torch.equal(processor(images)["pixel_values"], fast)

@@ -17,6 +17,8 @@ from PIL import Image
 
 from phi3v.data.images import REASONS, ImageRejected, inspect_image_bytes, load_product_image
 
+pytestmark = pytest.mark.unit
+
 # ---- image factories (also used by test_download.py) ------------------------------------------------
 
 

@@ -13,6 +13,8 @@ from phi3v.inference import COLUMNS, prediction_row, write_predictions
 from phi3v.task import ParsedAnswer, price_error_pct
 from phi3v.training.metrics import absolute_percentage_error
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_row_holds_the_answer_its_fields_and_the_signed_error():
     row = prediction_row("7", "a.jpg", "Product: A, Category: B, Full Price: 200.0",

@@ -16,6 +16,8 @@ from phi3v.training.metrics import (
     text_similarity,
 )
 
+pytestmark = pytest.mark.unit
+
 PRICES = [100.0, 200.0, 400.0, 1000.0]
 CATEGORIES = ["Phones", "Laptops", "Home & Kitchen", "Toys"]
 TITLES = ["Red Mug", "Blue Pen", "Oak Table", "Desk Lamp"]

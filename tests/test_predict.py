@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from test_export import ONE_THREAD, build_adapter, one_thread, product_image  # noqa: F401 (one_thread: autouse)
+from test_export import ONE_THREAD, REPO, build_adapter, product_image
 
 from phi3v.cli import UsageError
 from phi3v.config_schema import register_schemas
@@ -19,7 +19,8 @@ from phi3v.data.synthetic import SyntheticSpec
 from phi3v.inference import COLUMNS, load_for_inference, prediction_rows
 from phi3v.predict import check_config, main, predict_image, split_batches
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
+
 MAX_NEW_TOKENS = 6
 
 
@@ -97,6 +98,7 @@ def run_predict(*overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_predict_cli_one_photo(adapter, photo):
     result = run_predict(f"adapter={adapter}", f"image={photo}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -106,6 +108,7 @@ def test_predict_cli_one_photo(adapter, photo):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_predict_cli_whole_test_split(adapter, tmp_path):
     out = tmp_path / "p.jsonl"
     result = run_predict(

@@ -9,6 +9,8 @@ from PIL import Image
 
 from phi3v.modeling import Phi3VProcessor, chat_prompt, load_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def processor() -> Phi3VProcessor:

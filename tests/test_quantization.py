@@ -14,7 +14,6 @@ from functools import partial
 import pytest
 import torch
 from PIL import Image
-from test_export import one_thread  # noqa: F401 (autouse: one intra-op thread, restored after)
 
 from phi3v.modeling import Phi3VForCausalLM, build_tiny_model
 from phi3v.modeling.quantization import (
@@ -32,6 +31,8 @@ from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.module import Phi3VLitModule
 from phi3v.training.quantized import quantized_run_problems
+
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 SPEC = ModelSpec(num_crops=1)  # 1 crop + global view: short sequences (CPU time)
 KINDS = ("nf4", "int8")

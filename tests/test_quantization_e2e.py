@@ -14,10 +14,12 @@ import torch
 from test_distributed_e2e import DDP, LOSS_RTOL, logged
 from test_train_e2e import REPO, train, trainable_state
 
+pytestmark = pytest.mark.e2e
+
 NF4 = ["model.spec.quantization=nf4"]
 # Constant lr without warmup: a run stopped at step 2 and resumed to step 4 sees the lr of a 4-step run.
 STEPS = ["trainer.limit_val_batches=0", "checkpoint.monitor=null", "test=false", "logger=csv",
-         "trainer.log_every_n_steps=1", "checkpoint.every_n_train_steps=2", "scheduler=constant",
+         "trainer.log_every_n_steps=1", "checkpoint.every_n_train_steps=2", "scheduler.kind=constant",
          "scheduler.warmup_ratio=0"]
 
 

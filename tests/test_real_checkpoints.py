@@ -16,6 +16,8 @@ from PIL import Image
 
 from phi3v.modeling import Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor
 
+pytestmark = pytest.mark.golden
+
 REAL_PARAMETERS = 4_146_621_440  # bf16 bytes of the hub index / 2
 
 

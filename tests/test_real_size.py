@@ -28,6 +28,8 @@ from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.sharding import shard_units
 
+pytestmark = pytest.mark.unit
+
 # The released recipe (conf/model/phi3v.yaml): LoRA r 32 on the decoder projections + the projector.
 RECIPE = LoraSpec(r=32, alpha=64, dropout=0.05, train_projector=True)
 SHALLOW = {"num_hidden_layers": 2, "vision_config": {**CLIP_VIT_L_14_336, "num_hidden_layers": 2}}

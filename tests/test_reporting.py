@@ -17,6 +17,8 @@ from phi3v.training.reporting import (
     wandb_prediction_table,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def assert_png(path, expected_path) -> None:
     assert path == expected_path

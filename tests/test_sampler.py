@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from phi3v.data.sampler import LengthGroupedBatchSampler, padding_share
 
+pytestmark = pytest.mark.unit
+
 
 def catalogue_lengths(n: int = 4000, seed: int = 0) -> np.ndarray:
     """Token counts like the product photos: three aspect-ratio modes of image tokens plus 40 +- 20 text tokens."""

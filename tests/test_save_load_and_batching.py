@@ -8,7 +8,9 @@ from golden_data import TINY_MODEL, case_images
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
+from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor, register_auto_classes
+
+pytestmark = pytest.mark.unit
 
 SETTINGS = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=512)
 
@@ -36,6 +38,7 @@ def test_save_load_round_trip_keeps_original_layout_and_logits(model, processor,
     processor.save_pretrained(tmp_path)
     # The exported keys are exactly the reference checkpoint's (no `.wte`, `...vision_model.` kept).
     assert checkpoint_keys(tmp_path / "model.safetensors") == checkpoint_keys(TINY_MODEL / "model.safetensors")
+    register_auto_classes()
     for loader in (Phi3VForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained):
         reloaded = loader(tmp_path, attn_implementation="eager").eval()
         assert isinstance(reloaded, Phi3VForCausalLM)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
-from phi3v.config_schema import register_schemas
+pytestmark = pytest.mark.config
 
 with warnings.catch_warnings():  # sweeps 0.3.0 still spells a pydantic v1 config key
     warnings.simplefilter("ignore", UserWarning)
@@ -60,13 +60,6 @@ def range_values(spec: dict) -> list:
     low, high = spec["min"], spec["max"]
     middle = math.sqrt(low * high) if spec["distribution"].startswith("log") else (low + high) / 2
     return [low, middle, high]
-
-
-@pytest.fixture(scope="module")
-def hydra_context():
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -277,6 +270,7 @@ def with_ddp(config: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_agent_runs_train_and_log_into_their_sweep_runs(tmp_path):
     """Two proposals, the second after feeding back the first's result; the second runs as an agent
     with two devices does (DDP, 2 processes): still exactly one W&B run, the agent's."""

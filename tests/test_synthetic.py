@@ -14,6 +14,8 @@ from PIL import Image
 from phi3v.data import synthetic as S
 from phi3v.data.synthetic import ProductAttributes, SyntheticSpec, generate_catalogue, price_of, render_product
 
+pytestmark = pytest.mark.unit
+
 SCHEMA = {
     "website_name": str, "competence_date": str, "country_code": str, "currency_code": str, "brand": str,
     "category1_code": str, "category2_code": str, "category3_code": str, "product_code": int, "title": str,

@@ -16,6 +16,8 @@ from phi3v.modeling import (
     tiny_config,
 )
 
+pytestmark = pytest.mark.unit
+
 PROMPT = "<|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n"
 ANSWER = "Product: Check Wool Scarf, Category: Scarves, Full Price: 490.00"
 
@@ -52,7 +54,7 @@ def test_tiny_preset_is_consistent_and_deterministic():
 
 
 def test_tiny_tokenizer_asset_is_reproducible(tmp_path):
-    from phi3v.modeling.presets import write_tiny_tokenizer
+    from phi3v.assets.make_tiny_tokenizer import write_tiny_tokenizer
 
     write_tiny_tokenizer(tmp_path)
     assert (tmp_path / "tokenizer.json").read_text() == (preset_dir("tiny") / "tokenizer.json").read_text()

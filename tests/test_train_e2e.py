@@ -20,6 +20,8 @@ import pytest
 import torch
 from wandb_offline import history_counts, offline_artifacts
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
     "data.synthetic.num_products=64", "data.limit=64", "data.val_fraction=0.125", "data.test_fraction=0.125",

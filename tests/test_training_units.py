@@ -9,26 +9,21 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
+from phi3v.training.model_spec import ModelSpec, load_base_model
 from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng
 from phi3v.training.schedules import lr_factor, warmup_schedule
+
+pytestmark = pytest.mark.unit
 
 SPEC = ModelSpec(num_crops=4)
 PROMPT = PromptTemplate().prompt()
 
 
 @pytest.fixture(scope="module")
-def processor():
-    return load_processor(SPEC)
-
-
-@pytest.fixture(scope="module")
-def batch(processor):
-    images = [Image.new("RGB", (300, 200), "red"), Image.new("RGB", (200, 300), "blue")]
+def batch(processor, images):
     answers = ["Product: A, Category: B, Full Price: 10.0", "Product: C, Category: D, Full Price: 20.0"]
     return processor([PROMPT, PROMPT], images, answers=answers)
 

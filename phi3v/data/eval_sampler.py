@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from .sampler import PaddingIndex, _int_at_least, _validated_lengths, _world
+from .sampler import PaddingIndex, int_at_least, replicas_and_rank, validated_lengths
 
 
 class EvalBatchSampler(Sampler[list[int]]):
@@ -31,10 +31,10 @@ class EvalBatchSampler(Sampler[list[int]]):
         indices: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         super().__init__()
-        self.lengths = _validated_lengths(lengths)
-        self.batch_size = _int_at_least("batch_size", batch_size)
+        self.lengths = validated_lengths(lengths, "EvalBatchSampler")
+        self.batch_size = int_at_least("batch_size", batch_size)
         self.group_by_length = group_by_length
-        self.num_replicas, self.rank = _world(num_replicas, rank)
+        self.num_replicas, self.rank = replicas_and_rank(num_replicas, rank)
         self.indices = np.arange(len(self.lengths)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(self.indices) and not (0 <= self.indices.min() and self.indices.max() < len(self.lengths)):
             raise ValueError(

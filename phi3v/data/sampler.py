@@ -32,7 +32,14 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["LengthGroupedBatchSampler", "PaddingIndex", "padding_share"]
+__all__ = [
+    "LengthGroupedBatchSampler",
+    "PaddingIndex",
+    "int_at_least",
+    "padding_share",
+    "replicas_and_rank",
+    "validated_lengths",
+]
 
 
 class PaddingIndex(int):
@@ -59,16 +66,20 @@ _PLAN_KEYS = (
 )
 
 
-def _int_at_least(name: str, value: object, low: int = 1) -> int:
+# ---- argument checks shared by the batch samplers (this one and eval_sampler.EvalBatchSampler) ----------------
+def int_at_least(name: str, value: object, low: int = 1) -> int:
+    """`value` as an int, after checking it is one (not a bool) and >= `low`; the error names `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
 
 
-def _validated_lengths(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+def validated_lengths(lengths: Sequence[int] | np.ndarray, sampler: str = "LengthGroupedBatchSampler") -> np.ndarray:
+    """The token counts a batch sampler (named `sampler` in errors) orders by, as a 1-D int64 array of
+    positive counts."""
     if isinstance(lengths, Sampler):
         raise TypeError(
-            "LengthGroupedBatchSampler got a Sampler as `lengths` (Lightning injecting a distributed "
+            f"{sampler} got a Sampler as `lengths` (Lightning injecting a distributed "
             "sampler?): it shards by itself, build the Trainer with use_distributed_sampler=False"
         )
     arr = np.asarray(lengths)
@@ -81,14 +92,14 @@ def _validated_lengths(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+def replicas_and_rank(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
     """Like DistributedSampler: default to the initialised process group, else a single process."""
     initialised = dist.is_available() and dist.is_initialized()
     if num_replicas is None:
         num_replicas = dist.get_world_size() if initialised else 1
     if rank is None:
         rank = dist.get_rank() if initialised else 0
-    num_replicas, rank = _int_at_least("num_replicas", num_replicas), _int_at_least("rank", rank, 0)
+    num_replicas, rank = int_at_least("num_replicas", num_replicas), int_at_least("rank", rank, 0)
     if rank >= num_replicas:
         raise ValueError(f"rank={rank} must be < num_replicas={num_replicas}")
     return num_replicas, rank
@@ -122,13 +133,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.lengths = _validated_lengths(lengths)
-        self.batch_size = _int_at_least("batch_size", batch_size)
+        self.lengths = validated_lengths(lengths)
+        self.batch_size = int_at_least("batch_size", batch_size)
         # 50 global batches per bucket: big enough that sorted neighbours differ by a few tokens, small enough that a
         # bucket is still a random draw from the whole dataset (its lengths mix every aspect-ratio mode).
-        self.bucket_size_multiplier = _int_at_least("bucket_size_multiplier", bucket_size_multiplier)
-        self.num_replicas, self.rank = _world(num_replicas, rank)
-        self.seed = _int_at_least("seed", seed, 0)
+        self.bucket_size_multiplier = int_at_least("bucket_size_multiplier", bucket_size_multiplier)
+        self.num_replicas, self.rank = replicas_and_rank(num_replicas, rank)
+        self.seed = int_at_least("seed", seed, 0)
         self.shuffle, self.group_by_length, self.drop_last = shuffle, group_by_length, drop_last
         self.global_batch_size = self.batch_size * self.num_replicas
         n = len(self.lengths)
@@ -149,7 +160,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's plan. The same epoch again keeps a pending restore (Lightning re-announces it)."""
-        epoch = _int_at_least("epoch", epoch, 0)
+        epoch = int_at_least("epoch", epoch, 0)
         if epoch != self.epoch:
             self.epoch, self._yielded, self._resume_from = epoch, 0, 0
 
@@ -226,11 +237,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         for key in _PLAN_KEYS:
             if key in state and state[key] != mine[key]:
                 raise ValueError(f"state {key}={state[key]!r} differs from this sampler's {mine[key]!r}")
-        done = _int_at_least("batches_yielded", state["batches_yielded"], 0)
+        done = int_at_least("batches_yielded", state["batches_yielded"], 0)
         if done > self.num_batches:
             raise ValueError(f"batches_yielded={done} exceeds the {self.num_batches} batches of an epoch")
-        epoch = _int_at_least("epoch", state["epoch"], 0)
-        self.seed = _int_at_least("seed", state.get("seed", self.seed), 0)
+        epoch = int_at_least("epoch", state["epoch"], 0)
+        self.seed = int_at_least("seed", state.get("seed", self.seed), 0)
         self.epoch = epoch + (done == self.num_batches)
         self._yielded = self._resume_from = done % self.num_batches
 

@@ -36,12 +36,9 @@ __all__ = [
 
 def register_auto_classes() -> None:
     """Make `AutoConfig`/`AutoModelForCausalLM`/`AutoProcessor` resolve model_type `phi3_v` to phi3v's
-    classes, so released snapshots load without `trust_remote_code`. Idempotent."""
+    classes, so released snapshots load without `trust_remote_code`. Idempotent. phi3v itself loads
+    with its own classes and never needs this; call it before using transformers' Auto classes."""
     AutoConfig.register(Phi3VConfig.model_type, Phi3VConfig, exist_ok=True)
     AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
     AutoImageProcessor.register(Phi3VConfig, slow_image_processor_class=Phi3VImageProcessor, exist_ok=True)
     AutoProcessor.register(Phi3VConfig, Phi3VProcessor, exist_ok=True)
-
-
-# Registration only fills transformers' in-process lookup tables (no files, no environment).
-register_auto_classes()

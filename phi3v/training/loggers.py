@@ -40,16 +40,14 @@ def build_wandb_logger(
 ) -> WandbLogger:
     """A WandbLogger writing into `save_dir` (the run dir).
 
-    Offline files and table media go to `<run dir>/wandb` (WANDB_DATA_DIR/WANDB_DIR point there, or
-    offline media would land in the home directory). With credentials but no network, init gives
-    up after `init_timeout` seconds instead of blocking for minutes.
+    The run's files go to `<run dir>/wandb` (`save_dir` becomes wandb.init's `dir`), and so do the
+    files W&B stages for artifacts and table media (see `stage_wandb_files_in`). With credentials but
+    no network, init gives up after `init_timeout` seconds instead of blocking for minutes.
     """
     import wandb
 
     save_dir = Path(save_dir)
-    (save_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    os.environ["WANDB_DATA_DIR"] = str(save_dir / "wandb")
-    os.environ["WANDB_DIR"] = str(save_dir)
+    stage_wandb_files_in(save_dir / "wandb")
     resolved = resolve_mode(mode)
     if resolved == "offline":
         log.info("W&B offline (no credentials). Upload later with: wandb sync %s/wandb/offline-run-*", save_dir)
@@ -65,3 +63,14 @@ def build_wandb_logger(
 
 def build_csv_logger(save_dir: str | Path) -> CSVLogger:
     return CSVLogger(save_dir=str(save_dir), name="csv", version="")
+
+
+def stage_wandb_files_in(directory: Path) -> None:
+    """Make W&B stage artifact and table files in `directory` instead of ~/.local/share/wandb.
+
+    wandb (0.31) reads its staging directory from the WANDB_DATA_DIR environment variable only: no
+    wandb.Settings field or init argument sets it (wandb/sdk/artifacts/staging.py), so this is the one
+    setting phi3v passes through the environment. An offline run's table media and artifacts staged
+    there are what `wandb sync` uploads later, so they must stay with the run, not in the home dir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["WANDB_DATA_DIR"] = str(directory)
