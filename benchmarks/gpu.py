@@ -4,7 +4,11 @@ Run on a GPU box: `python benchmarks/gpu.py` (random:phi3v in bf16, the grid bel
 CPU so it cannot rot: `python benchmarks/gpu.py --device cpu` (the tiny model in float32, a small grid).
 
 The grid is {LoRA bf16, QLoRA nf4} x {num_crops 4, 16} x {batch 1, 4} x {activation checkpointing off,
-on} x {sdpa, flash_attention_2 when the package imports}. Each cell trains the recipe's LoRA
+on} x {sdpa, flash_attention_2 when the package imports}. `--checkpointing off,on,2` adds checkpointing of
+every 2nd decoder layer (`model.spec.activation_checkpointing_every=2`: half the recomputation for about
+half the memory saved); `--compile` compiles each decoder and CLIP layer with torch.compile (regional
+compilation: one graph per layer type, so the compile time does not grow with depth), timed after the
+warm-up steps that compile. Each cell trains the recipe's LoRA
 (conf/model/phi3v.yaml: r 32 on the decoder projections + the projector) with AdamW under bf16
 autocast, as `hardware.precision=bf16-mixed` does, on square 1000x1000 photos with a ~30-token answer
 (no padding), and reports the median over the timed steps after the warm-up.
@@ -61,8 +65,9 @@ class Cell:
     method: str
     num_crops: int
     batch: int
-    checkpointing: bool
+    checkpointing: int  # 0 = off, n = every n-th decoder layer (1 = all)
     attention: str
+    compiled: bool = False
     tokens_per_sample: int = 0
     step_s: float | None = None
     samples_per_s: float | None = None
@@ -135,12 +140,34 @@ def step_flops(model, batch: dict) -> float:
     return flops
 
 
-def set_checkpointing(model, on: bool) -> None:
+def set_checkpointing(model, every: int) -> None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if on:
-        base.activation_checkpointing_enable()
+    if every:
+        base.activation_checkpointing_enable(every_n_layers=every)
     else:
         base.activation_checkpointing_disable()
+
+
+def checkpointing_every(choice: str) -> int:
+    """`off` -> 0, `on` -> 1 (every layer), `n` or `every<n>` -> n."""
+    choice = choice.strip().lower()
+    if choice in ("off", "on"):
+        return int(choice == "on")
+    every = int(choice.removeprefix("every"))
+    if every < 1:
+        raise ValueError(f"--checkpointing: {choice!r} is not off, on or a layer interval >= 1")
+    return every
+
+
+def checkpointing_label(every: int) -> str:
+    return {0: "off", 1: "on"}.get(every, f"every {every}")
+
+
+def compile_layers(model, backend: str) -> None:
+    """torch.compile each decoder and CLIP layer in place (regional compilation)."""
+    base = model.get_base_model()
+    for layer in [*base.model.layers, *base.vision_layers()]:
+        layer.compile(backend=backend)
 
 
 def run_cell(model, processor, cell: Cell, device: torch.device, warmup: int, steps: int, peak: float | None) -> None:
@@ -195,7 +222,8 @@ def markdown(cells: list[Cell], header: str) -> str:
     for c in cells:
         def f(value, fmt):
             return "" if value is None else format(value, fmt)
-        lines.append(f"| {c.method} | {c.num_crops} | {c.batch} | {'on' if c.checkpointing else 'off'} | {c.attention} "
+        attention = c.attention + (" +compile" if c.compiled else "")
+        lines.append(f"| {c.method} | {c.num_crops} | {c.batch} | {checkpointing_label(c.checkpointing)} | {attention} "
                      f"| {c.tokens_per_sample} | {f(c.step_s, '.3f')} | {f(c.samples_per_s, '.2f')} "
                      f"| {f(c.tokens_per_s, ',.0f')} | {f(c.tflops, '.1f')} | {f(c.mfu, '.1%')} "
                      f"| {f(c.peak_allocated_gib, '.1f')} | {f(c.peak_reserved_gib, '.1f')} | {c.note} |")
@@ -209,13 +237,16 @@ def main() -> None:
     parser.add_argument("--methods", default="lora,qlora")
     parser.add_argument("--crops", default=None, help="comma list; GPU default 4,16, CPU default 1")
     parser.add_argument("--batches", default=None, help="comma list; GPU default 1,4, CPU default 1,2")
-    parser.add_argument("--checkpointing", default="off,on")
+    parser.add_argument("--checkpointing", default="off,on", help="comma list of off, on, n (every n-th layer)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each layer (see the docstring)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (tests: eager)")
     parser.add_argument("--attention", default="sdpa,flash_attention_2")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
+    intervals = [checkpointing_every(c) for c in args.checkpointing.split(",")]
 
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
@@ -236,8 +267,8 @@ def main() -> None:
     cells: list[Cell] = []
     for method in args.methods.split(","):
         reason = method_available(method)
-        grid = [Cell(method, c, b, ck == "on", a) for c in crops for b in batches
-                for ck in args.checkpointing.split(",") for a in args.attention.split(",")]
+        grid = [Cell(method, c, b, ck, a, compiled=args.compile) for c in crops for b in batches
+                for ck in intervals for a in args.attention.split(",")]
         if reason:
             for cell in grid:
                 cell.note = f"skipped: {reason}"
@@ -247,6 +278,8 @@ def main() -> None:
         model = build(method, preset, dtype, device)
         built = time.perf_counter() - start
         print(f"{method}: built {preset} in {built:.1f} s", flush=True)
+        if args.compile:
+            compile_layers(model, args.compile_backend)
         for cell in grid:
             if not attention_available(cell.attention):
                 cell.note = "skipped: flash-attn not installed"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.e2e
 
@@ -32,3 +33,32 @@ def test_gpu_benchmark_runs_on_cpu_with_the_tiny_model(tmp_path):
         assert cell["note"] == "" and cell["step_s"] > 0 and cell["tflops"] > 0
         assert cell["tokens_per_sample"] == 339  # num_crops 1: 313 image tokens + prompt + answer
     assert "| qlora | 1 | 1 | on | sdpa | 339 |" in (tmp_path / "gpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_checkpoints_every_nth_layer_and_compiles_each_layer(tmp_path, monkeypatch):
+    """The two levers for MFU (issue 11) are wired: every-2nd-layer checkpointing reaches the model, and
+    --compile compiles every decoder and CLIP layer (the eager backend: dynamo traces, nothing is built)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert [gpu.checkpointing_every(c) for c in ("off", "on", "2", "every3")] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="--checkpointing"):
+        gpu.checkpointing_every("0")
+    model = gpu.build("lora", "tiny", torch.float32, torch.device("cpu"))
+    base = model.get_base_model()
+    gpu.set_checkpointing(model, 2)
+    assert [layer.gradient_checkpointing for layer in base.model.layers] == [
+        i % 2 == 0 for i in range(len(base.model.layers))]
+    gpu.compile_layers(model, "eager")
+    layers = [*base.model.layers, *base.vision_layers()]
+    assert layers and all(layer._compiled_call_impl is not None for layer in layers)
+
+    run("gpu.py", "--device", "cpu", "--batches", "1", "--checkpointing", "2", "--attention", "sdpa",
+        "--methods", "lora", "--compile", "--compile-backend", "eager", "--warmup", "1", "--steps", "1",
+        "--out", str(tmp_path))
+    (cell,) = json.loads((tmp_path / "gpu.json").read_text())["cells"]
+    assert (cell["checkpointing"], cell["compiled"], cell["note"]) == (2, True, "") and cell["step_s"] > 0
+    assert "| lora | 1 | 1 | every 2 | sdpa +compile | 339 |" in (tmp_path / "gpu.md").read_text()
