@@ -156,7 +156,9 @@ def test_limit_and_group_by_length_reduce_padding(prepared, processor):
     for module in (grouped, plain):
         module.train_dataloader()
         shares.append(padding_share(module.lengths["train"], list(module.train_sampler)))
-    assert shares[0] <= shares[1]
+    # 0.009 vs 0.107 on this catalogue: grouping must cut the padding several-fold, not merely not add to it
+    assert shares[1] > 0.05
+    assert shares[0] * 5 < shares[1], shares
 
 
 def test_unreadable_image_is_skipped_and_counted_or_fails_when_strict(prepared, processor, tmp_path):
