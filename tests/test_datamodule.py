@@ -65,11 +65,16 @@ def test_splits_lengths_and_batches(prepared, processor, tmp_path):
     assert batch["input_ids"].shape[0] == 4 and meta["skipped_images"] == 0
     # the sampler's token lengths are exactly the collated lengths
     index = [module.datasets["train"].value("product_id", i) for i in range(len(module.datasets["train"]))]
+    assistant = processor.tokenizer.convert_tokens_to_ids("<|assistant|>")
     for row, product_id in enumerate(meta["product_id"]):
         length = int(batch["attention_mask"][row].sum())
         assert length == module.lengths["train"][index.index(product_id)]
-        labels = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
-        assert processor.decode(labels[:-1]) == meta["target"][row]
+        supervised = (batch["labels"][row] != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert supervised == list(range(supervised[0], length))  # one span, up to the last real token
+        assert batch["labels"][row][supervised].tolist() == batch["input_ids"][row][supervised].tolist()
+        assert batch["input_ids"][row][supervised[0] - 1] == assistant  # the prompt's end is not supervised
+        text = processor.decode(batch["labels"][row][supervised], skip_special_tokens=False)
+        assert text == meta["target"][row] + "<|end|>"
     model = build_tiny_model(seed=0)
     assert torch.isfinite(model(**model_inputs(batch)).loss)
 
