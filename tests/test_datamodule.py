@@ -196,3 +196,35 @@ def test_default_data_dirs():
         "data/DBQ__Burberry.Product.prices.United.States"
     )
     assert str(default_data_dir("/x/y/my products.csv")) == "data/my__products"
+
+
+def test_padding_repeats_are_collated_without_labels(prepared, processor):
+    from phi3v.data.collate import Phi3VCollator
+    from phi3v.data.sampler import PaddingIndex
+
+    module = make(prepared[0], processor)
+    dataset = module.datasets["train"]
+    batch = Phi3VCollator(processor, module.template, "train")([dataset[0], dataset[PaddingIndex(0)]])
+    # the repeat fills a distributed batch only: same inputs as the real sample, nothing supervised
+    assert batch["meta"]["supervised"] == [True, False] and batch["meta"]["skipped_images"] == 0
+    assert torch.equal(batch["input_ids"][0], batch["input_ids"][1])
+    assert (batch["labels"][0] != IGNORE_INDEX).any() and (batch["labels"][1] == IGNORE_INDEX).all()
+
+
+def test_baselines_are_fitted_on_the_train_split_and_scored_on_val_and_test(prepared, processor):
+    from train import baselines_for
+
+    module = make(prepared[0], processor)
+    column = {split: {name: module.datasets[split].table.column(name).to_pylist() for name in ("price", "category")}
+              for split in ("train", "val", "test")}
+    mean = sum(column["train"]["price"]) / len(column["train"]["price"])
+    train_categories = column["train"]["category"]
+    majority = max(dict.fromkeys(train_categories), key=train_categories.count)  # ties: the first seen
+    scores = baselines_for(module)
+    assert set(scores) == {"val", "test"}
+    for split in ("val", "test"):
+        prices, categories = column[split]["price"], column[split]["category"]
+        assert scores[split]["train_mean"]["price_mae"] == pytest.approx(
+            sum(abs(p - mean) for p in prices) / len(prices), rel=1e-9)
+        assert scores[split]["train_mean"]["category_accuracy"] == pytest.approx(
+            sum(c == majority for c in categories) / len(categories))
