@@ -248,7 +248,7 @@ MUTATIONS: list[Mutation] = [
     m("evaluation", "phi3v/data/datamodule.py",
       "return np.sort(np.random.default_rng(self.split_seed).permutation(count)[: self.val_limit])",
       "return np.arange(self.val_limit)",
-      "tests/test_datamodule.py", UNITS, "-k", "val_limit"),
+      "tests/test_datamodule.py", "-k", "val_limit"),
     m("baselines", "phi3v/training/reporting.py",
       "better = operator.lt if key in LOWER_IS_BETTER else operator.gt",
       "better = operator.le if key in LOWER_IS_BETTER else operator.ge",

@@ -143,6 +143,11 @@ def test_validations_in_training_score_the_same_val_limit_products_and_validate_
     assert len(first) == 4 and len(set(first)) == 4 and set(first) < set(every) and sorted(first) == sorted(second)
     ids = module.datasets["val"].table.column("product_id").to_pylist()
     assert sorted(first) == sorted(ids[i] for i in module.val_subset())
+    drawn = set()  # a draw from the whole split seeded by data.split_seed, not its first val_limit products
+    for seed in range(20):
+        module.split_seed = seed
+        drawn |= set(module.val_subset().tolist())
+    assert drawn == set(range(6))
     module.trainer = FakeTrainer(TrainerFn.VALIDATING)  # train.py validates the whole split after fit
     assert sorted(products(module.val_dataloader())) == sorted(every)
     assert make(data_dir, processor, val_limit=10).val_subset() is None  # more than the split: all of it
