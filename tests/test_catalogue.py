@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -46,10 +44,11 @@ def test_validation_reasons_and_kept_values():
         record(product_code=5, imageurl="N.A."),
         record(product_code=6, full_price="1,250.00", category3_code=None),
         record(product_code=7, full_price=float("nan")),
+        record(product_code=8, category3_code=" n/a "),
     ]
     kept, dropped = validate_rows(records, ColumnMap())
     assert [(r.product_id, r.category, r.price) for r in kept] == [
-        ("1", "SCARVES", 490.0), ("4", "N.A.", 490.0), ("6", "N.A.", 1250.0)
+        ("1", "SCARVES", 490.0), ("4", "N.A.", 490.0), ("6", "N.A.", 1250.0), ("8", "N.A.", 490.0)
     ]
     assert [(d.source_row, d.reason) for d in dropped] == [
         (1, "bad_price"), (2, "empty_title"), (4, "duplicate_id"), (5, "missing_image"), (7, "bad_price")
@@ -75,6 +74,8 @@ def test_rows_without_id_column_use_row_numbers():
         ("Product: 3 Pack Socks, Category: SOCKS, Full Price: 120", 120.0),
         ("Full Price: 1 250 and then some words 99", 1250.0),
         ("no label but 75.5 at the end", 75.5),
+        ("Product: 2 Pack Socks, Category: SOCKS, Price 45", 45.0),  # no label: the last number, not the first
+        ("Product: Full Price: 10 Tote, Category: BAGS, Full Price: 490.00", 490.0),  # the last label's number
         ("Product: nothing here", None),
     ],
 )
@@ -89,6 +90,8 @@ def test_template_round_trip_and_custom_format():
     parsed = template.parse(answer + " trailing")
     assert (parsed.title, parsed.category, parsed.price) == ("Vintage Check Scarf", "SCARVES", 1250.0)
     assert PromptTemplate().target("A", "B", 1250.0).endswith("Full Price: 1250.0")  # the seed's format
+    spaced = template.parse("Product:  Red  Mug \t, Category:   MUGS  , Full Price: 12.00")
+    assert (spaced.title, spaced.category, spaced.price) == ("Red  Mug", "MUGS", 12.0)  # ends stripped only
     assert PromptTemplate().prompt() == "<|user|>\n<|image_1|>What is shown in this image?<|end|>\n<|assistant|>\n"
 
 
@@ -101,7 +104,10 @@ def test_template_errors_name_the_key():
 
 def test_parse_number_ignores_non_finite():
     assert parse_number("price: 12.5") == 12.5 and parse_number("none") is None
-    assert not math.isnan(parse_number("1,000") or math.nan)
+    assert parse_number("1,000") == 1000.0
+    huge = "9" * 400  # a float overflows to inf: no price at all, not an infinite one
+    assert parse_number(f"${huge}") is None and parse_number(f"{huge}.5 USD") is None
+    assert price_from_answer(f"Product: Scarf, Category: SCARVES, Full Price: {huge}") is None
 
 
 def test_splits_are_grouped_deterministic_and_sized():

@@ -32,6 +32,10 @@ DDP = ["hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2"]
 # Float32 on CPU: the two runs differ only by the order of sums (gradients all-reduced from two halves
 # vs summed over one batch): measured <= 1e-7 relative on the losses of this run; 1e-5 leaves room.
 LOSS_RTOL = 1e-5
+# Plain SGD without clipping: the update is proportional to the gradient, so a loss scaled wrongly across
+# ranks (say, without its world-size factor: half the gradient on 2 ranks) shows as LoRA B weights (zero at
+# the start) off by that factor. AdamW divides the scale out and clipping caps it, hiding such a bug.
+SGD = ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.0", "hardware.gradient_clip_val=null"]
 
 
 def logged(run: Path) -> dict[str, list[float]]:
@@ -50,8 +54,8 @@ def logged(run: Path) -> dict[str, list[float]]:
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     data = tmp_path / "data"
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    train(single, data, *EPOCH, "data.batch_size=8")
-    output = train(ddp, data, *EPOCH, *DDP, "data.batch_size=4")
+    train(single, data, *EPOCH, *SGD, "data.batch_size=8")
+    output = train(ddp, data, *EPOCH, *DDP, *SGD, "data.batch_size=4")
     one, two = logged(single), logged(ddp)
     assert len(one["train/loss"]) == len(two["train/loss"]) == 6
     torch.testing.assert_close(torch.tensor(two["train/loss"]), torch.tensor(one["train/loss"]), rtol=LOSS_RTOL, atol=0)
@@ -67,6 +71,13 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert (ddp / "train_ddp_process_1.log").is_file() and len(list(ddp.glob("**/.hydra"))) == 1
     assert len(list(ddp.glob("**/adapter_model.safetensors"))) == 1
     assert "run dir: " + str(ddp) in output
+    # The trained weights agree too: LoRA B started at zero, so it is the sum of the SGD updates
+    adapters = [load_file(run / "adapter" / "adapter_model.safetensors") for run in (single, ddp)]
+    assert adapters[0].keys() == adapters[1].keys()
+    trained_b = [key for key in adapters[0] if "lora_B" in key]
+    assert trained_b and all(adapters[0][key].abs().max() > 0 for key in trained_b)
+    for key in adapters[0]:
+        torch.testing.assert_close(adapters[1][key], adapters[0][key], rtol=1e-4, atol=1e-7, msg=key)
 
 
 def free_port() -> int:

@@ -60,6 +60,10 @@ def test_adapter_state_holds_lora_and_saved_modules_only(model):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable <= set(state)
     assert all(v.device.type == "cpu" for v in state.values())
+    weights = model.state_dict()
+    for name, value in state.items():  # the values themselves, not only the names
+        assert torch.equal(value, weights[name].cpu()), name
+    assert any(value.abs().sum() > 0 for name, value in state.items() if "lora_A" in name)
 
 
 def test_single_process_launches_are_left_alone(monkeypatch):

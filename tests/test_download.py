@@ -300,6 +300,7 @@ def test_urls_that_must_not_be_fetched_make_no_request(server, tmp_path):
         "N.A.": ("N.A.", "missing_url"),
         "nan_text": (" nan ", "missing_url"),
         "file": ("file:///etc/passwd", "bad_url"),
+        "file_with_host": ("file://localhost/etc/passwd", "bad_url"),
         "ftp": (f"ftp://127.0.0.1:{port}/img/jpeg", "bad_url"),
         "data": ("data:image/png;base64,iVBORw0KGgo=", "bad_url"),
         "javascript": ("javascript:alert(1)", "bad_url"),

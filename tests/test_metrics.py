@@ -31,7 +31,8 @@ PREDICTIONS = [
 # "oak tabla" vs "oak table": 8 of 9 characters match -> 2*8/18 = 8/9; "desk" vs "desk lamp" -> 2*4/13 = 8/13.
 EXPECTED = {
     "price_mae": 110 / 3,  # (10 + 100 + 0) / 3 parsed
-    "price_mape": 35 / 3,  # (10 + 25 + 0) / 3, in percent
+    "price_mape": (10 + 100 + 25 + 0) / 4,  # every sample; the unparsed price scores a miss, 100%
+    "price_mape_parsed": 35 / 3,  # (10 + 25 + 0) / 3 parsed, in percent
     "price_median_ape": 10.0,  # median of [0, 10, 25]
     "price_within_10pct": 2 / 4,  # samples 0 (exactly 10%, inclusive) and 3, over all 4 samples
     "price_within_25pct": 3 / 4,  # samples 0, 2 (exactly 25%), 3; the unparsed sample is a miss
@@ -81,8 +82,9 @@ def test_nothing_parsed_gives_nan_price_errors_and_zero_rates():
     metric = ProductMetrics()
     metric.update([ParsedAnswer(None, None, None)] * 2, [10.0, 20.0], ["a", "b"], ["x", "y"])
     result = scores(metric)
-    for key in ("price_mae", "price_mape", "price_median_ape"):
+    for key in ("price_mae", "price_mape_parsed", "price_median_ape"):
         assert math.isnan(result[key])
+    assert result["price_mape"] == 100.0  # every product a miss
     for key in ("price_within_10pct", "price_within_25pct", "parse_rate", "category_accuracy", "title_similarity"):
         assert result[key] == 0.0
     assert result["count"] == 2
@@ -127,7 +129,7 @@ def test_text_similarity_edges():
 def test_baselines_fit_exact():
     baselines = Baselines.fit([10.0, 20.0, 30.0, 100.0], ["a", "b", "a", "c"])
     assert baselines == Baselines(mean_price=40.0, median_price=25.0, majority_category="a")  # median (20+30)/2
-    assert Baselines.fit([3.0], ["x", "y", "y", "x"]).majority_category == "x"  # tie: first seen wins
+    assert Baselines.fit([3.0], ["y", "x", "x", "y"]).majority_category == "y"  # tie: first seen wins
     with pytest.raises(ValueError):
         Baselines.fit([], [])
 
@@ -145,10 +147,57 @@ def test_baseline_metrics_exact():
     common = {"category_accuracy": 0.5, "title_exact_match": 0.0, "title_similarity": 0.0, "parse_rate": 1.0,
               "count": 2.0, "price_within_10pct": 0.0}
     # mean 40: errors 20, 10 -> MAE 15; APEs 100%, 20% -> MAPE = median = 60; only 50 is within 25%
-    assert result["train_mean"] == pytest.approx(
-        {**common, "price_mae": 15.0, "price_mape": 60.0, "price_median_ape": 60.0, "price_within_25pct": 0.5}
-    )
+    assert result["train_mean"] == pytest.approx({**common, "price_mae": 15.0, "price_mape": 60.0,
+        "price_mape_parsed": 60.0, "price_median_ape": 60.0, "price_within_25pct": 0.5})
     # median 25: errors 5, 25 -> MAE 15; APEs 25%, 50% -> MAPE = median = 37.5; 25% counts as within 25%
-    assert result["train_median"] == pytest.approx(
-        {**common, "price_mae": 15.0, "price_mape": 37.5, "price_median_ape": 37.5, "price_within_25pct": 0.5}
-    )
+    assert result["train_median"] == pytest.approx({**common, "price_mae": 15.0, "price_mape": 37.5,
+        "price_mape_parsed": 37.5, "price_median_ape": 37.5, "price_within_25pct": 0.5})
+
+
+def test_price_mape_caps_each_error_at_a_miss():
+    metric = ProductMetrics()
+    # APEs 300% (a 4x over-guess) and 20%; the third price is unparsed.
+    metric.update([ParsedAnswer(None, None, 40.0), ParsedAnswer(None, None, 12.0), ParsedAnswer(None, None, None)],
+                  [10.0, 10.0, 10.0], ["a"] * 3, [""] * 3)
+    result = scores(metric)
+    assert result["price_mape"] == pytest.approx((100 + 20 + 100) / 3)  # 300% counts as a miss, like no answer
+    assert result["price_mape_parsed"] == pytest.approx((300 + 20) / 2)  # plain MAPE of the parsed answers
+    assert result["price_median_ape"] == pytest.approx(160.0)
+
+
+def run_scores(prices: list[float | None], truths: list[float]) -> dict[str, float]:
+    metric = ProductMetrics()
+    n = len(truths)
+    metric.update([ParsedAnswer(None, None, p) for p in prices], truths, ["a"] * n, [""] * n)
+    return scores(metric)
+
+
+def test_sweep_objective_cannot_be_won_by_answering_less():
+    """The sweep minimises `val/price_mape`: a run that parses fewer prices, with equal or better errors on
+    those it parses, must not score better there (it does on the parsed-only figure)."""
+    truths = [100.0, 100.0, 100.0, 100.0]
+    answers_all = run_scores([110.0, 120.0, 140.0, 400.0], truths)  # APEs 10, 20, 40, 300
+    answers_few = run_scores([105.0, 120.0, None, None], truths)  # better on two, silent on the worst two
+    assert answers_few["parse_rate"] == 0.5 and answers_all["parse_rate"] == 1.0
+    assert answers_few["price_mape_parsed"] < answers_all["price_mape_parsed"]  # 12.5 vs 92.5: fooled
+    assert answers_all["price_mape"] == pytest.approx((10 + 20 + 40 + 100) / 4)  # 42.5
+    assert answers_few["price_mape"] == pytest.approx((5 + 20 + 100 + 100) / 4)  # 56.25
+    assert answers_few["price_mape"] > answers_all["price_mape"] + 10  # worse, by a wide margin
+
+
+def test_dropping_any_parsed_price_never_lowers_the_objective():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        truths = (torch.rand(6, generator=generator, dtype=torch.float64) * 1000 + 1).tolist()
+        factors = torch.rand(6, generator=generator, dtype=torch.float64) * 12  # 0x .. 12x the true price
+        prices = [t * float(f) for t, f in zip(truths, factors)]
+        dropped = int(torch.randint(6, (1,), generator=generator))
+        fewer = [None if i == dropped else p for i, p in enumerate(prices)]
+        # equal (up to float rounding) when the dropped answer was already a miss, >= 100%; worse otherwise
+        assert run_scores(fewer, truths)["price_mape"] >= run_scores(prices, truths)["price_mape"] - 1e-9
+
+
+def test_baselines_are_scored_with_the_capped_objective():
+    result = baseline_metrics(Baselines(40.0, 25.0, "a"), [10.0], ["a"], ["t"])  # APEs 300% (mean), 150% (median)
+    assert result["train_mean"]["price_mape"] == 100.0 and result["train_mean"]["price_mape_parsed"] == 300.0
+    assert result["train_median"]["price_mape"] == 100.0 and result["train_median"]["price_mape_parsed"] == 150.0

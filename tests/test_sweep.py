@@ -300,12 +300,13 @@ def test_agent_runs_train_and_log_into_their_sweep_runs(tmp_path):
         rows = [row for row in logged["history"] if metric in row]
         values = [row[metric] for row in rows]
         assert len(values) == VALIDATIONS and all(type(v) in (int, float) for v in values)  # JSON: 100, NaN
-        # MAPE is over the answers with a parsed price: NaN exactly when none had one (parse_rate 0).
-        # A random tiny model trained for two batches mostly writes no price, so NaN is allowed here
-        # (W&B stores it as is; the engine imputes a value for a run without a finite one).
+        # The objective counts every product, an unparsed price as a miss (100%): a number in [0, 100] even
+        # for a random tiny model trained for two batches, which mostly writes no price (exactly 100 when it
+        # wrote none). The parsed-only MAPE beside it is NaN exactly when no price was parsed.
         for row in rows:
-            assert math.isnan(row[metric]) == (row["val/parse_rate"] == 0), row
-            assert math.isnan(row[metric]) or row[metric] >= 0
+            assert 0 <= row[metric] <= 100, row
+            assert row["val/parse_rate"] > 0 or row[metric] == 100, row
+            assert math.isnan(row["val/price_mape_parsed"]) == (row["val/parse_rate"] == 0), row
         summary = logged["summary"][metric]
         assert summary == values[-1] or (math.isnan(summary) and math.isnan(values[-1]))
         finished.append(sweeps.SweepRun(name=run_id, state=sweeps.RunState.finished, config=proposal.config,

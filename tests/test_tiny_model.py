@@ -62,14 +62,25 @@ def test_tiny_tokenizer_asset_is_reproducible(tmp_path):
 
 def test_labels_supervise_only_answer_and_end(processor, batch):
     end = processor.end_token_id
+    assistant = processor.tokenizer.convert_tokens_to_ids("<|assistant|>")
+    images = [Image.new("RGB", (400, 300)), Image.new("RGB", (300, 400))]  # the batch's image sizes
     for row, answer in enumerate([ANSWER, "Product: x"]):
         labels = batch["labels"][row]
         supervised = labels[labels != IGNORE_INDEX].tolist()
         assert supervised[-1] == end
-        assert processor.decode(supervised[:-1]) == answer
+        assert processor.decode(supervised, skip_special_tokens=False) == answer + "<|end|>"  # no <|assistant|>
+        # exact ids: -100 over the prompt (as tokenized alone, ending in <|assistant|>), then the sequence's own
+        # ids up to its last real token, then -100 over the padding
+        start = processor([PROMPT], [images[row]])["input_ids"].shape[1]
+        length = int(batch["attention_mask"][row].sum())
         ids = batch["input_ids"][row]
+        assert ids[start - 1] == assistant
+        expected = [IGNORE_INDEX] * start + ids[start:length].tolist() + [IGNORE_INDEX] * (len(ids) - length)
+        assert labels.tolist() == expected
         assert (labels[ids < 0] == IGNORE_INDEX).all()  # image positions
         assert (labels[batch["attention_mask"][row] == 0] == IGNORE_INDEX).all()  # padding
+    short = batch["labels"][1][batch["labels"][1] != IGNORE_INDEX].tolist()
+    assert processor.tokenizer.convert_ids_to_tokens(short) == ["▁Product:▁", "x", "<|end|>"]  # the tiny vocab
 
 
 def test_forward_loss_backward_and_generate(model, processor, batch):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from wandb_offline import history_counts, offline_artifacts
 
 pytestmark = pytest.mark.e2e
@@ -72,6 +73,14 @@ def test_small_run_writes_everything(tmp_path):
     assert "test (generated answers vs baselines)" in output and "price_mape" in output
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert all("lora_" in k or "modules_to_save" in k for k in checkpoint["state_dict"])  # no frozen base weights
+    # The adapter holds the trained values: those of the final checkpoint (PEFT drops the adapter name "default")
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    trained = {k.removeprefix("model.").replace(".default.", ".").replace(".modules_to_save.", "."): v
+               for k, v in checkpoint["state_dict"].items()}
+    assert len(trained) > 10 and trained.keys() <= adapter.keys()
+    for key, value in trained.items():
+        assert torch.equal(adapter[key], value), key
+    assert any(value.abs().sum() > 0 for key, value in trained.items() if "lora_B" in key)  # B starts at 0: trained
 
 
 def trainable_state(checkpoint_path: Path) -> tuple[int, dict]:
@@ -81,8 +90,9 @@ def trainable_state(checkpoint_path: Path) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
+    # LoRA dropout > 0 draws from the torch RNG every step: a resume that did not restore it would train differently
     settings = ["trainer.max_steps=12", "trainer.limit_val_batches=0", "checkpoint.monitor=null", "test=false",
-                "export=false", "logger=none", "checkpoint.every_n_train_steps=4"]
+                "export=false", "logger=none", "checkpoint.every_n_train_steps=4", "model.lora.dropout=0.1"]
     data = tmp_path / "data"
     train(tmp_path / "full", data, *settings)
     # The same run, killed hard once its step-4 checkpoint exists, then resumed from the run dir.

@@ -103,7 +103,9 @@ def test_checkpoints_hold_only_trainable_weights_and_refuse_mismatches(processor
     module.on_save_checkpoint(checkpoint)
     assert set(checkpoint["state_dict"]) == set(module.trainable_names())
     assert {"torch", "numpy", "python"} <= set(checkpoint["rng"])
-    module.on_load_checkpoint(checkpoint)
+    module.nonfinite_total = 0
+    module.on_load_checkpoint({**checkpoint, "nonfinite_total": 3})
+    assert module.nonfinite_total == 3  # skipped non-finite steps keep counting across a resume
     del checkpoint["state_dict"][next(iter(checkpoint["state_dict"]))]
     with pytest.raises(RuntimeError, match="lacks 1 trainable weights"):
         module.on_load_checkpoint(checkpoint)
@@ -165,9 +167,11 @@ def test_training_loss_is_the_token_mean_of_supervised_rows_only(processor, batc
     module = make_module(processor)
     module.configure_model()
     monkeypatch.setattr(Phi3VLitModule, "trainer", property(lambda self: FakeTrainer()))
-    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **k: logged.__setitem__(name, value))
     both = module.training_step(training_batch(batch, [True, True]), 0)
     torch.testing.assert_close(both, module.model(**batch).loss)  # the model's own token mean
+    torch.testing.assert_close(logged["train/loss"], both.detach())  # and what train/loss shows
     first_only = module.training_step(training_batch(batch, [True, False]), 0)
     alone = {key: value[:1] for key, value in batch.items()}
     alone["pixel_values"], alone["image_sizes"] = batch["pixel_values"][:1], batch["image_sizes"][:1]

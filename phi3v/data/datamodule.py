@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
@@ -110,7 +111,11 @@ class ProductDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.global_batch_size, self.val_limit = global_batch_size, val_limit
         self.loader_options = dict(
-            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0
+            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
+            # Each iterator over a loader draws its workers' base seed from this generator instead of torch's
+            # global RNG, which a resumed run restores for LoRA dropout: creating the loaders then leaves the
+            # restored state where the interrupted run had it, and dropout continues exactly.
+            generator=torch.Generator().manual_seed(split_seed),
         )
         self.group_by_length, self.strict_images, self.max_pixels = group_by_length, strict_images, max_pixels
         self.download = download or DownloadSettings()

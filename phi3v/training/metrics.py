@@ -27,6 +27,7 @@ from phi3v.task import ParsedAnswer, price_error_pct
 METRIC_KEYS = (
     "price_mae",
     "price_mape",
+    "price_mape_parsed",
     "price_median_ape",
     "price_within_10pct",
     "price_within_25pct",
@@ -37,6 +38,13 @@ METRIC_KEYS = (
     "count",
 )
 
+# `price_mape` (the sweep objective and best.ckpt's monitor) scores every product: an APE above this counts as
+# this, and an unparsed price counts as exactly this (a miss, as bad as answering 0). Capping keeps "no answer"
+# from ever scoring better than any answer (a 10x over-guess, 900%, would otherwise lose to silence), so a run
+# cannot win the sweep by answering less; it also stops one wild answer from outweighing many good ones.
+# `price_mape_parsed` keeps the plain, uncapped MAPE of the parsed answers.
+MISS_APE_PCT = 100.0
+
 # An APE that equals a threshold up to float rounding counts as within it: 1.1 vs 1.0 is 10.000000000000009%.
 _TOLERANCE_PCT = 1e-9
 
@@ -46,6 +54,7 @@ _SUM_STATES = (
     "parsed",  # samples with a parsed price
     "abs_error_sum",  # sum of |predicted - true| over parsed samples, currency units
     "ape_sum",  # sum of absolute percentage errors over parsed samples, in percent
+    "capped_ape_sum",  # sum of min(APE, MISS_APE_PCT) over parsed samples, in percent
     "within_10",  # samples (of all) whose APE <= 10%
     "within_25",  # samples (of all) whose APE <= 25%
     "category_correct",
@@ -86,8 +95,10 @@ class ProductMetrics(torchmetrics.Metric):
     `compute()` returns 0-d float64 tensors (NaN everywhere but `count` = 0 when nothing was seen):
 
     - `parse_rate`: share of samples whose answer had a parsed price (`ParsedAnswer.price is not None`).
-    - `price_mae` (currency units), `price_mape` and `price_median_ape` (percent: 12.5 means 12.5%) are over
-      the parsed samples only, so read them together with `parse_rate`; NaN when no price was parsed.
+    - `price_mape` (percent: 12.5 means 12.5%), the sweep objective: the mean over ALL samples of
+      min(APE, 100%), an unparsed price scoring 100% (`MISS_APE_PCT`), so answering less never scores better.
+    - `price_mape_parsed`, `price_mae` (currency units) and `price_median_ape` (percent) are over the parsed
+      samples only (plain, uncapped APEs), so read them together with `parse_rate`; NaN when no price was parsed.
     - `price_within_10pct` / `price_within_25pct`: share (0..1) of ALL samples whose predicted price is within
       10% / 25% of the true price (inclusive); an unparsed price counts as a miss.
     - `category_accuracy` / `title_exact_match`: share of samples equal to the truth after case-folding and
@@ -131,6 +142,7 @@ class ProductMetrics(torchmetrics.Metric):
             "parsed": len(apes),
             "abs_error_sum": math.fsum(errors),
             "ape_sum": math.fsum(apes),
+            "capped_ape_sum": math.fsum(min(ape, MISS_APE_PCT) for ape in apes),
             "within_10": sum(ape <= 10 + _TOLERANCE_PCT for ape in apes),
             "within_25": sum(ape <= 25 + _TOLERANCE_PCT for ape in apes),
             "category_correct": sum(text_matches(p.category, c) for p, c in zip(predictions, categories)),
@@ -148,7 +160,8 @@ class ProductMetrics(torchmetrics.Metric):
         median = torch.quantile(apes, 0.5) if apes.numel() else _nan_like(count)  # mean of the middle two
         return {
             "price_mae": _ratio(self.abs_error_sum, parsed),
-            "price_mape": _ratio(self.ape_sum, parsed),
+            "price_mape": _ratio(self.capped_ape_sum + MISS_APE_PCT * (count - parsed), count),
+            "price_mape_parsed": _ratio(self.ape_sum, parsed),
             "price_median_ape": median,
             "price_within_10pct": _ratio(self.within_10, count),
             "price_within_25pct": _ratio(self.within_25, count),

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 # Direction of each metric for `beats_baselines`; metrics not listed (e.g. `count`) are not compared.
-LOWER_IS_BETTER = frozenset({"price_mae", "price_mape", "price_median_ape"})
+LOWER_IS_BETTER = frozenset({"price_mae", "price_mape", "price_mape_parsed", "price_median_ape"})
 HIGHER_IS_BETTER = frozenset(
     {"price_within_10pct", "price_within_25pct", "category_accuracy", "title_exact_match", "title_similarity",
      "parse_rate"}
@@ -124,8 +124,8 @@ def beats_baselines(
 ) -> dict[str, bool]:
     """For each metric with a direction, whether the model is strictly better than EVERY baseline.
 
-    Lower is better for price_mae / price_mape / price_median_ape, higher for the rest; a tie or a NaN is not
-    a win. Metrics missing from the model or from all baselines are left out.
+    Lower is better for price_mae / price_mape / price_mape_parsed / price_median_ape, higher for the rest; a tie
+    or a NaN is not a win. Metrics missing from the model or from all baselines are left out.
     """
     result = {}
     for key in keys if keys is not None else model:

@@ -1,0 +1,357 @@
+#!/usr/bin/env python
+"""One-line mutation pass: break the code on purpose, one line at a time, and check a named test notices.
+
+Each entry of MUTATIONS replaces one exact line of a source file (it must occur exactly once) with a broken
+version, runs the pytest selection that should catch it, and restores the file. A mutation is
+
+  caught    the selection failed (pytest exit code 1),
+  SURVIVED  the selection passed: no test sees that break (write one, or fix the code if it is a bug),
+  error     pytest could not run the selection (exit code 2-5: collection error, nothing selected, ...),
+  stale     the original line is no longer in the file (update the entry after a refactor).
+
+Usage, from the repository root (the shared venv's python; it is not part of `make test`):
+
+  .venv/bin/python .ci/mutate.py --list          # number, area, file and what each mutation breaks
+  .venv/bin/python .ci/mutate.py                 # run all (the `slow` ones start train.py: ~15 min in all)
+  .venv/bin/python .ci/mutate.py --fast          # skip the mutations whose selection runs train.py
+  .venv/bin/python .ci/mutate.py --only 3,7      # just these
+  .venv/bin/python .ci/mutate.py --check         # only verify every original line is still there
+
+The files are edited in place and restored afterwards (also on Ctrl-C): run it on a clean checkout, and
+not while another process imports the package from this tree. Exit status 1 when any mutation survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import py_compile
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    area: str
+    path: str  # relative to the repository root
+    original: str  # one whole line, stripped of its indentation; must occur exactly once in the file
+    mutated: str  # its replacement (same indentation)
+    tests: tuple[str, ...]  # pytest arguments: files, node ids, -k expressions
+    slow: bool = False  # the selection starts train.py subprocesses
+
+
+def m(area: str, path: str, original: str, mutated: str, *tests: str, slow: bool = False) -> Mutation:
+    return Mutation(area, path, original, mutated, tests, slow)
+
+
+UNITS = "tests/test_training_units.py"
+MUTATIONS: list[Mutation] = [
+    # ---- the six breaks of issue 13 ------------------------------------------------------------------------
+    m("resume", "phi3v/training/module.py",
+      'torch.set_rng_state(state["torch"])', "pass  # RNG restore made a no-op",
+      "tests/test_train_e2e.py::test_kill_and_resume_matches_an_uninterrupted_run", slow=True),
+    m("sampler", "phi3v/data/datamodule.py",
+      "self.lengths[\"train\"], self.batch_size, shuffle=True, group_by_length=self.group_by_length,",
+      "self.lengths[\"train\"], self.batch_size, shuffle=True, group_by_length=True,",
+      "tests/test_datamodule.py", "-k", "group_by_length"),
+    m("price parsing", "phi3v/data/prompts.py",
+      "return value if math.isfinite(value) else None", "return value",
+      "tests/test_catalogue.py"),
+    m("export", "phi3v/training/sharding.py",
+      "name: full_tensor(value.detach()).cpu()", "name: torch.zeros_like(full_tensor(value.detach())).cpu()",
+      "tests/test_distributed_units.py::test_adapter_state_holds_lora_and_saved_modules_only",
+      "tests/test_train_e2e.py::test_small_run_writes_everything", slow=True),
+    m("labels", "phi3v/modeling/processing.py",
+      "labels = [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids) :]",
+      "labels = [IGNORE_INDEX] * (len(prompt_ids) - 1) + full_ids[len(prompt_ids) - 1 :]  # supervises <|assistant|>",
+      "tests/test_tiny_model.py", "tests/test_datamodule.py", "-k", "labels or splits_lengths"),
+    m("losses", "phi3v/training/module.py",
+      "loss = token_loss_sum * (world / global_tokens)", "loss = token_loss_sum * (1 / global_tokens)",
+      "tests/test_distributed_e2e.py::test_two_process_ddp_matches_one_process_with_the_same_global_batch",
+      slow=True),
+    # ---- price parsing --------------------------------------------------------------------------------------
+    m("price parsing", "phi3v/data/prompts.py",
+      'value = float(match.group(1).replace(",", "").replace(" ", "") + (match.group(2) or ""))',
+      'value = float(match.group(1).replace(",", "").replace(" ", ""))  # decimals dropped',
+      "tests/test_catalogue.py"),
+    m("price parsing", "phi3v/data/prompts.py",
+      'label = labels[-1]  # the last "Full Price:" (a title could mention one)', "label = labels[0]",
+      "tests/test_catalogue.py"),
+    m("price parsing", "phi3v/data/prompts.py",
+      "return parse_number(numbers[-1].group(0)) if numbers else None",
+      "return parse_number(numbers[0].group(0)) if numbers else None",
+      "tests/test_catalogue.py"),
+    m("price parsing", "phi3v/data/prompts.py",
+      'return ParsedAnswer(_stripped(fields.get("title")), _stripped(fields.get("category")), price)',
+      'return ParsedAnswer(fields.get("title"), fields.get("category"), price)  # not stripped',
+      "tests/test_catalogue.py"),
+    # ---- catalogue validation -------------------------------------------------------------------------------
+    m("catalogue", "phi3v/data/catalogue.py",
+      'if text.startswith("-"):', "if False:  # negative text prices parse as positive",
+      "tests/test_catalogue.py"),
+    m("catalogue", "phi3v/data/catalogue.py",
+      "if not math.isfinite(price) or price <= 0:", "if not math.isfinite(price) or price < 0:",
+      "tests/test_catalogue.py"),
+    m("catalogue", "phi3v/data/catalogue.py",
+      "if row.product_id in seen:", "if False:  # duplicates kept",
+      "tests/test_catalogue.py"),
+    m("catalogue", "phi3v/data/catalogue.py",
+      "if category.lower() in _PLACEHOLDERS:", "if False:  # placeholder categories kept verbatim",
+      "tests/test_catalogue.py"),
+    m("catalogue", "phi3v/data/catalogue.py",
+      'if not image or image.lower() in _PLACEHOLDERS:', "if not image:",
+      "tests/test_catalogue.py"),
+    # ---- metrics and baselines ------------------------------------------------------------------------------
+    m("metrics", "phi3v/training/metrics.py",
+      '"within_10": sum(ape <= 10 + _TOLERANCE_PCT for ape in apes),',
+      '"within_10": sum(ape < 10 for ape in apes),',
+      "tests/test_metrics.py"),
+    m("metrics", "phi3v/training/metrics.py",
+      '"price_mape": _ratio(self.capped_ape_sum + MISS_APE_PCT * (count - parsed), count),',
+      '"price_mape": _ratio(self.capped_ape_sum, parsed),  # unparsed answers ignored',
+      "tests/test_metrics.py"),
+    m("metrics", "phi3v/training/metrics.py",
+      "return 100.0 * error / abs(truth)", "return 100.0 * error / max(abs(predicted), 1e-9)",
+      "tests/test_metrics.py"),
+    m("metrics", "phi3v/training/metrics.py",
+      "median = torch.quantile(apes, 0.5) if apes.numel() else _nan_like(count)  # mean of the middle two",
+      "median = torch.quantile(apes, 0.5, interpolation='lower') if apes.numel() else _nan_like(count)",
+      "tests/test_metrics.py"),
+    m("metrics", "phi3v/training/metrics.py",
+      "return predicted is not None and normalise_text(predicted) == normalise_text(truth)",
+      "return predicted is not None and predicted == truth",
+      "tests/test_metrics.py"),
+    m("baselines", "phi3v/training/metrics.py",
+      "majority = Counter(categories).most_common(1)[0][0]  # Counter keeps first-seen order among ties",
+      "majority = sorted(Counter(categories).most_common(), key=lambda kv: (-kv[1], kv[0]))[0][0]",
+      "tests/test_metrics.py"),
+    m("baselines", "train.py",
+      'train = datamodule.datasets["train"].table', 'train = datamodule.datasets["val"].table',
+      "tests/test_datamodule.py", "-k", "baselines"),
+    m("baselines", "phi3v/training/reporting.py",
+      'LOWER_IS_BETTER = frozenset({"price_mae", "price_mape", "price_mape_parsed", "price_median_ape"})',
+      'LOWER_IS_BETTER = frozenset({"price_mae", "price_mape_parsed", "price_median_ape"})',
+      "tests/test_reporting.py"),
+    # ---- splits ---------------------------------------------------------------------------------------------
+    m("splits", "phi3v/data/splits.py",
+      'product_split[order[n_test : n_test + n_val]] = "val"', 'product_split[order[n_test : n_val]] = "val"',
+      "tests/test_catalogue.py"),
+    m("splits", "phi3v/data/splits.py",
+      "order = np.random.default_rng(seed).permutation(len(unique))", "order = np.arange(len(unique))",
+      "tests/test_catalogue.py"),
+    m("splits", "phi3v/data/splits.py",
+      "return product_split[inverse]", "return product_split[np.arange(len(inverse)) % len(unique)]",
+      "tests/test_catalogue.py"),
+    m("splits", "phi3v/data/splits.py",
+      "return np.sort(np.random.default_rng(seed).permutation(num_rows)[:limit])",
+      "return np.random.default_rng(seed).permutation(num_rows)[:limit]",
+      "tests/test_catalogue.py"),
+    # ---- samplers -------------------------------------------------------------------------------------------
+    m("sampler", "phi3v/data/sampler.py",
+      "longest = int(np.argmax(self.lengths[batches[:, 0]]))  # rows are sorted: column 0 holds each row's maximum",
+      "longest = 0",
+      "tests/test_sampler.py"),
+    m("sampler", "phi3v/data/sampler.py",
+      "rng = np.random.default_rng(self.seed + epoch)", "rng = np.random.default_rng(self.seed)",
+      "tests/test_sampler.py"),
+    m("sampler", "phi3v/data/sampler.py",
+      "self.epoch = epoch + (done == self.num_batches)", "self.epoch = epoch",
+      "tests/test_sampler.py"),
+    m("sampler", "phi3v/data/sampler.py",
+      "padding = np.arange(total) >= n  # the repeats; sorted along with their slots below",
+      "padding = np.zeros(total, dtype=bool)",
+      "tests/test_sampler.py"),
+    m("sampler", "phi3v/data/eval_sampler.py",
+      "padding = np.arange(total) >= n", "padding = np.zeros(total, dtype=bool)",
+      "tests/test_sampler.py"),
+    # ---- collate labels -------------------------------------------------------------------------------------
+    m("labels", "phi3v/data/collate.py",
+      "supervised = [s.image is not None and not s.padding for s in samples]",
+      "supervised = [s.image is not None for s in samples]  # padding repeats supervised",
+      "tests/test_datamodule.py"),
+    m("labels", "phi3v/data/collate.py",
+      'encoded["labels"][~torch.tensor(supervised)] = IGNORE_INDEX', "pass",
+      "tests/test_datamodule.py"),
+    # ---- losses ---------------------------------------------------------------------------------------------
+    m("losses", "phi3v/training/losses.py",
+      'losses = F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none")',
+      'losses = F.cross_entropy(logits[:, 1:][mask].float(), targets[mask], reduction="none")  # unshifted',
+      "tests/test_distributed_units.py", UNITS, "-k", "per_sample or token_mean"),
+    m("losses", "phi3v/training/module.py",
+      "mean = totals[0] / totals[1].clamp(min=1)", "mean = totals[0] / totals[2].clamp(min=1)  # per sample",
+      UNITS, "-k", "token_mean"),
+    # ---- checkpoints and resume -----------------------------------------------------------------------------
+    m("checkpoints", "phi3v/training/module.py",
+      'checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}',
+      "pass  # frozen base weights saved too",
+      UNITS, "-k", "checkpoints_hold_only"),
+    m("checkpoints", "phi3v/training/module.py",
+      'self.nonfinite_total = checkpoint.get("nonfinite_total", 0)', "self.nonfinite_total = 0",
+      UNITS, "-k", "checkpoints_hold_only"),
+    m("checkpoints", "phi3v/data/sampler.py",
+      "self._yielded = self._resume_from = done % self.num_batches", "self._yielded = self._resume_from = 0",
+      "tests/test_sampler.py"),
+    # ---- export ---------------------------------------------------------------------------------------------
+    m("export", "phi3v/training/export.py",
+      "hollow = sorted(key for key, shape in shapes.items() if 0 in shape)", "hollow = []",
+      "tests/test_export.py"),
+    m("export", "phi3v/training/export.py",
+      "missing = sorted(expected - set(shapes))", "missing = []",
+      "tests/test_export.py"),
+    m("evaluation", "phi3v/training/gathering.py",
+      "if len(set(indices)) != len(indices):", "if False:  # duplicates scored twice",
+      "tests/test_distributed_units.py"),
+    # ---- download -------------------------------------------------------------------------------------------
+    m("download", "phi3v/data/download.py",
+      "retryable = status == 429 or status >= 500  # overload and server errors may pass; other 4xx will not",
+      "retryable = status >= 500",
+      "tests/test_download.py"),
+    m("download", "phi3v/data/download.py",
+      'if parts.scheme.lower() not in ("http", "https") or not parts.hostname:',
+      'if parts.scheme.lower() not in ("http", "https", "file") or not parts.hostname:',
+      "tests/test_download.py"),
+    m("download", "phi3v/data/download.py",
+      "if len(body) > settings.max_bytes:", "if False:  # no cap while streaming",
+      "tests/test_download.py"),
+    m("download", "phi3v/data/download.py",
+      "if not failure.retryable or attempt == settings.retries:", "if not failure.retryable:",
+      "tests/test_download.py"),
+    # ---- more claims of the README ----------------------------------------------------------------------------
+    m("download", "phi3v/data/download.py",
+      'return hashlib.sha256(url.strip().encode("utf-8", "surrogatepass")).hexdigest()[:32]',
+      'return hashlib.sha256(url.strip().encode("utf-8", "surrogatepass")).hexdigest()[:16]',
+      "tests/test_download.py"),
+    m("images", "phi3v/data/images.py",
+      "image.load()  # decodes the first frame only; later frames of animations are never read",
+      "pass  # the body is never decoded",
+      "tests/test_images.py"),
+    m("images", "phi3v/data/images.py",
+      "if width * height > max_pixels:", "if width * height > 2 * max_pixels:",
+      "tests/test_images.py"),
+    m("losses", "phi3v/training/module.py",
+      "if global_tokens == 0 or not torch.isfinite(mean):", "if global_tokens == 0:",
+      UNITS, "-k", "nonfinite"),
+    m("losses", "phi3v/training/module.py",
+      "if self.nonfinite_in_a_row >= self.evaluation.max_nonfinite_steps:",
+      "if self.nonfinite_in_a_row > self.evaluation.max_nonfinite_steps:",
+      UNITS, "-k", "nonfinite"),
+    m("labels", "phi3v/data/collate.py",
+      'generate = self.processor.tokenize(prompts, counts, None, "left")',
+      'generate = self.processor.tokenize(prompts, counts, None, "right")',
+      "tests/test_datamodule.py"),
+    m("evaluation", "phi3v/data/datamodule.py",
+      "return np.sort(np.random.default_rng(self.split_seed).permutation(count)[: self.val_limit])",
+      "return np.arange(self.val_limit)",
+      "tests/test_datamodule.py", "-k", "val_limit"),
+    m("baselines", "phi3v/training/reporting.py",
+      "better = operator.lt if key in LOWER_IS_BETTER else operator.gt",
+      "better = operator.le if key in LOWER_IS_BETTER else operator.ge",
+      "tests/test_reporting.py"),
+    m("evaluation", "phi3v/training/gathering.py",
+      'records = sorted(records, key=lambda record: record["index"])', "records = list(records)",
+      "tests/test_distributed_units.py"),
+    m("export", "phi3v/training/export.py",
+      "if not shapes:", "if False:  # an empty export ships",
+      "tests/test_export.py"),
+]
+
+
+def locate(mutation: Mutation) -> tuple[Path, str, str] | None:
+    """(file, its text, the mutated text), or None when the original line is not there exactly once."""
+    path = REPO / mutation.path
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if line.strip() == mutation.original]
+    if len(hits) != 1:
+        return None
+    line = lines[hits[0]]
+    indent = line[: len(line) - len(line.lstrip())]
+    ending = line[len(line.rstrip("\r\n")) :]
+    lines[hits[0]] = indent + mutation.mutated + ending
+    return path, text, "".join(lines)
+
+
+def compiles(text: str) -> bool:
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
+        handle.write(text)
+    try:
+        py_compile.compile(handle.name, doraise=True)
+        return True
+    except py_compile.PyCompileError:
+        return False
+    finally:
+        os.unlink(handle.name)
+
+
+def run(mutation: Mutation, timeout: float) -> tuple[str, float]:
+    located = locate(mutation)
+    if located is None:
+        return "stale", 0.0
+    path, original, mutated = located
+    if not compiles(mutated):
+        return "error", 0.0
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests]
+    started = time.monotonic()
+    try:
+        path.write_text(mutated)
+        done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, timeout=timeout)
+        code = done.returncode
+    except subprocess.TimeoutExpired:
+        code = 1  # a hang the selection would report as a failure in CI (its own timeouts)
+    finally:
+        path.write_text(original)
+    outcome = {0: "SURVIVED", 1: "caught"}.get(code, "error")
+    return outcome, time.monotonic() - started
+
+
+def selected(arguments: argparse.Namespace) -> list[tuple[int, Mutation]]:
+    numbered = list(enumerate(MUTATIONS, start=1))
+    if arguments.only:
+        wanted = {int(n) for n in arguments.only.split(",")}
+        return [(n, mutation) for n, mutation in numbered if n in wanted]
+    return [(n, mutation) for n, mutation in numbered if not (arguments.fast and mutation.slow)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="print the mutations and exit")
+    parser.add_argument("--check", action="store_true", help="only check that every original line is present")
+    parser.add_argument("--only", help="comma-separated mutation numbers (see --list)")
+    parser.add_argument("--fast", action="store_true", help="skip the mutations whose tests start train.py")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutation's test run")
+    arguments = parser.parse_args()
+    chosen = selected(arguments)
+    if arguments.list or arguments.check:
+        stale = 0
+        for n, mutation in chosen:
+            found = locate(mutation) is not None
+            stale += not found
+            if arguments.list or not found:
+                flag = "" if found else "  [stale: line not found once]"
+                slow = " (slow)" if mutation.slow else ""
+                print(f"{n:3d} {mutation.area:14s} {mutation.path}{slow}{flag}\n"
+                      f"      - {mutation.original}\n      + {mutation.mutated}\n      tests: {' '.join(mutation.tests)}")
+        print(f"{len(chosen)} mutations, {stale} stale")
+        return 1 if stale else 0
+    counts: dict[str, int] = {}
+    for n, mutation in chosen:
+        outcome, seconds = run(mutation, arguments.timeout)
+        counts[outcome] = counts.get(outcome, 0) + 1
+        print(f"{n:3d} {outcome:8s} {seconds:6.1f} s  {mutation.area:14s} {mutation.path}: {mutation.mutated}",
+              flush=True)
+    print(", ".join(f"{counts.get(k, 0)} {k}" for k in ("caught", "SURVIVED", "error", "stale"))
+          + f" of {len(chosen)}")
+    return 1 if counts.get("SURVIVED") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
