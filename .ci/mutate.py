@@ -117,7 +117,8 @@ MUTATIONS: list[Mutation] = [
       '"price_mape": _ratio(self.capped_ape_sum, parsed),  # unparsed answers ignored',
       "tests/test_metrics.py"),
     m("metrics", "phi3v/task.py",
-      "return 100.0 * (predicted - truth) / abs(truth)", "return 100.0 * (predicted - truth) / max(abs(predicted), 1e-9)",
+      "return 100.0 * (predicted - truth) / abs(truth)",
+      "return 100.0 * (predicted - truth) / max(abs(predicted), 1e-9)",
       "tests/test_metrics.py", "tests/test_inference.py"),
     m("metrics", "phi3v/training/metrics.py",
       "median = torch.quantile(apes, 0.5) if apes.numel() else _nan_like(count)  # mean of the middle two",
@@ -338,8 +339,9 @@ def main() -> int:
             if arguments.list or not found:
                 flag = "" if found else "  [stale: line not found once]"
                 slow = " (slow)" if mutation.slow else ""
+                tests = " ".join(mutation.tests)
                 print(f"{n:3d} {mutation.area:14s} {mutation.path}{slow}{flag}\n"
-                      f"      - {mutation.original}\n      + {mutation.mutated}\n      tests: {' '.join(mutation.tests)}")
+                      f"      - {mutation.original}\n      + {mutation.mutated}\n      tests: {tests}")
         print(f"{len(chosen)} mutations, {stale} stale")
         return 1 if stale else 0
     counts: dict[str, int] = {}
