@@ -69,11 +69,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-    from phi3v.training.callbacks import EvaluationReport, LastCheckpoint, SigtermCheckpoint
+    from phi3v.training.callbacks import EvaluationReport, LastCheckpoint, SigtermCheckpoint, TrainedBatches
     from phi3v.training.strategies import build_strategy
 
     checkpoints = run_dir / "checkpoints"
     callbacks = [
+        TrainedBatches(),  # first: the checkpoints below count the batch that just ended
         # enable_version_counter=False: a resumed run replaces best.ckpt instead of adding best-v1.ckpt
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                         save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
@@ -258,3 +259,35 @@ def test_baselines_are_fitted_on_the_train_split_and_scored_on_val_and_test(prep
             sum(abs(p - mean) for p in prices) / len(prices), rel=1e-9)
         assert scores[split]["train_mean"]["category_accuracy"] == pytest.approx(
             sum(c == majority for c in categories) / len(categories))
+
+
+class _Constant(L.LightningModule):
+    """Trains one weight whatever the batch: only the loop's progress matters here."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.weight**2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("steps", [3, 5])
+def test_checkpoints_count_trained_batches_not_the_batches_the_loader_fetched_ahead(
+        prepared, processor, tmp_path, steps):
+    """A loader worker prefetches batches, so the sampler has yielded more than `steps` when `last.ckpt`
+    is written at step `steps`; the state a resume starts from must say `steps` (TrainedBatches reports)."""
+    from phi3v.training.callbacks import LastCheckpoint, TrainedBatches
+
+    data_dir, _ = prepared
+    module = make(data_dir, processor, num_workers=1)
+    trainer = L.Trainer(max_steps=steps, callbacks=[TrainedBatches(), LastCheckpoint(tmp_path)], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu")
+    trainer.fit(_Constant(), datamodule=module)
+    assert module.train_sampler.state_dict()["batches_yielded"] > steps  # what the loader fetched
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["ProductDataModule"]["train_sampler"]
+    assert (state["epoch"], state["batches_yielded"]) == (0, steps)

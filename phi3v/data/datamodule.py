@@ -126,6 +126,7 @@ class ProductDataModule(L.LightningDataModule):
         self.lengths: dict[str, np.ndarray] = {}
         self.train_sampler: LengthGroupedBatchSampler | None = None
         self._restored_sampler: dict | None = None
+        self._trained_in_epoch: int | None = None  # see record_trained
 
     def connect(self, processor: Phi3VProcessor) -> None:
         """Inject the processor (tokenizer + num_crops) once the model side is built."""
@@ -230,14 +231,19 @@ class ProductDataModule(L.LightningDataModule):
         return self._eval_loader("test", "eval")
 
     # ---- resuming (Lightning stores this in every checkpoint) ------------------------------
+    def record_trained(self, batches: int | None) -> None:
+        """How many train batches of the current epoch have been trained (None: as many as the sampler
+        yielded, true before the epoch's first batch is fetched). The loader runs ahead of training
+        (loader workers prefetch), so a resume must skip the trained batches, not the yielded ones;
+        the training loop reports them (`phi3v.training.callbacks.TrainedBatches`)."""
+        self._trained_in_epoch = batches
+
     def state_dict(self) -> dict:
         if self.train_sampler is None:
             return {}
         state = self.train_sampler.state_dict()
-        if self.trainer is not None:
-            # The sampler runs ahead of training when workers prefetch; what counts is how many
-            # batches were trained in this epoch, which Lightning's progress tracker knows.
-            state["batches_yielded"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if self._trained_in_epoch is not None:
+            state["batches_yielded"] = self._trained_in_epoch
         return {"train_sampler": state}
 
     def load_state_dict(self, state: dict) -> None:

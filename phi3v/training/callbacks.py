@@ -1,4 +1,5 @@
-"""Rank-aware side effects of a training run: plots, prediction tables, last and SIGTERM checkpoints."""
+"""Rank-aware side effects of a training run: plots, prediction tables, last and SIGTERM checkpoints,
+the trained-batch count a resume starts from."""
 
 from __future__ import annotations
 
@@ -65,6 +66,23 @@ class EvaluationReport(L.Callback):
                 # Lightning's WandbLogger plots everything against "trainer/global_step" and lets W&B count its
                 # own steps (one per log call); an explicit step= below that count is dropped with a warning.
                 logger.experiment.log({**media, "trainer/global_step": trainer.global_step})
+
+
+class TrainedBatches(L.Callback):
+    """Tells the datamodule how many train batches of the epoch were trained, for its resumable state
+    (`ProductDataModule.record_trained`). First in the callback list: checkpoints written in the same
+    hook (`LastCheckpoint`, `every_n_train_steps`) must see this batch counted. Lightning's `batch_idx`
+    continues across a mid-epoch resume, so `batch_idx + 1` is the epoch's count."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        record = getattr(trainer.datamodule, "record_trained", None)
+        if record is not None:
+            record(batch_idx + 1)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        record = getattr(trainer.datamodule, "record_trained", None)
+        if record is not None:
+            record(None)  # no batch of this epoch has ended: the sampler's count (0, or a resume's) holds
 
 
 class SigtermCheckpoint(L.Callback):
