@@ -167,8 +167,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
+    from phi3v.modeling.model_spec import load_processor
     from phi3v.training.launch import prepare_once
-    from phi3v.training.model_spec import load_processor
     from phi3v.training.module import Phi3VLitModule
     from phi3v.training.sharding import gathered_adapter_state
 

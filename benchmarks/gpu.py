@@ -49,11 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from phi3v.modeling.masking import training_attention_mask  # noqa: E402
+from phi3v.modeling.model_spec import ModelSpec, load_processor  # noqa: E402
 from phi3v.modeling.random_weights import build_random_model  # noqa: E402
 from phi3v.task import PromptTemplate  # noqa: E402
 from phi3v.training.lora import LoraSpec, apply_lora  # noqa: E402
 from phi3v.training.losses import supervised_loss_sum  # noqa: E402
-from phi3v.training.model_spec import ModelSpec, load_processor  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 ANSWER = "Product: Vintage Check Cashmere Scarf, Category: Scarves, Full Price: 490.00"

@@ -35,12 +35,12 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu import recipe_lora  # noqa: E402
 from phi3v.modeling.configuration import CLIP_VIT_L_14_336  # noqa: E402
 from phi3v.modeling.masking import training_attention_mask  # noqa: E402
+from phi3v.modeling.model_spec import DTYPES, ModelSpec, load_processor  # noqa: E402
 from phi3v.modeling.quantization import weight_bytes  # noqa: E402
 from phi3v.modeling.random_weights import build_random_model  # noqa: E402
 from phi3v.task import PromptTemplate  # noqa: E402
 from phi3v.training.lora import apply_lora  # noqa: E402
 from phi3v.training.losses import supervised_loss_sum  # noqa: E402
-from phi3v.training.model_spec import DTYPES, ModelSpec, load_processor  # noqa: E402
 
 ANSWERS = ["Product: Vintage Check Cashmere Scarf, Category: Scarves, Full Price: 490.00",
            "Product: Trench Coat, Category: Coats, Full Price: 2,290.00"]

@@ -57,7 +57,7 @@ def check_export_dir(key: str, directory: str) -> None:
 
 def check_dtype(dtype: str | None) -> None:
     """null (the export's own dtype) or a dtype name a model spec accepts."""
-    dtypes = source_constant("phi3v.training.model_spec.DTYPES")  # read from source: no torch import
+    dtypes = source_constant("phi3v.modeling.model_spec.DTYPES")  # read from source: no torch import
     if dtype is not None and dtype not in dtypes:
         raise UsageError(f"dtype={dtype}: choose one of {', '.join(dtypes)} (or null for the export's)")
 

@@ -85,7 +85,7 @@ def _devices() -> tuple[Callable[[Any], bool], str]:
 def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     """Full key -> (check, what is allowed). Keys absent from a config (e.g. optimizer.momentum with
     adamw) are skipped."""
-    dtypes = source_constant("phi3v.training.model_spec.DTYPES")
+    dtypes = source_constant("phi3v.modeling.model_spec.DTYPES")
     return {
         "seed": _at_least(0),
         "optimizer.lr": _positive(),

@@ -38,10 +38,23 @@ _SCHEMAS: dict[str, type] = {}
 # ---- reading constructors from source ------------------------------------------------------------
 @functools.cache
 def _module_tree(module: str) -> ast.Module:
-    spec = importlib.util.find_spec(module)  # imports the parent packages only (their __init__ is light)
-    if spec is None or spec.origin is None:
+    path = _source_path(module)
+    return ast.parse(path.read_text(), str(path))
+
+
+def _source_path(module: str) -> Path:
+    """The file of `module`, found without importing its parent packages (`find_spec` of a submodule
+    imports them, and `phi3v.modeling`'s __init__ imports torch and transformers)."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"config schema: no source for module {module}")
-    return ast.parse(Path(spec.origin).read_text(), spec.origin)
+    for location in spec.submodule_search_locations:
+        base = Path(location).joinpath(*rest)
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+    raise ImportError(f"config schema: no source for module {module}")
 
 
 def _absolute(module: str, node: ast.ImportFrom) -> str:
@@ -191,7 +204,7 @@ def _node(target: str, supplied: tuple[str, ...] = ()) -> Any:
 # ---- schemas of nodes without a constructor of ours ----------------------------------------------
 @dataclasses.dataclass
 class ModelSchema:
-    spec: Any = _node("phi3v.training.model_spec.ModelSpec")
+    spec: Any = _node("phi3v.modeling.model_spec.ModelSpec")
     lora: Any = _node("phi3v.training.lora.LoraSpec")
 
 

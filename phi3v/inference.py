@@ -6,7 +6,7 @@ loads the export first).
 
 An export directory (written by phi3v.training.export) holds
   adapter_config.json + adapter_model.safetensors   (LoRA)  or  config.json + model.safetensors (full / merged)
-  model_spec.json    how to rebuild the base model (phi3v.training.model_spec.ModelSpec)
+  model_spec.json    how to rebuild the base model (phi3v.modeling.model_spec.ModelSpec)
   prompt.json        the PromptTemplate the model was trained with (inference asks the same question)
   processor files    tokenizer + preprocessor config, so inference never depends on the training config
 
@@ -29,8 +29,8 @@ import torch
 from phi3v.files import atomic_write
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.modeling.batch import model_inputs
+from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.task import ParsedAnswer, PromptTemplate, price_error_pct
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def one_thread():
 def processor(request):
     """The tiny preset's processor; a module's `SPEC` (a ModelSpec) sets its num_crops (default: the
     preset's 4)."""
-    from phi3v.training.model_spec import ModelSpec, load_processor
+    from phi3v.modeling.model_spec import ModelSpec, load_processor
 
     return load_processor(getattr(request.module, "SPEC", ModelSpec()))
 

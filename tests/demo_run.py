@@ -16,10 +16,10 @@ from PIL import Image
 
 from phi3v.data.splits import write_splits
 from phi3v.inference import prediction_row, write_predictions
+from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.task import PromptTemplate
 from phi3v.training.export import export_adapter
 from phi3v.training.lora import LoraSpec, apply_lora
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 
 TEMPLATE = PromptTemplate()
 # (product id, colour, title, category, true price, predicted answer as training stored it)

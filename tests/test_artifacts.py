@@ -12,9 +12,9 @@ from demo_run import PRODUCTS, build_demo_run
 from wandb_offline import offline_artifacts
 
 from phi3v.inference import COLUMNS
+from phi3v.modeling.model_spec import ModelSpec
 from phi3v.task import PromptTemplate
 from phi3v.training.artifacts import is_best, log_run_artifacts, model_artifact_name
-from phi3v.training.model_spec import ModelSpec
 
 pytestmark = pytest.mark.unit
 

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 
 from phi3v.config_schema import register_schemas
 from phi3v.modeling import IGNORE_INDEX, build_tiny_model, padding_only_trails, training_attention_mask
+from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora
-from phi3v.training.model_spec import ModelSpec, load_base_model
 from phi3v.training.module import EvalSpec, Phi3VLitModule
 
 pytestmark = pytest.mark.unit

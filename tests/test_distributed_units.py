@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
+from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.task import PromptTemplate
 from phi3v.training.gathering import gather_records
 from phi3v.training.launch import external_cluster, join_external_launch
 from phi3v.training.lora import LoraSpec, apply_lora
 from phi3v.training.losses import per_sample_loss
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.sharding import gathered_adapter_state, shard_units
 
 pytestmark = pytest.mark.unit

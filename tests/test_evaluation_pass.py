@@ -18,9 +18,9 @@ import phi3v.training.module as module_code
 from phi3v.config_schema import register_schemas
 from phi3v.data.collate import Phi3VCollator
 from phi3v.data.dataset import Sample
+from phi3v.modeling.model_spec import ModelSpec
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec
-from phi3v.training.model_spec import ModelSpec
 from phi3v.training.module import EvalSpec, Phi3VLitModule
 
 pytestmark = pytest.mark.unit

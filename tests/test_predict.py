@@ -138,7 +138,7 @@ def trained_run(tmp_path_factory) -> Path:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from phi3v.training.model_spec import ModelSpec, load_processor
+    from phi3v.modeling.model_spec import ModelSpec, load_processor
 
     run = tmp_path_factory.mktemp("run")
     build_adapter(run / "adapter")
@@ -166,8 +166,8 @@ def test_split_test_is_exactly_the_runs_held_out_products(trained_run, tmp_path,
 
 
 def test_a_catalogue_the_run_never_saw_is_predicted_whole_and_said_so(tmp_path):
+    from phi3v.modeling.model_spec import ModelSpec, load_processor
     from phi3v.predict import run_products
-    from phi3v.training.model_spec import ModelSpec, load_processor
 
     run = tmp_path / "run"
     run.mkdir()

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from phi3v.modeling import Phi3VForCausalLM, build_tiny_model
+from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.modeling.quantization import (
     QuantizationUnavailable,
     is_quantized,
@@ -28,7 +29,6 @@ from phi3v.modeling.quantization import (
 )
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.training.module import Phi3VLitModule
 from phi3v.training.quantized import quantized_run_problems
 

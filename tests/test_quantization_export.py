@@ -15,9 +15,9 @@ from test_export import TEMPLATE, adapted_model, logits, product_image
 
 from phi3v.inference import greedy_answers, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
+from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.modeling.quantization import QUANTIZATIONS, is_quantized_model
 from phi3v.training.export import export_adapter
-from phi3v.training.model_spec import ModelSpec, load_base_model, load_processor
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
-from phi3v.training.model_spec import ModelSpec, load_base_model
 from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng
 from phi3v.training.schedules import lr_factor, warmup_schedule
 

@@ -26,8 +26,8 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
+from phi3v.modeling.model_spec import ModelSpec
 from phi3v.task import PromptTemplate
-from phi3v.training.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

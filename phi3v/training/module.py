@@ -23,13 +23,13 @@ import torch
 from phi3v.inference import greedy_answers
 from phi3v.modeling import Phi3VProcessor, training_attention_mask
 from phi3v.modeling.batch import eval_inputs, model_inputs
+from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.task import PromptTemplate
 
 from .gathering import gather_records
 from .lora import LoraSpec, apply_lora, trainable_parameter_names
 from .losses import per_sample_loss, supervised_loss_sum
 from .metrics import ProductMetrics
-from .model_spec import ModelSpec, load_base_model
 from .quantized import check_quantized_run
 from .sharding import ShardingSpec, full_tensor, shard_model
 

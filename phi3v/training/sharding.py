@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from phi3v.modeling.model_spec import DTYPES
+
 from .lora import trainable_parameter_names
-from .model_spec import DTYPES
 
 
 @dataclass(frozen=True)

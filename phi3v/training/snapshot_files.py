@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from phi3v.modeling.hub import resolve_snapshot
-from phi3v.training.model_spec import ModelSpec
+from phi3v.modeling.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
