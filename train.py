@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,18 +20,20 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from phi3v.cli import start
 from phi3v.config_checks import ConfigError, check_config
-from phi3v.config_schema import register_schemas
 from phi3v.training.launch import join_external_launch, run_dir_for
 
 if TYPE_CHECKING:
     import lightning as L
 
     from phi3v.data.datamodule import ProductDataModule
+    from phi3v.modeling import Phi3VProcessor
+    from phi3v.modeling.model_spec import ModelSpec
+    from phi3v.training.module import Phi3VLitModule
     from phi3v.training.sharding import ShardingSpec
 
 log = logging.getLogger("phi3v.train")
-MIN_JUDGED = 30  # answers below which a verdict against the baselines is noise (a smoke run evaluates a few)
 
 
 def baselines_for(datamodule: ProductDataModule) -> dict:
@@ -141,10 +144,6 @@ def check_launch(cfg: DictConfig) -> None:
         raise SystemExit("\n".join(problems))
 
 
-# Typed schemas for conf/ (typos and wrong types fail naming the key); must precede composition.
-register_schemas()
-
-
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     try:
@@ -164,7 +163,6 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     except ConfigError as problem:
         raise SystemExit(f"error: {problem}") from None
     import lightning as L
-    from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only
 
     from phi3v.modeling.model_spec import load_processor
@@ -195,73 +193,100 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # a plain dict, no objects
     trainer = build_trainer(cfg, run_dir, logger)
-    exit_code = 1
+    trained, finished = None, False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # verbose=False: the summary at the end replaces Lightning's table of every logged metric
         if datamodule.val_subset() is not None and cfg.trainer.limit_val_batches and not trainer.interrupted:
-            trainer.validate(module, datamodule=datamodule, ckpt_path=None)  # the whole split (data.val_limit)
+            trainer.validate(module, datamodule=datamodule, ckpt_path=None, verbose=False)  # the whole split
         objective = trainer.callback_metrics.get(cfg.checkpoint.monitor)  # before test() clears the metrics
         if cfg.test and len(datamodule.datasets["test"]):
-            trainer.test(module, datamodule=datamodule, ckpt_path=None)
+            trainer.test(module, datamodule=datamodule, ckpt_path=None, verbose=False)
         # Under FSDP every rank holds a shard of the trained weights: all take part in gathering them.
         trained = gathered_adapter_state(module.model) if cfg.export else None
-        if trainer.is_global_zero:
-            finish(cfg, trainer, module, datamodule, processor, spec, run_dir, trained)
-        exit_code = 0
+        finished = True
     finally:
-        # Close this job's W&B run (marked failed on an exception): the next job of a multirun starts its own.
-        if trainer.is_global_zero and isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish(exit_code=exit_code)
+        run = RunEnd(cfg, trainer, module, datamodule, processor, spec, run_dir, trained)
+        rank_zero_only(end_of_run)(run, finished)
     return None if objective is None or not math.isfinite(float(objective)) else float(objective)
 
 
-def finish(cfg, trainer, module, datamodule, processor, spec, run_dir: Path, trained: dict | None) -> None:
+@dataclass(frozen=True)
+class RunEnd:
+    """What the end of a run works with; `trained` is the gathered adapter state (None: no export)."""
+
+    cfg: DictConfig
+    trainer: L.Trainer
+    module: Phi3VLitModule
+    datamodule: ProductDataModule
+    processor: Phi3VProcessor
+    spec: ModelSpec
+    run_dir: Path
+    trained: dict | None
+
+
+def end_of_run(run: RunEnd, finished: bool) -> None:
+    """Rank zero's work after training (train() calls it on rank zero only): after a finished run the adapter
+    export, its W&B artifacts and the summary; in every case the W&B run is closed, marked failed after an
+    exception, so the next job of a multirun starts its own."""
+    from phi3v.training.reporting import try_commands
+
+    wandb_run = _wandb_run(run.trainer.logger)
+    succeeded = False
+    try:
+        if finished:
+            adapter = export(run, wandb_run) if run.cfg.export else None
+            offline = Path(wandb_run.dir).parent if wandb_run is not None and wandb_run.offline else None
+            print("\n" + summary(run.module, try_commands(adapter, offline)))
+            print(f"\nrun dir: {run.run_dir}")
+            succeeded = True
+    finally:
+        if wandb_run is not None:
+            wandb_run.finish(exit_code=0 if succeeded else 1)
+
+
+def _wandb_run(logger):
+    """The W&B run this job's logger started, if it started one (never starts one)."""
     from lightning.pytorch.loggers import WandbLogger
 
+    if not isinstance(logger, WandbLogger):
+        return None
+    import wandb
+
+    return wandb.run  # the process's current run: the logger's, created on its first use
+
+
+def export(run: RunEnd, wandb_run) -> Path:
+    """The adapter under <run>/adapter; with W&B, also the model and prediction artifacts (staged for
+    `wandb sync` when offline)."""
     from phi3v.training.artifacts import best_score, log_run_artifacts
     from phi3v.training.export import export_adapter
-    from phi3v.training.reporting import summary_table
 
-    if cfg.export:
-        out = export_adapter(module.model, processor, spec, datamodule.template, run_dir / "adapter", trained)
-        log.info("adapter written to %s", out)
-        if isinstance(trainer.logger, WandbLogger):  # model + predictions artifacts (staged for `wandb sync` offline)
-            log_run_artifacts(trainer.logger.experiment, out, run_dir / "predictions", spec, datamodule.template,
-                              cfg.checkpoint.monitor, cfg.checkpoint.mode, best_score(trainer), module.last_scores)
-    for split, scores in module.last_scores.items():
-        baselines = module.baseline_scores.get(split, {})
-        print(f"\n{split} (generated answers vs baselines)")
-        print(summary_table(scores, baselines, keys=SUMMARY_KEYS))
-        if "train_mean" in baselines:
-            print(learning_verdict(scores, baselines))
-        history = module.loss_history.get(split, [])
-        if len(history) > 1:
-            print(f"{split} loss per evaluation: " + " -> ".join(f"{v:.3f}" for v in history))
-    print(f"\nrun dir: {run_dir}")
+    module, template = run.module, run.datamodule.template
+    out = export_adapter(module.model, run.processor, run.spec, template, run.run_dir / "adapter", run.trained)
+    log.info("adapter written to %s", out)
+    if wandb_run is not None:
+        log_run_artifacts(wandb_run, out, run.run_dir / "predictions", run.spec, template, run.cfg.checkpoint.monitor,
+                          run.cfg.checkpoint.mode, best_score(run.trainer), module.last_scores)
+    return out
 
 
-SUMMARY_KEYS = ("price_mape", "price_median_ape", "price_within_25pct", "category_accuracy", "title_similarity")
+def summary(module: Phi3VLitModule, commands: list[str]) -> str:
+    """Per evaluated split: the answers' metrics against the baselines and a verdict; then the overall
+    verdict and the commands to try the result."""
+    from phi3v.training.reporting import SplitResult, run_summary
 
-
-def learning_verdict(scores: dict, baselines: dict) -> str:
-    """The two questions a demo must answer: better prices than guessing the mean, better
-    categories than always naming the most common one?"""
-    mape, mean_mape = scores["price_mape"], baselines["train_mean"]["price_mape"]
-    count, parsed = int(scores.get("count", 0)), round(scores.get("parse_rate", 0) * scores.get("count", 0))
-    if count < MIN_JUDGED or not math.isfinite(mape):
-        return (
-            f"too little evaluated to judge: {count} answers, {parsed} with a readable price (at least {MIN_JUDGED} "
-            "needed; a smoke run? evaluate more with data.val_fraction, trainer.limit_val_batches or more steps)"
+    results = {
+        split: SplitResult(
+            scores, module.baseline_scores.get(split, {}),
+            distinct_answers=len({record["prediction"] for record in module.eval_records.get(split, [])}),
+            loss_history=module.loss_history.get(split, []),
         )
-    accuracy, majority = scores["category_accuracy"], baselines["train_mean"]["category_accuracy"]
-    price = "better" if mape < mean_mape else "NOT better"
-    category = "better" if accuracy > majority else "NOT better"
-    return (
-        f"price MAPE {mape:.1f}% vs train-mean baseline {mean_mape:.1f}%: {price}; "
-        f"category accuracy {accuracy:.3f} vs majority baseline {majority:.3f}: {category}"
-    )
+        for split, scores in module.last_scores.items()
+    }
+    return run_summary(results, commands)
 
 
 if __name__ == "__main__":
     sys.argv = join_external_launch(sys.argv)
-    main()
+    start(main)  # the typed schemas of conf/ first (typos and wrong types fail naming the key), then Hydra

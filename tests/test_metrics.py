@@ -13,6 +13,7 @@ from phi3v.training.metrics import (
     Baselines,
     ProductMetrics,
     baseline_metrics,
+    rank_correlation,
     text_similarity,
 )
 
@@ -145,7 +146,7 @@ def test_baseline_predictions():
 def test_baseline_metrics_exact():
     result = baseline_metrics(Baselines(40.0, 25.0, "a"), [20.0, 50.0], ["a", "b"], ["t1", "t2"])
     common = {"category_accuracy": 0.5, "title_exact_match": 0.0, "title_similarity": 0.0, "parse_rate": 1.0,
-              "count": 2.0, "price_within_10pct": 0.0}
+              "count": 2.0, "price_within_10pct": 0.0, "price_spearman": 0.0}  # a constant ranks nothing
     # mean 40: errors 20, 10 -> MAE 15; APEs 100%, 20% -> MAPE = median = 60; only 50 is within 25%
     assert result["train_mean"] == pytest.approx({**common, "price_mae": 15.0, "price_mape": 60.0,
         "price_mape_parsed": 60.0, "price_median_ape": 60.0, "price_within_25pct": 0.5})
@@ -201,3 +202,22 @@ def test_baselines_are_scored_with_the_capped_objective():
     result = baseline_metrics(Baselines(40.0, 25.0, "a"), [10.0], ["a"], ["t"])  # APEs 300% (mean), 150% (median)
     assert result["train_mean"]["price_mape"] == 100.0 and result["train_mean"]["price_mape_parsed"] == 300.0
     assert result["train_median"]["price_mape"] == 100.0 and result["train_median"]["price_mape_parsed"] == 150.0
+
+
+def test_rank_correlation_hand_computed():
+    # No ties: ranks of the predictions 3 1 2 5 4 vs 1 2 3 4 5, d = 2 -1 -1 1 -1, sum d^2 = 8:
+    # 1 - 6 * 8 / (5 * (25 - 1)) = 0.6
+    assert rank_correlation([30.0, 10.0, 20.0, 50.0, 40.0], [1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(0.6)
+    # A tie shares ranks 2 and 3: x ranks 1 2.5 2.5 4, y ranks 1 3 2 4, both centred on 2.5:
+    # cov = 2.25 + 0 + 0 + 2.25 = 4.5, var x = 4.5, var y = 5 -> 4.5 / sqrt(22.5) = 3 / sqrt(10)
+    assert rank_correlation([10.0, 20.0, 20.0, 40.0], [1.0, 3.0, 2.0, 4.0]) == pytest.approx(3 / math.sqrt(10))
+    # ranks, not values: any increasing function of the truth is a perfect 1, a decreasing one -1
+    assert rank_correlation([1.0, 10.0, 1000.0], [5.0, 6.0, 7.0]) == pytest.approx(1.0)
+    assert rank_correlation([3.0, 2.0, 1.0], [5.0, 6.0, 7.0]) == pytest.approx(-1.0)
+
+
+def test_rank_correlation_edges():
+    assert rank_correlation([500.0] * 4, [1.0, 2.0, 3.0, 4.0]) == 0.0  # the constant baselines
+    assert math.isnan(rank_correlation([1.0], [2.0])) and math.isnan(rank_correlation([], []))
+    with pytest.raises(ValueError, match="3 predictions and 2 truths"):
+        rank_correlation([1.0, 2.0, 3.0], [1.0, 2.0])

@@ -99,10 +99,10 @@ def test_prepare_burberry_schema_csv_with_local_urls(tmp_path, server):
 
 
 def test_importing_the_commands_changes_nothing():
-    """No import-time side effects: importing predict, prepare, export, app or the launch helpers registers
+    """No import-time side effects: importing train, predict, prepare, export, app or the launch helpers registers
     no config schema or resolver and fixes no start time; running a command (`cli.start`) does."""
     code = (
-        "import phi3v.predict, phi3v.prepare, phi3v.export, phi3v.app, phi3v.training.launch as launch\n"
+        "import train, phi3v.predict, phi3v.prepare, phi3v.export, phi3v.app, phi3v.training.launch as launch\n"
         "from hydra.core.config_store import ConfigStore\n"
         "from omegaconf import OmegaConf\n"
         "print(sorted(ConfigStore.instance().repo), OmegaConf.has_resolver('launch_time'),"

@@ -10,10 +10,16 @@ from PIL import Image
 from phi3v.inference import prediction_row
 from phi3v.task import ParsedAnswer
 from phi3v.training.reporting import (
+    SUMMARY_KEYS,
     TABLE_COLUMNS,
+    SplitResult,
     beats_baselines,
+    overall_verdict,
     price_scatter,
+    run_summary,
+    split_verdict,
     summary_table,
+    try_commands,
     wandb_prediction_table,
 )
 
@@ -105,6 +111,55 @@ def test_summary_table():
 
 def test_summary_table_default_keys():
     lines = summary_table(MODEL, BASELINES).splitlines()
-    expected = ["price_mape", "price_median_ape", "price_within_25pct", "category_accuracy", "title_similarity",
-                "parse_rate"]
+    expected = ["price_mape", "price_median_ape", "price_within_25pct", "price_spearman", "category_accuracy",
+                "title_similarity"]
     assert [line.split(" | ")[0].strip() for line in lines[2:]] == expected
+
+
+# A model that beats both baselines on every summary metric, and the baselines of 40 products.
+LEARNED = {"price_mape": 20.0, "price_median_ape": 15.0, "price_within_25pct": 0.6, "price_spearman": 0.8,
+           "category_accuracy": 0.9, "title_similarity": 0.7, "parse_rate": 1.0, "count": 40.0}
+CONSTANT = {"price_mape": 50.0, "price_median_ape": 40.0, "price_within_25pct": 0.3, "price_spearman": 0.0,
+            "category_accuracy": 0.125, "title_similarity": 0.0, "parse_rate": 1.0, "count": 40.0}
+CONSTANTS = {"train_mean": CONSTANT, "train_median": {**CONSTANT, "price_mape": 19.0}}
+
+
+def test_split_verdict():
+    assert split_verdict(LEARNED, {"train_mean": CONSTANT}) == (
+        True, "beats every baseline (train_mean) on all 6 metrics")
+    # the median baseline's MAPE of 19 beats the model's 20: one metric short is a no
+    assert split_verdict(LEARNED, CONSTANTS) == (False, "does NOT beat every baseline on price_mape")
+    judged, sentence = split_verdict({**LEARNED, "count": 29.0}, CONSTANTS)  # MIN_JUDGED is 30
+    assert judged is None and sentence.startswith("too little evaluated to judge: 29 answers, 29 with a readable")
+    assert split_verdict({**LEARNED, "parse_rate": 0.0}, CONSTANTS)[0] is None  # no price read at all
+
+
+def test_run_summary_has_every_split_the_verdict_and_the_commands():
+    results = {
+        "val": SplitResult(LEARNED, {"train_mean": CONSTANT}, distinct_answers=37, loss_history=[0.9, 0.45]),
+        "test": SplitResult({**LEARNED, "price_spearman": 0.75}, CONSTANTS, distinct_answers=35),
+    }
+    text = run_summary(results, try_commands("runs/a/adapter", "runs/a/wandb/offline-run-1"))
+    blocks = text.split("\n\n")
+    assert [block.splitlines()[0] for block in blocks] == [
+        "val: 40 answers, parse rate 1.000, 37 distinct; loss per evaluation 0.900 -> 0.450",
+        "test: 40 answers, parse rate 1.000, 35 distinct",
+        "verdict: NOT yet better than every baseline on test; test price rank correlation (Spearman) 0.750",
+        "try it:",
+    ]
+    val_table = blocks[0].splitlines()[1:-1]
+    assert val_table[0].split(" | ") == ["metric            ", "model  ", "train_mean", "beats baselines?"]
+    assert [line.split(" | ")[0].strip() for line in val_table[2:]] == list(SUMMARY_KEYS)
+    assert all(line.endswith("| yes") for line in val_table[2:])
+    assert blocks[0].splitlines()[-1] == "val verdict: beats every baseline (train_mean) on all 6 metrics"
+    assert blocks[1].splitlines()[-1] == "test verdict: does NOT beat every baseline on price_mape"
+    assert blocks[3].splitlines()[1:] == [
+        "  python -m phi3v.app adapter=runs/a/adapter  # web demo on http://127.0.0.1:7860",
+        "  python -m phi3v.predict adapter=runs/a/adapter image=<photo.jpg>",
+        "  python -m phi3v.predict adapter=runs/a/adapter split=test out=test_predictions.csv",
+        "  wandb sync runs/a/wandb/offline-run-1  # upload the offline W&B run",
+    ]
+    both = {split: SplitResult(LEARNED, {"train_mean": CONSTANT}, 40) for split in ("val", "test")}
+    assert overall_verdict(both) == ("verdict: the model learned: it beats every baseline on every metric on val "
+                                     "and test; test price rank correlation (Spearman) 0.800")
+    assert try_commands(None, None) == [] and "try it" not in run_summary(both)

@@ -70,7 +70,7 @@ def test_small_run_writes_everything(tmp_path):
     logged = history_counts(run)
     assert [logged[f"{split}/{media}"] for split in ("val", "test") for media in ("predictions", "price_scatter")] \
         == [2, 2, 1, 1]
-    assert "test (generated answers vs baselines)" in output and "price_mape" in output
+    assert_summary_shape(output, run)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert all("lora_" in k or "modules_to_save" in k for k in checkpoint["state_dict"])  # no frozen base weights
     # The adapter holds the trained values: those of the final checkpoint (PEFT drops the adapter name "default")
@@ -81,6 +81,27 @@ def test_small_run_writes_everything(tmp_path):
     for key, value in trained.items():
         assert torch.equal(adapter[key], value), key
     assert any(value.abs().sum() > 0 for key, value in trained.items() if "lora_B" in key)  # B starts at 0: trained
+
+
+def assert_summary_shape(output: str, run: Path) -> None:
+    """The end of a run: per split a counts line, the table (every summary metric, Spearman included) and a
+    verdict; the overall verdict; the commands that try the result. No Lightning table of logged metrics."""
+    from phi3v.training.reporting import SUMMARY_KEYS
+
+    summary = output[output.index("\nval: "):]
+    for split in ("val", "test"):  # 8 products each, all scored
+        block = summary[summary.index(f"{split}: 8 answers, parse rate "):]
+        rows = [line.split(" | ")[0].strip() for line in block.splitlines()[3:3 + len(SUMMARY_KEYS)]]
+        assert rows == list(SUMMARY_KEYS), block
+        assert block.splitlines()[3 + len(SUMMARY_KEYS)].startswith(f"{split} verdict: too little evaluated")
+    assert "\nverdict: too little evaluated to judge; test price rank correlation (Spearman) " in summary
+    offline = next((run / "wandb").glob("offline-run-*"))
+    commands = summary[summary.index("try it:\n"):].splitlines()[1:5]
+    assert [c.split("  #")[0].strip() for c in commands] == [
+        f"python -m phi3v.app adapter={run / 'adapter'}", f"python -m phi3v.predict adapter={run / 'adapter'} "
+        "image=<photo.jpg>", f"python -m phi3v.predict adapter={run / 'adapter'} split=test out=test_predictions.csv",
+        f"wandb sync {offline}"]
+    assert "Test metric" not in output and "Validate metric" not in output  # Lightning's tables are off
 
 
 def trainable_state(checkpoint_path: Path) -> tuple[int, dict]:

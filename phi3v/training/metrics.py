@@ -179,6 +179,40 @@ class ProductMetrics(torchmetrics.Metric):
         return dim_zero_cat(self.apes).to(torch.float64)
 
 
+def rank_correlation(predicted: Sequence[float], truth: Sequence[float]) -> float:
+    """Spearman's rank correlation: the Pearson correlation of the two sequences' ranks, tied values
+    sharing the mean of the ranks they span (so [5, 7, 7, 9] ranks 1, 2.5, 2.5, 4).
+
+    In [-1, 1]; 1 when the predictions order the products exactly as their true prices do. NaN with
+    fewer than two pairs; 0.0 when either side is constant: a constant prediction (the baselines)
+    ranks nothing.
+    """
+    if len(predicted) != len(truth):
+        raise ValueError(f"rank_correlation needs pairs, got {len(predicted)} predictions and {len(truth)} truths")
+    if len(predicted) < 2:
+        return math.nan
+    x, y = _ranks(predicted), _ranks(truth)
+    mean = (len(x) + 1) / 2  # the mean of any ranking of n items, ties included
+    covariance = math.fsum((a - mean) * (b - mean) for a, b in zip(x, y))
+    spread = math.sqrt(math.fsum((a - mean) ** 2 for a in x) * math.fsum((b - mean) ** 2 for b in y))
+    return 0.0 if spread == 0 else covariance / spread
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties getting the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start  # [start, end] is one run of equal values
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
 def _nan_like(reference: torch.Tensor) -> torch.Tensor:
     return torch.full_like(reference, math.nan, dtype=torch.float64)
 
@@ -228,12 +262,16 @@ def baseline_metrics(
 ) -> dict[str, dict[str, float]]:
     """`ProductMetrics` of the constant baselines on one split: {"train_mean": {...}, "train_median": {...}}.
 
-    Both predict the majority training category and no title (so title scores are 0).
+    Both predict the majority training category and no title (so title scores are 0), and one price for
+    every product, so their `price_spearman` is 0 (see `rank_correlation`).
     """
-    n = len(_as_floats(prices))
+    true_prices = _as_floats(prices)
+    n = len(true_prices)
     scores = {}
     for name, price in (("train_mean", "mean"), ("train_median", "median")):
         metric = ProductMetrics()
-        metric.update(baselines.predictions(n, price), prices, categories, titles)
+        answers = baselines.predictions(n, price)
+        metric.update(answers, prices, categories, titles)
         scores[name] = {key: float(value) for key, value in metric.compute().items()}
+        scores[name]["price_spearman"] = rank_correlation([a.price for a in answers], true_prices)
     return scores

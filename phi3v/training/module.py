@@ -29,7 +29,7 @@ from phi3v.task import PromptTemplate
 from .gathering import gather_records
 from .lora import LoraSpec, apply_lora, trainable_parameter_names
 from .losses import per_sample_loss, supervised_loss_sum
-from .metrics import ProductMetrics
+from .metrics import ProductMetrics, rank_correlation
 from .quantized import check_quantized_run
 from .sharding import ShardingSpec, full_tensor, shard_model
 
@@ -244,6 +244,8 @@ class Phi3VLitModule(L.LightningModule):
         metric.update([r["parsed"] for r in records], [r["price"] for r in records],
                       [r["category"] for r in records], [r["title"] for r in records])
         values = {key: float(value) for key, value in metric.compute().items()}
+        priced = [r for r in records if r["parsed"].price is not None]  # rank correlation over parsed prices
+        values["price_spearman"] = rank_correlation([r["parsed"].price for r in priced], [r["price"] for r in priced])
         tokens = sum(r["tokens"] for r in records)
         values["loss"] = math.fsum(r["loss_sum"] for r in records) / tokens if tokens else math.nan
         # identical on every rank already; sync_dist only keeps Lightning's distributed checks satisfied

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,12 +21,15 @@ from matplotlib.figure import Figure
 # Direction of each metric for `beats_baselines`; metrics not listed (e.g. `count`) are not compared.
 LOWER_IS_BETTER = frozenset({"price_mae", "price_mape", "price_mape_parsed", "price_median_ape"})
 HIGHER_IS_BETTER = frozenset(
-    {"price_within_10pct", "price_within_25pct", "category_accuracy", "title_exact_match", "title_similarity",
-     "parse_rate"}
+    {"price_within_10pct", "price_within_25pct", "price_spearman", "category_accuracy", "title_exact_match",
+     "title_similarity", "parse_rate"}
 )
+# The rows of the end-of-run summary, each compared with every baseline. The parse rate is reported above
+# the table instead: the constant baselines always give a price, so no model can beat their 1.0.
 SUMMARY_KEYS = (
-    "price_mape", "price_median_ape", "price_within_25pct", "category_accuracy", "title_similarity", "parse_rate"
+    "price_mape", "price_median_ape", "price_within_25pct", "price_spearman", "category_accuracy", "title_similarity"
 )
+MIN_JUDGED = 30  # answers below which a verdict against the baselines is noise (a smoke run evaluates a few)
 BAND = 0.25  # the shaded band: predictions within ±25% of the true price
 
 
@@ -159,3 +163,94 @@ def summary_table(
 
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{float(value):.4f}"
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """What the end-of-run summary says about one evaluated split.
+
+    Args:
+        scores: the model's metrics (`ProductMetrics` keys plus `price_spearman`).
+        baselines: {baseline name: its metrics} on the same products.
+        distinct_answers: how many different answer strings the model generated (a model that ignores
+            the photo repeats a few canned answers).
+        loss_history: the teacher-forced loss of each evaluation of this split, in order.
+    """
+
+    scores: Mapping[str, float]
+    baselines: Mapping[str, Mapping[str, float]]
+    distinct_answers: int
+    loss_history: Sequence[float] = field(default_factory=tuple)
+
+
+def split_verdict(scores: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> tuple[bool | None, str]:
+    """(beats every baseline on every summary metric?, the sentence saying so); None when too few answers
+    were scored to judge."""
+    count = int(scores.get("count", 0))
+    parsed = round(scores.get("parse_rate", 0) * count) if math.isfinite(scores.get("parse_rate", math.nan)) else 0
+    if count < MIN_JUDGED or parsed == 0:
+        return None, (
+            f"too little evaluated to judge: {count} answers, {parsed} with a readable price (at least {MIN_JUDGED} "
+            "needed; a smoke run? evaluate more with data.val_fraction, trainer.limit_val_batches or more steps)"
+        )
+    wins = beats_baselines(dict(scores), {k: dict(v) for k, v in baselines.items()}, SUMMARY_KEYS)
+    losses = [key for key in SUMMARY_KEYS if not wins.get(key, False)]
+    if not losses:
+        return True, f"beats every baseline ({', '.join(baselines)}) on all {len(SUMMARY_KEYS)} metrics"
+    return False, f"does NOT beat every baseline on {', '.join(losses)}"
+
+
+def split_summary(split: str, result: SplitResult) -> str:
+    """A line of counts, the metrics table against the baselines, and the split's verdict."""
+    count = int(result.scores.get("count", 0))
+    losses = " -> ".join(f"{value:.3f}" for value in result.loss_history)
+    lines = [
+        f"{split}: {count} answers, parse rate {result.scores.get('parse_rate', math.nan):.3f}, "
+        f"{result.distinct_answers} distinct" + (f"; loss per evaluation {losses}" if losses else ""),
+        summary_table(dict(result.scores), {k: dict(v) for k, v in result.baselines.items()}),
+        f"{split} verdict: {split_verdict(result.scores, result.baselines)[1]}",
+    ]
+    return "\n".join(lines)
+
+
+def run_summary(results: Mapping[str, SplitResult], commands: Sequence[str] = ()) -> str:
+    """The end of a training run: one summary per split, the overall verdict with the test split's price
+    rank correlation, then the commands that try the result."""
+    blocks = [split_summary(split, result) for split, result in results.items()]
+    blocks.append(overall_verdict(results))
+    if commands:
+        blocks.append("try it:\n" + "\n".join(f"  {command}" for command in commands))
+    return "\n\n".join(blocks)
+
+
+def overall_verdict(results: Mapping[str, SplitResult]) -> str:
+    """One line: did the model beat every baseline on every metric of every evaluated split?"""
+    if not results:
+        return "verdict: nothing evaluated (no val or test split scored)"
+    judged = {split: split_verdict(result.scores, result.baselines)[0] for split, result in results.items()}
+    splits = " and ".join(results)
+    if None in judged.values():
+        head = "verdict: too little evaluated to judge"
+    elif all(judged.values()):
+        head = f"verdict: the model learned: it beats every baseline on every metric on {splits}"
+    else:
+        missed = " and ".join(split for split, won in judged.items() if not won)
+        head = f"verdict: NOT yet better than every baseline on {missed}"
+    last = "test" if "test" in results else next(reversed(list(results)))
+    spearman = results[last].scores.get("price_spearman", math.nan)
+    return f"{head}; {last} price rank correlation (Spearman) {spearman:.3f}"
+
+
+def try_commands(adapter: str | os.PathLike | None, offline_wandb: str | os.PathLike | None = None) -> list[str]:
+    """The commands that try a finished run: the web demo and predictions from its adapter, and the
+    upload of an offline W&B run."""
+    commands = []
+    if adapter is not None:
+        commands += [
+            f"python -m phi3v.app adapter={adapter}  # web demo on http://127.0.0.1:7860",
+            f"python -m phi3v.predict adapter={adapter} image=<photo.jpg>",
+            f"python -m phi3v.predict adapter={adapter} split=test out=test_predictions.csv",
+        ]
+    if offline_wandb is not None:
+        commands.append(f"wandb sync {offline_wandb}  # upload the offline W&B run")
+    return commands
