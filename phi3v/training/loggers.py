@@ -55,9 +55,8 @@ def build_wandb_logger(
         project=project, entity=entity, save_dir=str(save_dir), mode=resolved, tags=list(tags or []), name=name,
         settings=wandb.Settings(init_timeout=init_timeout),
     )
-    # Lightning always passes `anonymous` to wandb.init, and W&B then warns the setting "has no effect":
-    # leaving it out changes nothing but the console.
-    logger._wandb_init.pop("anonymous", None)
+    # Lightning always passes `anonymous` to wandb.init, and W&B warns once that the setting "has no
+    # effect". Only Lightning's private init dict could drop it; the line is left as it is.
     return logger
 
 
