@@ -198,6 +198,12 @@ MUTATIONS: list[Mutation] = [
     m("checkpoints", "phi3v/data/sampler.py",
       "self._yielded = self._resume_from = done % self.num_batches", "self._yielded = self._resume_from = 0",
       "tests/test_sampler.py"),
+    m("checkpoints", "phi3v/training/callbacks.py",
+      "record(batch_idx + 1)", "record(batch_idx)  # one batch behind",
+      "tests/test_datamodule.py", "-k", "trained_batches"),
+    m("checkpoints", "phi3v/data/datamodule.py",
+      'state["batches_yielded"] = self._trained_in_epoch', "pass  # the loader's prefetched count kept",
+      "tests/test_datamodule.py", "-k", "trained_batches"),
     # ---- export ---------------------------------------------------------------------------------------------
     m("export", "phi3v/training/export.py",
       "hollow = sorted(key for key, shape in shapes.items() if 0 in shape)", "hollow = []",
