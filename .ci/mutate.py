@@ -102,10 +102,10 @@ MUTATIONS: list[Mutation] = [
       "if row.product_id in seen:", "if False:  # duplicates kept",
       "tests/test_catalogue.py"),
     m("catalogue", "phi3v/data/catalogue.py",
-      "if category.lower() in _PLACEHOLDERS:", "if False:  # placeholder categories kept verbatim",
+      "if category.lower() in PLACEHOLDERS:", "if False:  # placeholder categories kept verbatim",
       "tests/test_catalogue.py"),
     m("catalogue", "phi3v/data/catalogue.py",
-      'if not image or image.lower() in _PLACEHOLDERS:', "if not image:",
+      'if not image or image.lower() in PLACEHOLDERS:', "if not image:",
       "tests/test_catalogue.py"),
     # ---- metrics and baselines ------------------------------------------------------------------------------
     m("metrics", "phi3v/training/metrics.py",

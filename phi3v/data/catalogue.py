@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from phi3v.task import parse_number
 
 MISSING_CATEGORY = "N.A."
-_PLACEHOLDERS = {"", "n.a.", "n/a", "na", "nan", "none", "null", "-"}
+# Cells that mean "no value" in scraped catalogues (compared case-insensitively, after stripping): a
+# missing id, image URL or category, or no price. download.py reads the same set for image URLs.
+PLACEHOLDERS = frozenset({"", "n.a.", "n/a", "na", "nan", "none", "null", "-"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def parse_price(value: object) -> float:
         price = float(value)
     else:
         text = str(value).strip()
-        if text.lower() in _PLACEHOLDERS or text.lower() in {"inf", "-inf", "infinity"}:
+        if text.lower() in PLACEHOLDERS or text.lower() in {"inf", "-inf", "infinity"}:
             raise InvalidValue("bad_price", f"price is {value!r}")
         if text.startswith("-"):
             raise InvalidValue("bad_price", f"price is negative: {value!r}")
@@ -123,15 +125,15 @@ def validate_rows(records: Iterable[Mapping], columns: ColumnMap) -> tuple[list[
 
 
 def _validate_one(index: int, product_id: str, image: str, record: Mapping, columns: ColumnMap) -> ProductRow:
-    if not product_id or product_id.lower() in _PLACEHOLDERS:
+    if not product_id or product_id.lower() in PLACEHOLDERS:
         product_id = f"row-{index}"  # keep the row; ids only group splits and name predictions
     title = _text(record.get(columns.title))
     if not title:
         raise InvalidValue("empty_title", "title is empty")
-    if not image or image.lower() in _PLACEHOLDERS:
+    if not image or image.lower() in PLACEHOLDERS:
         raise InvalidValue("missing_image", f"image is {record.get(columns.image)!r}")
     price = parse_price(record.get(columns.price))
     category = _text(record.get(columns.category)) or MISSING_CATEGORY
-    if category.lower() in _PLACEHOLDERS:
+    if category.lower() in PLACEHOLDERS:
         category = MISSING_CATEGORY
     return ProductRow(index, product_id, title, category, price, image)

@@ -31,11 +31,10 @@ import requests
 from tqdm import tqdm
 from urllib3.exceptions import ReadTimeoutError
 
+from phi3v.data.catalogue import PLACEHOLDERS
 from phi3v.data.images import ImageRejected, inspect_image_bytes
 from phi3v.files import atomic_write_bytes
 
-# Cells that mean "no URL" in scraped catalogues (compared case-insensitively, after stripping).
-MISSING_URL_MARKERS = frozenset({"", "n.a.", "n/a", "na", "nan", "none", "null", "-"})
 MAX_REDIRECTS = 5  # CDNs use 1-2 hops; more is a loop or a tracking chain
 MAX_RETRY_AFTER = 30.0  # seconds; a server asking for longer is treated as if it asked for 30
 _CHUNK_BYTES = 64 * 1024  # streaming granularity: bounds overshoot past max_bytes to 64 KiB
@@ -213,7 +212,7 @@ def _url_problem(url: object) -> tuple[str, str] | None:
     if not isinstance(url, str):
         return "bad_url", f"not a string but {type(url).__name__}"
     text = url.strip()
-    if text.lower() in MISSING_URL_MARKERS:
+    if text.lower() in PLACEHOLDERS:
         return "missing_url", f"placeholder {_short(url)}"
     try:
         parts = urlsplit(text)
