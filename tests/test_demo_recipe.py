@@ -1,6 +1,7 @@
 """Tier 1: the recipe `make train` runs (conf/model/tiny.yaml + conf/model_tuning/tiny.yaml) holds the choices
 the README's demo section explains: the random CLIP tower stays frozen, the projector, embeddings and lm_head
-train whole, one validation per run, and val/test splits large enough for a verdict.
+train whole, three epochs with one validation at the end of each, and val/test splits large enough for a
+verdict.
 
 How well the demo learns is measured (README, "The demo learns"), not asserted here.
 """
@@ -47,11 +48,12 @@ def test_the_random_clip_tower_stays_frozen_and_the_rest_of_the_image_path_train
         assert any(part in name for name in trainable), part
 
 
-def test_one_validation_per_run_on_splits_large_enough_to_judge(demo):
+def test_one_validation_per_epoch_on_splits_large_enough_to_judge(demo):
     cfg, _ = demo
-    # a mid-epoch validation generates 150 answers: about a fifth of the demo's time, for a point on a curve
-    assert cfg.trainer.val_check_interval == 1.0 and cfg.trainer.max_epochs == 1 and cfg.trainer.max_steps == -1
-    assert cfg.data.val_limit is None  # the one validation scores the whole val split
+    # each validation generates 150 answers (~4 s): one per epoch gives the learning curve its 3 points
+    assert cfg.trainer.val_check_interval == 1.0 and cfg.trainer.max_epochs == 3 and cfg.trainer.max_steps == -1
+    assert (cfg.optimizer.lr, cfg.data.batch_size) == (1.5e-3, 4)
+    assert cfg.data.val_limit is None  # every validation scores the whole val split
     products = cfg.data.synthetic.num_products
     for fraction in (cfg.data.val_fraction, cfg.data.test_fraction):
         assert products * fraction >= 4 * MIN_JUDGED  # 150 products each: a verdict, not noise

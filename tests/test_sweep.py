@@ -158,7 +158,8 @@ TINY_CROPS = [1, 2, 4]
 TINY_RECIPE = [
     "experiment=demo", "data.synthetic.num_products=64", "data.limit=48", "data.val_fraction=0.125",
     "data.test_fraction=0.125", "data.eval_batch_size=8", "evaluation.max_new_tokens=16",
-    "trainer.limit_train_batches=2", "trainer.val_check_interval=1", "test=false", "export=false",
+    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.val_check_interval=1", "test=false",
+    "export=false",
 ]
 VALIDATIONS = 2
 
