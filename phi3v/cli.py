@@ -1,5 +1,6 @@
-"""What the commands other than train.py share (`phi3v.predict`, `phi3v.export`, `phi3v.app`,
-`phi3v.prepare`): usage errors printed as one line, the checks of an export directory and a dtype,
+"""What the commands share: the typed schemas registered before Hydra composes (`start`, every
+entry point incl. train.py) and, for `phi3v.predict`, `phi3v.export`, `phi3v.app` and
+`phi3v.prepare`, usage errors printed as one line, the checks of an export directory and a dtype,
 and a quiet console. Everything here runs before torch is imported, so a bad key is answered at once.
 """
 
@@ -49,10 +50,11 @@ def require(cfg: DictConfig, key: str, usage: str) -> None:
 
 def check_export_dir(key: str, directory: str) -> None:
     """`directory` (the value of `key`) must be a phi3v export: a directory with model_spec.json."""
+    spec_file = source_constant("phi3v.modeling.model_spec.SPEC_FILE")  # read from source: no torch import
     if not Path(directory).is_dir():
         raise UsageError(f"{key}={directory}: no such directory")
-    if not (Path(directory) / "model_spec.json").is_file():
-        raise UsageError(f"{key}={directory}: not a phi3v export (no model_spec.json in it)")
+    if not (Path(directory) / spec_file).is_file():
+        raise UsageError(f"{key}={directory}: not a phi3v export (no {spec_file} in it)")
 
 
 def check_dtype(dtype: str | None) -> None:
