@@ -15,7 +15,9 @@ autocast, as `hardware.precision=bf16-mixed` does, on square 1000x1000 photos wi
 
 Model FLOPs per training step (MFU's numerator; recomputation under checkpointing is not counted):
 - decoder, per token: 2N forward + 2N backward to the inputs (the frozen base needs no weight
-  gradients), N = the decoder's linear weights incl. lm_head (3.82B); attention 4·L·s·d forward and
+  gradients), N = the decoder's linear weights (3.72B); the lm_head (0.10B) likewise, but only at the
+  positions whose logits the loss needs (`logits_to_keep`, as training runs it: the answer, ~30 of
+  ~2,500 per row); attention 4·L·s·d forward and
   8·L·s·d backward per token (s = the row's length, L = 32 layers, d = 3072: causal masking halves
   the real work, the convention counts it whole);
 - CLIP tower, frozen: forward only, 2·N_clip + 4·L_clip·577·1024 per CLIP token (577 per crop and
@@ -53,7 +55,7 @@ from phi3v.modeling.model_spec import ModelSpec, load_processor  # noqa: E402
 from phi3v.modeling.random_weights import build_random_model  # noqa: E402
 from phi3v.task import PromptTemplate  # noqa: E402
 from phi3v.training.lora import LoraSpec, apply_lora  # noqa: E402
-from phi3v.training.losses import supervised_loss_sum  # noqa: E402
+from phi3v.training.losses import logits_window, supervised_loss_sum  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 ANSWER = "Product: Vintage Check Cashmere Scarf, Category: Scarves, Full Price: 490.00"
@@ -114,20 +116,21 @@ def make_batch(processor, batch: int, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in encoded.items()}
 
 
-def step_flops(model, batch: dict) -> float:
-    """Model FLOPs of one training step (see the module docstring)."""
+def step_flops(model, batch: dict, logit_positions: int) -> float:
+    """Model FLOPs of one training step whose lm_head runs on `logit_positions` per row (see the
+    module docstring)."""
     config = model.config
     decoder = config.num_hidden_layers * (
         config.hidden_size * (config.hidden_size + 2 * config.num_key_value_heads * config.hidden_size
                               // config.num_attention_heads)
         + config.hidden_size * config.hidden_size
         + 3 * config.hidden_size * config.intermediate_size
-    ) + config.hidden_size * config.vocab_size
+    )
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     flops = 0.0
     for s in lengths:
         attention = 12 * config.num_hidden_layers * s * config.hidden_size
-        flops += s * (4 * decoder + attention)
+        flops += s * (4 * decoder + attention) + logit_positions * 4 * config.hidden_size * config.vocab_size
     vision = config.vision_config
     clip_layers = vision.num_hidden_layers - 1  # features come from the second-to-last layer
     clip_params = clip_layers * (4 * vision.hidden_size**2 + 2 * vision.hidden_size * vision.intermediate_size)
@@ -186,11 +189,12 @@ def run_cell(model, processor, cell: Cell, device: torch.device, warmup: int, st
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     times = []
+    window = logits_window(labels)
     for i in range(warmup + steps):
         start = time.perf_counter()
         with autocast:
-            logits = model(**inputs, use_cache=False).logits
-            loss_sum, tokens = supervised_loss_sum(logits, labels)
+            logits = model(**inputs, use_cache=False, logits_to_keep=window).logits
+            loss_sum, tokens = supervised_loss_sum(logits, labels[:, -window:])
             loss = loss_sum / tokens
         del logits
         loss.backward()
@@ -205,7 +209,7 @@ def run_cell(model, processor, cell: Cell, device: torch.device, warmup: int, st
     cell.step_s = statistics.median(times)
     cell.samples_per_s = cell.batch / cell.step_s
     cell.tokens_per_s = cell.batch * cell.tokens_per_sample / cell.step_s
-    flops = step_flops(base, batch)
+    flops = step_flops(base, batch, window)
     cell.tflops = flops / cell.step_s / 1e12
     cell.mfu = cell.tflops / peak if peak else None
     if device.type == "cuda":

@@ -1,5 +1,5 @@
 """One LoRA training step of the real-size random model on the CPU: build time, step time split into
-CLIP forward, decoder forward, backward and optimizer, and peak memory, before and after two fixes.
+CLIP forward, decoder forward, backward and optimizer, and peak memory, before and after three fixes.
 
 Run: `python benchmarks/train_step.py` (random:phi3v, float32, num_crops 1, batch 1, checkpointing
 on: ~17 GiB of weights, ~5-10 minutes on 2 cores). `--layers 2` keeps the real widths at depth 2 for
@@ -13,7 +13,8 @@ The two variants, on the same model and batch:
 - after (what training does): only the decoder's token embeddings require grad (a frozen tower runs
   without autograd) and right-padded training rows attend purely causally (no dense mask; see
   phi3v/modeling/masking.py). With batch 1 there is no padding: the mask part only shows at
-  `--batch 2` or more with answers of different lengths.
+  `--batch 2` or more with answers of different lengths; and the lm_head only over the answer's
+  positions (`logits_to_keep`, phi3v.training.losses.logits_window) instead of all ~2,500.
 Peak memory is the process's resident set (VmHWM), reset before each variant on Linux. Each variant
 takes one optimizer step, so the second runs on weights the first updated (its loss differs).
 """
@@ -40,7 +41,7 @@ from phi3v.modeling.quantization import weight_bytes  # noqa: E402
 from phi3v.modeling.random_weights import build_random_model  # noqa: E402
 from phi3v.task import PromptTemplate  # noqa: E402
 from phi3v.training.lora import apply_lora  # noqa: E402
-from phi3v.training.losses import supervised_loss_sum  # noqa: E402
+from phi3v.training.losses import logits_window, supervised_loss_sum  # noqa: E402
 
 ANSWERS = ["Product: Vintage Check Cashmere Scarf, Category: Scarves, Full Price: 490.00",
            "Product: Trench Coat, Category: Coats, Full Price: 2,290.00"]
@@ -95,8 +96,9 @@ def step(model, batch: dict, variant: str, clip: ClipTimer) -> dict:
     clip.seconds = 0.0
     reset_peak_rss()
     start = time.perf_counter()
-    logits = model(**inputs, attention_mask=mask, use_cache=False).logits
-    loss_sum, tokens = supervised_loss_sum(logits, batch["labels"])
+    window = 0 if variant == "before" else logits_window(batch["labels"])  # 0: every position's logits
+    logits = model(**inputs, attention_mask=mask, use_cache=False, logits_to_keep=window).logits
+    loss_sum, tokens = supervised_loss_sum(logits, batch["labels"][:, -window:] if window else batch["labels"])
     loss = loss_sum / tokens
     del logits
     forward = time.perf_counter() - start

@@ -13,6 +13,7 @@ import torch
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
+from phi3v.training.losses import logits_window
 from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng
 from phi3v.training.schedules import lr_factor, warmup_schedule
 
@@ -169,7 +170,12 @@ def test_training_loss_is_the_token_mean_of_supervised_rows_only(processor, batc
     monkeypatch.setattr(Phi3VLitModule, "trainer", property(lambda self: FakeTrainer()))
     logged = {}
     monkeypatch.setattr(module, "log", lambda name, value, **k: logged.__setitem__(name, value))
+    forward, kept = module.model.forward, []
+    monkeypatch.setattr(module.model, "forward", lambda **k: kept.append(k.get("logits_to_keep")) or forward(**k))
     both = module.training_step(training_batch(batch, [True, True]), 0)
+    # the lm_head ran over the answer positions only (losses.logits_window), not the whole sequence
+    assert kept == [logits_window(batch["labels"])] and 0 < kept[0] < batch["labels"].shape[1] // 2
+    monkeypatch.setattr(module.model, "forward", forward)
     torch.testing.assert_close(both, module.model(**batch).loss)  # the model's own token mean
     torch.testing.assert_close(logged["train/loss"], both.detach())  # and what train/loss shows
     first_only = module.training_step(training_batch(batch, [True, False]), 0)

@@ -28,7 +28,7 @@ from phi3v.task import PromptTemplate
 
 from .gathering import gather_records
 from .lora import LoraSpec, apply_lora, trainable_parameter_names
-from .losses import per_sample_loss, supervised_loss_sum
+from .losses import logits_window, per_sample_loss, supervised_loss_sum
 from .metrics import ProductMetrics, rank_correlation
 from .quantized import check_quantized_run
 from .sharding import ShardingSpec, full_tensor, shard_model
@@ -110,8 +110,9 @@ class Phi3VLitModule(L.LightningModule):
         meta = batch["meta"]
         inputs = model_inputs(batch)
         labels = inputs.pop("labels")  # the loss is computed here, as sums (see losses.py)
-        output = self.model(**teacher_forced(inputs, labels))
-        token_loss_sum, tokens = supervised_loss_sum(output.logits, labels)
+        window = logits_window(labels)
+        output = self.model(**teacher_forced(inputs, labels), logits_to_keep=window)
+        token_loss_sum, tokens = supervised_loss_sum(output.logits, labels[:, -window:])
         # The loss of the whole global batch, mean over its supervised tokens: one all-reduce of
         # (sum, count) gives every rank the same value, so a non-finite loss is skipped everywhere
         # together (a rank skipping alone would leave the others waiting in the gradient all-reduce).
@@ -197,10 +198,11 @@ class Phi3VLitModule(L.LightningModule):
         meta = batch["meta"]
         inputs = eval_inputs(batch, "loss")
         labels = inputs.pop("labels")
-        # No KV cache for the loss pass (generation builds its own), and its logits (batch x length x
-        # vocab) are freed before generating: they would otherwise sit beside the generation's cache.
-        output = self.model(**teacher_forced(inputs, labels), use_cache=False)
-        loss_sums, tokens = per_sample_loss(output.logits, labels)
+        # No KV cache for the loss pass (generation builds its own), and its logits are freed before
+        # generating: they would otherwise sit beside the generation's cache.
+        window = logits_window(labels)
+        output = self.model(**teacher_forced(inputs, labels), use_cache=False, logits_to_keep=window)
+        loss_sums, tokens = per_sample_loss(output.logits, labels[:, -window:])
         del output
         answers = greedy_answers(
             self.model, self.processor, eval_inputs(batch, "generate"), self.evaluation.max_new_tokens,
