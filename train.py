@@ -280,7 +280,7 @@ def summary(module: Phi3VLitModule, commands: list[str]) -> str:
         split: SplitResult(
             scores, module.baseline_scores.get(split, {}),
             distinct_answers=len({record["prediction"] for record in module.eval_records.get(split, [])}),
-            loss_history=module.loss_history.get(split, []),
+            history=module.history.get(split, []),
         )
         for split, scores in module.last_scores.items()
     }

@@ -136,18 +136,26 @@ def test_split_verdict():
 
 def test_run_summary_has_every_split_the_verdict_and_the_commands():
     results = {
-        "val": SplitResult(LEARNED, {"train_mean": CONSTANT}, distinct_answers=37, loss_history=[0.9, 0.45]),
+        "val": SplitResult(LEARNED, {"train_mean": CONSTANT}, distinct_answers=37, history=[
+            {"loss": 0.9, "category_accuracy": 0.25, "price_spearman": -0.1, "price_mape": 50.0},
+            {"loss": 0.45, "category_accuracy": 0.8125, "price_spearman": 0.6},
+        ]),
         "test": SplitResult({**LEARNED, "price_spearman": 0.75}, CONSTANTS, distinct_answers=35),
     }
     text = run_summary(results, try_commands("runs/a/adapter", "runs/a/wandb/offline-run-1"))
     blocks = text.split("\n\n")
     assert [block.splitlines()[0] for block in blocks] == [
-        "val: 40 answers, parse rate 1.000, 37 distinct; loss per evaluation 0.900 -> 0.450",
+        "val: 40 answers, parse rate 1.000, 37 distinct",
         "test: 40 answers, parse rate 1.000, 35 distinct",
         "verdict: NOT yet better than every baseline on test; test price rank correlation (Spearman) 0.750",
         "try it:",
     ]
-    val_table = blocks[0].splitlines()[1:-1]
+    # the learning curve: each CURVE_KEYS figure over the evaluations, in order (other metrics left out)
+    assert blocks[0].splitlines()[1] == (
+        "per evaluation: loss 0.900 -> 0.450 | category_accuracy 0.250 -> 0.812 | price_spearman -0.100 -> 0.600"
+    )
+    assert len(blocks[1].splitlines()) == len(blocks[0].splitlines()) - 1  # no history, no curve line
+    val_table = blocks[0].splitlines()[2:-1]
     assert val_table[0].split(" | ") == ["metric            ", "model  ", "train_mean", "beats baselines?"]
     assert [line.split(" | ")[0].strip() for line in val_table[2:]] == list(SUMMARY_KEYS)
     assert all(line.endswith("| yes") for line in val_table[2:])

@@ -15,6 +15,7 @@ from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.losses import logits_window
 from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng
+from phi3v.training.reporting import CURVE_KEYS
 from phi3v.training.schedules import lr_factor, warmup_schedule
 
 pytestmark = pytest.mark.unit
@@ -272,4 +273,4 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
     every = list(range(len(datamodule.datasets["val"])))
     assert len(every) == 10 and len(subset) == 4
     assert scored == [("fit", subset, 4.0), ("fit", subset, 4.0), ("validate", every, 10.0)]
-    assert len(module.loss_history["val"]) == 3
+    assert len(module.history["val"]) == 3 and all(set(CURVE_KEYS) <= set(h) for h in module.history["val"])

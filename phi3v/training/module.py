@@ -74,7 +74,8 @@ class Phi3VLitModule(L.LightningModule):
         # same split, computed once from the data (see phi3v.training.metrics.baseline_metrics).
         self.baseline_scores = baseline_scores or {}
         self.last_scores: dict[str, dict[str, float]] = {}
-        self.loss_history: dict[str, list[float]] = {"val": [], "test": []}  # mean loss per evaluation
+        # every evaluation's metrics and loss, in order: the end-of-run summary prints the learning curve
+        self.history: dict[str, list[dict[str, float]]] = {"val": [], "test": []}
         self.model = None
         self._records: dict[str, list[dict]] = {"val": [], "test": []}  # this rank's, during an evaluation
         self.eval_records: dict[str, list[dict]] = {"val": [], "test": []}  # all ranks' of the last one, by index
@@ -257,7 +258,7 @@ class Phi3VLitModule(L.LightningModule):
             for key, value in scores.items():
                 self.log(f"{split}/{name}/{key}", float(value), sync_dist=True)
         self.last_scores[split] = {key: value for key, value in values.items() if key != "loss"}
-        self.loss_history[split].append(values["loss"])
+        self.history[split].append(values)
 
     # ---- checkpoints: trainable weights + RNG state -----------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

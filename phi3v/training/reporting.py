@@ -29,6 +29,9 @@ HIGHER_IS_BETTER = frozenset(
 SUMMARY_KEYS = (
     "price_mape", "price_median_ape", "price_within_25pct", "price_spearman", "category_accuracy", "title_similarity"
 )
+# What the summary's learning curve follows per evaluation: the loss, and the two figures that show whether
+# the photo is read (the category is the silhouette; the price rank follows the category and the attributes)
+CURVE_KEYS = ("loss", "category_accuracy", "price_spearman")
 MIN_JUDGED = 30  # answers below which a verdict against the baselines is noise (a smoke run evaluates a few)
 BAND = 0.25  # the shaded band: predictions within ±25% of the true price
 
@@ -174,13 +177,14 @@ class SplitResult:
         baselines: {baseline name: its metrics} on the same products.
         distinct_answers: how many different answer strings the model generated (a model that ignores
             the photo repeats a few canned answers).
-        loss_history: the teacher-forced loss of each evaluation of this split, in order.
+        history: the metrics (and loss) of each evaluation of this split, in order: the summary prints
+            its `CURVE_KEYS` as the learning curve.
     """
 
     scores: Mapping[str, float]
     baselines: Mapping[str, Mapping[str, float]]
     distinct_answers: int
-    loss_history: Sequence[float] = field(default_factory=tuple)
+    history: Sequence[Mapping[str, float]] = field(default_factory=tuple)
 
 
 def split_verdict(scores: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> tuple[bool | None, str]:
@@ -200,13 +204,20 @@ def split_verdict(scores: Mapping[str, float], baselines: Mapping[str, Mapping[s
     return False, f"does NOT beat every baseline on {', '.join(losses)}"
 
 
+def learning_curve(history: Sequence[Mapping[str, float]]) -> str:
+    """One line: each of `CURVE_KEYS` over the evaluations, e.g. `loss 0.45 -> 0.26 | category_accuracy ...`."""
+    return "per evaluation: " + " | ".join(
+        f"{key} " + " -> ".join(f"{entry.get(key, math.nan):.3f}" for entry in history) for key in CURVE_KEYS
+    )
+
+
 def split_summary(split: str, result: SplitResult) -> str:
     """A line of counts, the metrics table against the baselines, and the split's verdict."""
     count = int(result.scores.get("count", 0))
-    losses = " -> ".join(f"{value:.3f}" for value in result.loss_history)
     lines = [
         f"{split}: {count} answers, parse rate {result.scores.get('parse_rate', math.nan):.3f}, "
-        f"{result.distinct_answers} distinct" + (f"; loss per evaluation {losses}" if losses else ""),
+        f"{result.distinct_answers} distinct",
+        *([learning_curve(result.history)] if result.history else []),
         summary_table(dict(result.scores), {k: dict(v) for k, v in result.baselines.items()}),
         f"{split} verdict: {split_verdict(result.scores, result.baselines)[1]}",
     ]
