@@ -240,8 +240,8 @@ def test_command_line_hardware_beats_the_model_recipe(overrides, expected):
 def test_recipe_keys_beat_group_defaults_and_lose_to_the_experiment_and_the_command_line():
     assert compose("train", overrides=["model=phi3v"]).data.batch_size == 4  # recipe over data/sample
     tiny = compose("train", overrides=["model=tiny"])  # model_tuning/tiny over optimizer/adamw and data/sample
-    assert (tiny.optimizer.lr, tiny.data.batch_size, tiny.data.val_fraction) == (1.5e-3, 4, 0.05)
-    assert compose("train", overrides=["model=tiny", "data.batch_size=2"]).data.batch_size == 2
+    assert (tiny.optimizer.lr, tiny.data.batch_size, tiny.data.val_fraction) == (1.0e-3, 2, 0.05)
+    assert compose("train", overrides=["model=tiny", "data.batch_size=8"]).data.batch_size == 8
     burberry = compose("train", overrides=["experiment=burberry_lora", "hardware=cpu", "trainer.max_epochs=1"])
     assert (burberry.trainer.max_epochs, burberry.trainer.val_check_interval) == (1, 0.5)
     assert compose("train", overrides=["experiment=burberry_lora"]).trainer.max_epochs == 3
