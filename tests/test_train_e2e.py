@@ -84,16 +84,19 @@ def test_small_run_writes_everything(tmp_path):
 
 
 def assert_summary_shape(output: str, run: Path) -> None:
-    """The end of a run: per split a counts line, the table (every summary metric, Spearman included) and a
-    verdict; the overall verdict; the commands that try the result. No Lightning table of logged metrics."""
+    """The end of a run: per split a counts line, the learning curve, the table (every summary metric, Spearman
+    included) and a verdict; the overall verdict; the commands that try the result. No Lightning table of
+    logged metrics."""
     from phi3v.training.reporting import SUMMARY_KEYS
 
     summary = output[output.index("\nval: "):]
     for split in ("val", "test"):  # 8 products each, all scored
         block = summary[summary.index(f"{split}: 8 answers, parse rate "):]
-        rows = [line.split(" | ")[0].strip() for line in block.splitlines()[3:3 + len(SUMMARY_KEYS)]]
+        evaluations = block.splitlines()[1].removeprefix("per evaluation: loss ").split(" | ")[0].split(" -> ")
+        assert len(evaluations) == (2 if split == "val" else 1), block  # the run validates twice, tests once
+        rows = [line.split(" | ")[0].strip() for line in block.splitlines()[4:4 + len(SUMMARY_KEYS)]]
         assert rows == list(SUMMARY_KEYS), block
-        assert block.splitlines()[3 + len(SUMMARY_KEYS)].startswith(f"{split} verdict: too little evaluated")
+        assert block.splitlines()[4 + len(SUMMARY_KEYS)].startswith(f"{split} verdict: too little evaluated")
     assert "\nverdict: too little evaluated to judge; test price rank correlation (Spearman) " in summary
     offline = next((run / "wandb").glob("offline-run-*"))
     commands = summary[summary.index("try it:\n"):].splitlines()[1:5]

@@ -205,7 +205,9 @@ def split_verdict(scores: Mapping[str, float], baselines: Mapping[str, Mapping[s
 
 
 def learning_curve(history: Sequence[Mapping[str, float]]) -> str:
-    """One line: each of `CURVE_KEYS` over the evaluations, e.g. `loss 0.45 -> 0.26 | category_accuracy ...`."""
+    """One line: each of `CURVE_KEYS` over the evaluations, e.g. `loss 0.45 -> 0.26 | category_accuracy ...`.
+    Validations during training score `data.val_limit` products when it is set; the one after training
+    scores the whole split, so its point may differ for that reason alone."""
     return "per evaluation: " + " | ".join(
         f"{key} " + " -> ".join(f"{entry.get(key, math.nan):.3f}" for entry in history) for key in CURVE_KEYS
     )
