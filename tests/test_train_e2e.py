@@ -47,7 +47,8 @@ def train(run_dir: Path, data_dir: Path, *overrides: str, wait: bool = True, env
 def test_small_run_writes_everything(tmp_path):
     run = tmp_path / "run"
     output = train(run, tmp_path / "data", "trainer.max_steps=6", "trainer.val_check_interval=6",
-                   "checkpoint.every_n_train_steps=3", "data.val_limit=4")
+                   "checkpoint.every_n_train_steps=3", "data.val_limit=4",
+                   env={"WANDB_SILENT": "false"})  # W&B's console output as users see it
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 1000
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "adapter" / "tokenizer.json").is_file()
@@ -105,6 +106,7 @@ def assert_summary_shape(output: str, run: Path) -> None:
         "image=<photo.jpg>", f"python -m phi3v.predict adapter={run / 'adapter'} split=test out=test_predictions.csv",
         f"wandb sync {offline}"]
     assert "Test metric" not in output and "Validate metric" not in output  # Lightning's tables are off
+    assert "Run history:" not in output and "Run summary:" not in output  # and W&B's (logger.quiet)
 
 
 def trainable_state(checkpoint_path: Path) -> tuple[int, dict]:

@@ -37,12 +37,15 @@ def build_wandb_logger(
     tags: list[str] | None = None,
     init_timeout: int = 30,
     name: str | None = None,
+    quiet: bool = True,
 ) -> WandbLogger:
     """A WandbLogger writing into `save_dir` (the run dir).
 
     The run's files go to `<run dir>/wandb` (`save_dir` becomes wandb.init's `dir`), and so do the
     files W&B stages for artifacts and table media (see `stage_wandb_files_in`). With credentials but
-    no network, init gives up after `init_timeout` seconds instead of blocking for minutes.
+    no network, init gives up after `init_timeout` seconds instead of blocking for minutes. `quiet`
+    drops W&B's console banner and its end-of-run history and summary (~30 lines of sparklines after
+    the run's own summary); the run's name and link, and warnings, are still printed.
     """
     import wandb
 
@@ -53,7 +56,7 @@ def build_wandb_logger(
         log.info("W&B offline (no credentials). Upload later with: wandb sync %s/wandb/offline-run-*", save_dir)
     logger = WandbLogger(
         project=project, entity=entity, save_dir=str(save_dir), mode=resolved, tags=list(tags or []), name=name,
-        settings=wandb.Settings(init_timeout=init_timeout),
+        settings=wandb.Settings(init_timeout=init_timeout, quiet=quiet),
     )
     # Lightning always passes `anonymous` to wandb.init, and W&B warns once that the setting "has no
     # effect". Only Lightning's private init dict could drop it; the line is left as it is.
