@@ -73,7 +73,6 @@ class Phi3VLitModule(L.LightningModule):
         # {"val": {"train_mean": {metric: value}, ...}, "test": ...}: constant predictions on the
         # same split, computed once from the data (see phi3v.training.metrics.baseline_metrics).
         self.baseline_scores = baseline_scores or {}
-        self.last_scores: dict[str, dict[str, float]] = {}
         # every evaluation's metrics and loss, in order: the end-of-run summary prints the learning curve
         self.history: dict[str, list[dict[str, float]]] = {"val": [], "test": []}
         self.model = None
@@ -94,6 +93,12 @@ class Phi3VLitModule(L.LightningModule):
         if self.device_mesh is not None:  # FullyShardedStrategy: shard over its data-parallel ranks
             shard_model(model, self.device_mesh["data_parallel"], self.sharding)
         self.model = model
+
+    @property
+    def last_scores(self) -> dict[str, dict[str, float]]:
+        """{split: the metrics of its latest evaluation (no loss)} for every evaluated split."""
+        return {split: {key: value for key, value in evaluations[-1].items() if key != "loss"}
+                for split, evaluations in self.history.items() if evaluations}
 
     def trainable_names(self) -> list[str]:
         return trainable_parameter_names(self)
@@ -257,7 +262,6 @@ class Phi3VLitModule(L.LightningModule):
         for name, scores in self.baseline_scores.get(split, {}).items():
             for key, value in scores.items():
                 self.log(f"{split}/{name}/{key}", float(value), sync_dist=True)
-        self.last_scores[split] = {key: value for key, value in values.items() if key != "loss"}
         self.history[split].append(values)
 
     # ---- checkpoints: trainable weights + RNG state -----------------------------------------
