@@ -261,9 +261,12 @@ def export(run: RunEnd, wandb_run) -> Path:
     `wandb sync` when offline)."""
     from phi3v.training.artifacts import best_score, log_run_artifacts
     from phi3v.training.export import export_adapter
+    from phi3v.training.model_card import RunResults
 
     module, template = run.module, run.datamodule.template
-    out = export_adapter(module.model, run.processor, run.spec, template, run.run_dir / "adapter", run.trained)
+    results = RunResults(dataset=str(run.cfg.data.source), scores=module.last_scores)  # for the model card
+    out = export_adapter(module.model, run.processor, run.spec, template, run.run_dir / "adapter", run.trained,
+                         results)
     log.info("adapter written to %s", out)
     if wandb_run is not None:
         log_run_artifacts(wandb_run, out, run.run_dir / "predictions", run.spec, template, run.cfg.checkpoint.monitor,

@@ -2,10 +2,11 @@
 
 merge=true (default) folds the LoRA deltas into the base and writes a plain Phi-3-V checkpoint in the
 original key layout (loads with `Phi3VForCausalLM.from_pretrained` or AutoModelForCausalLM, no PEFT),
-laid out like the base snapshot it came from: when the base is a local download with `auto_map`, its
-code files, auto_map, generation config and chat template are copied over, so vLLM / lmdeploy /
-trust_remote_code loaders load it like the release (training/snapshot_files.py; a preset base: a warning
-names what is left out). Each stage is logged with its time.
+laid out like the base snapshot it came from: when the base is a local download, its code files, auto_map,
+tokenizer files (its bytes), config keys, generation config and chat template are carried over, so vLLM /
+lmdeploy / trust_remote_code loaders load it like the release (training/snapshot_files.py; a preset base: a
+warning names what is left out). Each stage is logged with its time. Either way the export has a model card
+(README.md with the run's metrics) and files everyone can read (the umask's modes).
 An adapter trained on a quantized base (model.spec.quantization) is merged into the unquantized base.
 merge=false loads the export, checks its adapter holds every LoRA tensor, and copies it to `out`.
 Either way `out` can be passed to `python -m phi3v.predict adapter=<out>`.

@@ -9,6 +9,7 @@ An export directory (written by phi3v.training.export) holds
   model_spec.json    how to rebuild the base model (phi3v.modeling.model_spec.ModelSpec)
   prompt.json        the PromptTemplate the model was trained with (inference asks the same question)
   processor files    tokenizer + preprocessor config, so inference never depends on the training config
+  README.md          the model card; metrics.json the run's metrics of these weights (training/model_card.py)
 
 A prediction row (`prediction_row`, columns `COLUMNS`) is the same wherever answers are written:
 training's predictions/*.csv, predict's .jsonl/.csv and the demo's gallery, which reads the former.

@@ -8,6 +8,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,10 @@ def test_small_run_writes_everything(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 1000
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "adapter" / "tokenizer.json").is_file()
+    # the model card's metrics: the exported weights' last evaluation of each split (the whole val split, the test)
+    results = json.loads((run / "adapter" / "metrics.json").read_text())
+    assert results["dataset"] == "synthetic" and [results["scores"][s]["count"] for s in ("val", "test")] == [8, 8]
+    assert "| count | 8 | 8 |" in (run / "adapter" / "README.md").read_text()
     assert list((run / "plots").glob("val_step*_price_scatter.png"))
     assert (run / "plots" / "test_price_scatter.png").is_file()
     assert (run / "splits.json").is_file()

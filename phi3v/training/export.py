@@ -3,7 +3,10 @@ checking that every trained tensor was written, merging and copying exports. Loa
 inference (and its layout: adapter, model_spec.json, prompt.json, processor files) is phi3v.inference.
 
 Exports are written into a hidden sibling directory and renamed into place, so a crash never leaves
-a half-written export where a loader would find it.
+a half-written export where a loader would find it. The published directory and its files get the modes
+the user's umask gives new ones (0755/0644 under the usual 022), so a server running as another user can
+read them (tempfile's staging directory is 0700 and transformers writes model.safetensors 0600).
+Every export carries a model card (README.md, training/model_card.py).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -27,7 +30,8 @@ from phi3v.inference import ADAPTER_WEIGHTS, PROMPT_FILE, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.modeling.model_spec import SPEC_FILE, ModelSpec
 from phi3v.task import PromptTemplate
-from phi3v.training.snapshot_files import carry_snapshot_files
+from phi3v.training.model_card import CardFacts, RunResults, write_model_card
+from phi3v.training.snapshot_files import carry_snapshot_files, loads_with_remote_code
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +49,13 @@ def export_adapter(
     template: PromptTemplate,
     out_dir: str | os.PathLike,
     state_dict: dict[str, torch.Tensor] | None = None,
+    results: RunResults | None = None,
 ) -> Path:
     """Write the adapter (or, for a full fine-tune, the whole model) and its companions to `out_dir`.
 
     `state_dict`: whole tensors to save instead of the model's own, needed when the model is sharded
     (FSDP): see sharding.gathered_adapter_state, which every rank must call before rank 0 exports.
+    `results`: the run's data and metrics of these weights, for the model card (and metrics.json).
 
     Raises RuntimeError when the written weights are empty or lack a trained tensor (a PEFT save
     under some FSDP wrappings silently writes an empty dict; an empty adapter is never shipped).
@@ -67,7 +73,9 @@ def export_adapter(
         else:
             check_full_model(staging, {_clean(name) for name, _ in model.named_parameters()})
         _write_companions(staging, processor, spec, template)
-    log.info("exported %s to %s", "adapter" if isinstance(model, PeftModel) else "full model", out_dir)
+        weights = "adapter" if isinstance(model, PeftModel) else "full"
+        write_model_card(staging, CardFacts(spec, template, weights, results), out_dir)  # over PEFT's template card
+    log.info("exported %s to %s", "adapter" if weights == "adapter" else "full model", out_dir)
     return out_dir
 
 
@@ -96,7 +104,9 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         progress.step(f"saved the weights ({size / 1e9:.2f} GB)")
         check_full_model(staging, original_keys(merged), exact=True)
         _write_companions(staging, processor, spec, template)
-        carry_snapshot_files(base, staging)  # auto_map + code files of the user's download, when there is one
+        carry_snapshot_files(base, staging)  # auto_map, code and tokenizer files of the user's download, if any
+        facts = CardFacts(base, template, "merged", RunResults.load(adapter_dir), loads_with_remote_code(staging))
+        write_model_card(staging, facts, out_dir)
         progress.step("checked every tensor and wrote the processor and loader files")
     log.info("merged %s into %s", adapter_dir, out_dir)
     return out_dir
@@ -174,13 +184,15 @@ class _staging:
         if self.target.exists() and any(self.target.iterdir()) and not (self.target / SPEC_FILE).is_file():
             raise FileExistsError(f"{self.target} exists and is not a phi3v export; choose an empty or new directory")
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        self.path = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex}"
+        self.path.mkdir()  # mode 0777 less the umask (tempfile.mkdtemp's would be 0700)
         return self.path
 
     def __exit__(self, kind, error, trace) -> None:
         if kind is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
+        _umask_modes(self.path)
         old = None
         if self.target.exists():
             old = self.target.with_name(f"{self.path.name}.old")
@@ -188,6 +200,14 @@ class _staging:
         os.replace(self.path, self.target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask_modes(directory: Path) -> None:
+    """Give everything under `directory` the mode a new file or directory gets from the umask: the directory's
+    own (made with 0777 less the umask), without the execute bits for files."""
+    mode = directory.stat().st_mode & 0o777
+    for path in directory.rglob("*"):
+        path.chmod(mode if path.is_dir() else mode & 0o666)
 
 
 # ---- checking --------------------------------------------------------------------------------

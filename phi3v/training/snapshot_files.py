@@ -3,11 +3,19 @@ Microsoft's release.
 
 vLLM, lmdeploy and transformers' remote-code loading (the `trust_remote_code` flag) find a Phi-3-V
 checkpoint's classes through `auto_map` (config.json, preprocessor_config.json, ...) and the code files
-(`modeling_phi3_v.py`, `processing_phi3_v.py`, ...) beside the weights. phi3v never runs or ships that code:
-at export time the files are copied from the user's own download of the base (the local snapshot
-directory in model_spec.json's name_or_path, or the hub id's copy in the local HF cache), with each
-file's `auto_map`, the snapshot's generation_config.json fields phi3v does not set, and the chat template
-(tokenizer_config.json's `chat_template`, plus chat_template.jinja/.json when the snapshot has them).
+(`modeling_phi3_v.py`, `processing_phi3_v.py`, ...) beside the weights, and read the tokenizer with the
+transformers/tokenizers of their day. phi3v never runs or ships that code: at export time the files come
+from the user's own download of the base (the local snapshot directory in model_spec.json's name_or_path,
+or the hub id's copy in the local HF cache):
+  - the code files (*.py) and chat template files (chat_template.jinja/.json), copied;
+  - the tokenizer files (TOKENIZER_FILES): the base's bytes replace the ones phi3v's processor wrote, which
+    are in transformers 5's layout (`TokenizersBackend`, `extra_special_tokens`, a re-serialised
+    tokenizer.json) that transformers 4.x / tokenizers 0.19 cannot read. Only when phi3v reads the base's
+    files exactly as the ones it trained with (same vocabulary, special ids, chat template, ids of a probe
+    text); otherwise phi3v's own files stay and a warning says why;
+  - config.json, preprocessor_config.json and generation_config.json: the base's keys and spelling (auto_map,
+    torch_dtype, rope_scaling, ...) with the values phi3v wrote on top (transformers 5's keys, the weights'
+    dtype, the `<|end|>` stop and pad ids), `torch_dtype` set to the dtype of the written weights.
 
 With a preset base (tiny, random:phi3v, ...) there is no snapshot: `carry_snapshot_files` says what it
 leaves out, and the export loads with phi3v only.
@@ -20,17 +28,26 @@ import logging
 import shutil
 from pathlib import Path
 
+from phi3v.modeling import load_tokenizer
 from phi3v.modeling.hub import resolve_snapshot
 from phi3v.modeling.model_spec import ModelSpec
+from phi3v.modeling.tokenizer import END_OF_TURN
 
 log = logging.getLogger(__name__)
 
 # Files whose `auto_map` tells loaders which snapshot class to import (`module.Class`, module.py beside it).
 AUTO_MAP_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
-GENERATION_CONFIG = "generation_config.json"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-LEFT_OUT = ("auto_map", "the snapshot's code files (*.py)", "its generation_config.json defaults", "its chat template")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model")
+# JSON files phi3v writes whose keys the base's copy may spell differently (merged: the base's keys, phi3v's values)
+MERGED_JSON = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json")
+CONFIG = "config.json"
+# Chat tokens, spaces, digits, punctuation and non-ASCII: the cases where tokenizer pipelines differ.
+PROBE = f"<|user|>\n<|image_1|>What is shown in this image?{END_OF_TURN}\n<|assistant|>\n" \
+        f"Product:  Vintage Check Scarf, Category: Scarves, Full Price: 1,250.0 € {END_OF_TURN}"
+LEFT_OUT = ("auto_map", "the snapshot's code files (*.py)", "its tokenizer files", "its config.json keys",
+            "its generation_config.json defaults", "its chat template")
 
 
 def base_snapshot(spec: ModelSpec) -> Path | None:
@@ -38,13 +55,14 @@ def base_snapshot(spec: ModelSpec) -> Path | None:
     if spec.is_preset:
         return None
     try:  # a local directory as is; a hub id only from the HF cache (an export never downloads)
-        return resolve_snapshot(spec.name_or_path, ["*.json", "*.py", "*.jinja"], local_files_only=True)
+        patterns = ["*.json", "*.py", "*.jinja", "tokenizer.model"]
+        return resolve_snapshot(spec.name_or_path, patterns, local_files_only=True)
     except OSError:
         return None
 
 
 def carry_snapshot_files(spec: ModelSpec, out_dir: Path) -> list[str]:
-    """Copy the base snapshot's loader files into a written export; return what was copied (file names).
+    """Lay a written export out like the base snapshot; return what came from it (file names).
 
     Call after the weights and processor files are in `out_dir` (their JSON files are updated in place).
     """
@@ -56,25 +74,57 @@ def carry_snapshot_files(spec: ModelSpec, out_dir: Path) -> list[str]:
                     "trust_remote_code loaders such as vLLM or lmdeploy", ", ".join(LEFT_OUT), reason)
         return []
     copied = [_copy(path, out_dir) for path in sorted(snapshot.glob("*.py"))]
-    copied += [_copy(snapshot / name, out_dir) for name in CHAT_TEMPLATE_FILES if (snapshot / name).is_file()]
-    for name in AUTO_MAP_FILES:
-        auto_map = _read(snapshot / name).get("auto_map")
-        if auto_map and (out_dir / name).is_file():
-            _update(out_dir / name, {"auto_map": auto_map})
-            copied.append(f"{name}:auto_map")
-    template = _read(snapshot / TOKENIZER_CONFIG).get("chat_template")
-    if template and (out_dir / TOKENIZER_CONFIG).is_file():
-        _update(out_dir / TOKENIZER_CONFIG, {"chat_template": template})
-        copied.append(f"{TOKENIZER_CONFIG}:chat_template")
-    if (snapshot / GENERATION_CONFIG).is_file():
-        ours = _read(out_dir / GENERATION_CONFIG)  # eos/pad ids set for <|end|> win over the snapshot's
-        _write(out_dir / GENERATION_CONFIG, {**_read(snapshot / GENERATION_CONFIG), **ours})
-        copied.append(GENERATION_CONFIG)
+    copied += _carry_tokenizer(snapshot, out_dir)
+    for name in MERGED_JSON:
+        base, ours = _read(snapshot / name), _read(out_dir / name)
+        if base and ours:
+            merged = _merged(base, ours)
+            if name == CONFIG and "dtype" in ours:
+                merged["torch_dtype"] = ours["dtype"]  # transformers 4.x's spelling of the written weights' dtype
+            _write(out_dir / name, merged)
+            copied.append(f"{name}:keys")
     missing = missing_auto_map_modules(out_dir)
     if missing:
         log.warning("auto_map names modules that %s lacks: %s", snapshot, ", ".join(missing))
     log.info("carried over from the base snapshot %s: %s", snapshot, ", ".join(copied) or "nothing")
     return copied
+
+
+def loads_with_remote_code(directory: Path) -> bool:
+    """Whether config.json has an auto_map whose every module file is in the directory."""
+    return bool(_read(directory / CONFIG).get("auto_map")) and not missing_auto_map_modules(directory)
+
+
+def tokenizer_difference(snapshot: Path, out_dir: Path) -> str | None:
+    """How phi3v's reading of the base's tokenizer files differs from its reading of the export's, or None."""
+    for directory in (snapshot, out_dir):
+        if not (directory / "tokenizer.json").is_file():
+            return f"{directory} has no tokenizer.json"
+    base, ours = load_tokenizer(snapshot), load_tokenizer(out_dir)
+    checks = {
+        "vocabulary": lambda t: t.get_vocab(),
+        "special token ids": lambda t: (t.bos_token_id, t.eos_token_id, t.pad_token_id, t.unk_token_id,
+                                        t.convert_tokens_to_ids(END_OF_TURN)),
+        "ids of a probe text": lambda t: t(PROBE)["input_ids"],
+        "decoded probe text": lambda t: t.decode(t(PROBE)["input_ids"], skip_special_tokens=True),
+        "chat template": lambda t: t.chat_template,
+    }
+    different = [what for what, read in checks.items() if read(base) != read(ours)]
+    return f"their {', '.join(different)} differ" if different else None
+
+
+def _carry_tokenizer(snapshot: Path, out_dir: Path) -> list[str]:
+    difference = tokenizer_difference(snapshot, out_dir)
+    if difference:
+        log.warning("the export keeps phi3v's tokenizer files (transformers 5 layout, which older loaders cannot "
+                    "read) instead of the base snapshot's %s: %s", snapshot, difference)
+        return []
+    carried = []
+    for name in TOKENIZER_FILES + CHAT_TEMPLATE_FILES:  # exactly the base's: none of phi3v's re-saved ones
+        (out_dir / name).unlink(missing_ok=True)
+        if (snapshot / name).is_file():
+            carried.append(_copy(snapshot / name, out_dir))
+    return carried
 
 
 def missing_auto_map_modules(directory: Path) -> list[str]:
@@ -91,6 +141,16 @@ def missing_auto_map_modules(directory: Path) -> list[str]:
     return sorted(missing)
 
 
+def _merged(base: dict, ours: dict) -> dict:
+    """The base's keys in its order with phi3v's values, then phi3v's new keys; nested objects alike
+    (a base sub-key phi3v does not write is kept)."""
+    merged = {**base, **ours}
+    for key, value in ours.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merged(base[key], value)
+    return merged
+
+
 def _copy(path: Path, out_dir: Path) -> str:
     shutil.copyfile(path, out_dir / path.name)
     return path.name
@@ -98,10 +158,6 @@ def _copy(path: Path, out_dir: Path) -> str:
 
 def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _update(path: Path, values: dict) -> None:
-    _write(path, {**_read(path), **values})
 
 
 def _write(path: Path, content: dict) -> None:
