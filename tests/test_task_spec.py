@@ -94,6 +94,10 @@ def test_parse_exact_values_of_the_seed_task():
     assert task.parse("Product: , Category: BAGS, Full Price: none") == {"title": None, "category": "BAGS",
                                                                          "price": None}
     assert task.parse("no label but 75.5 at the end") == {"title": None, "category": None, "price": 75.5}
+    # a label said twice: the last one counts, as for the seed's "Full Price:"
+    assert task.parse("Category: SHOES, Full Price: 490, Product: Tote, Category: BAGS") == {
+        "title": "Tote", "category": "BAGS", "price": 490.0
+    }
 
 
 # ---- any catalogue ----------------------------------------------------------------------------------

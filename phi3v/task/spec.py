@@ -242,10 +242,15 @@ def _segments(answer: str, labels: dict[str, re.Pattern | None]) -> dict[str, st
     A label found inside a longer label's match ("Price" in "Full Price:") is not a label there.
     """
     found = [(m.start(), m.end(), name) for name, label in labels.items() if label for m in label.finditer(answer)]
-    found = [f for f in found if not any(o[0] <= f[0] and f[1] <= o[1] and o[1] - o[0] > f[1] - f[0] for o in found)]
+    found = [f for f in found if not any(_inside(f, o) for o in found)]
     found.sort()
     segments = {}
     for position, (_, end, name) in enumerate(found):
         following = [start for start, _, _ in found[position + 1 :] if start >= end]
         segments[name] = answer[end : following[0] if following else len(answer)]  # the last one wins
     return segments
+
+
+def _inside(inner: tuple[int, int, str], outer: tuple[int, int, str]) -> bool:
+    """Whether the match `inner` (start, end, field) lies within the longer match `outer`."""
+    return outer[0] <= inner[0] and inner[1] <= outer[1] and outer[1] - outer[0] > inner[1] - inner[0]
