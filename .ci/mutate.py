@@ -303,7 +303,7 @@ MUTATIONS: list[Mutation] = [
       "found = list(found)  # a label inside a longer label counts",
       "tests/test_task_spec.py"),
     m("task parsing", "phi3v/task/spec.py",
-      "if spec.numeric and len(sole_numeric) == 1:", "if False:  # no seed fallback to the last number",
+      "if spec.numeric and len(numeric_fields) == 1:", "if False:  # no seed fallback to the last number",
       "tests/test_task_spec.py"),
     m("task parsing", "phi3v/task/spec.py",
       "values[spec.name] = spec.parse(None if segment is None else segment.strip().rstrip(_SEPARATORS))",

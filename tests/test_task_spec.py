@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from phi3v.task import FieldSpec, PromptTemplate, TaskSpec, price_from_answer
+from phi3v.task import DEFAULT_ANSWER, FieldSpec, PromptTemplate, TaskSpec, price_from_answer
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +26,8 @@ CAR = {"make": "Audi", "year": 2019, "mileage": 85000.0, "price": 23500.0}
 # ---- the seed task, byte for byte ----------------------------------------------------------------
 def test_default_task_is_the_seed_prompt_and_answer():
     task = TaskSpec()
-    assert task.answer == SEED_ANSWER
+    assert task.answer == SEED_ANSWER == DEFAULT_ANSWER
+    assert TaskSpec(answer=SEED_ANSWER) == task
     assert task.names == ("title", "category", "price")
     assert [(f.column, f.type) for f in task.fields] == [
         ("title", "text"), ("category3_code", "category"), ("full_price", "number")
@@ -166,6 +167,12 @@ def test_field_write_and_parse_by_type():
     )
 
 
+def test_fields_by_name():
+    assert CARS.field("year") == FieldSpec("year", "year", "integer", label="Year")
+    with pytest.raises(KeyError, match="no field named 'title'; fields: make, year, mileage, price"):
+        CARS.field("title")
+
+
 def test_missing_value_names_the_field():
     with pytest.raises(KeyError, match="mileage, price"):
         CARS.answer_for({"make": "Audi", "year": 2019})
@@ -205,6 +212,14 @@ def test_validation_collects_every_problem_naming_the_key():
         "data.task.fields[2] (year) is not in data.task.answer 'Product: {title} {colour}, Price: {price:.2f}': "
         "add {year} or remove the field",
     ]
+
+
+def test_a_bad_field_is_one_problem_not_also_a_bad_answer():
+    assert problems(fields=({"name": "make", "kind": "category"}, {"name": "year"})) == [
+        "data.task.fields[0] needs a name and only the keys name, column, type, format, label; got "
+        "{'name': 'make', 'kind': 'category'}"
+    ]
+    assert problems(fields=()) == ["data.task.fields is empty: the answer needs at least one field"]
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,8 @@ class TaskSpec:
         names = [spec.name for spec in specs]
         problems += [f"{CONFIG_KEY}.fields: two fields are named {name!r}" for name in _repeated(names)]
         problems += question_problems(self.question, f"{CONFIG_KEY}.question")
-        problems += _template(self.answer, names)[2]
+        if self.answer is not None:  # else it could not be built: the fields' problems say why
+            problems += _template(self.answer, names)[2]
         if problems:
             raise ValueError("\n".join(problems))
 
@@ -129,11 +130,11 @@ class TaskSpec:
         if match is not None:
             return {spec.name: spec.parse(match.group(spec.name), labels[spec.name]) for spec in self.fields}
         segments = _segments(answer, labels)
-        sole_numeric = [spec.name for spec in self.fields if spec.numeric]
+        numeric_fields = [spec.name for spec in self.fields if spec.numeric]
         values = {}
         for spec in self.fields:
             segment = segments.get(spec.name)
-            if spec.numeric and len(sole_numeric) == 1:
+            if spec.numeric and len(numeric_fields) == 1:
                 values[spec.name] = spec.parse(answer, labels[spec.name])  # the seed's price_from_answer
             elif spec.numeric:
                 values[spec.name] = spec.number_value(parse_number(segment) if segment is not None else None)
