@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 # Nested arguments that are themselves configured objects (a `_target_` node in YAML).
 NESTED = {
-    "phi3v.data.catalogue.ColumnMap", "phi3v.task.PromptTemplate",
+    "phi3v.data.catalogue.ColumnMap", "phi3v.task.prompt.PromptTemplate",
     "phi3v.data.download.DownloadSettings", "phi3v.data.synthetic.SyntheticSpec",
 }
 SCALARS = {"int": int, "float": float, "str": str, "bool": bool}

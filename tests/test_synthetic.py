@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import random
 from collections import Counter, defaultdict
@@ -95,6 +97,26 @@ def test_first_row_is_pinned(tmp_path):
         "itemurl": "https://example.invalid/p/80000035", "imageurl": "80000035.jpg", "full_price": 510.0,
         "price": 510.0, "full_price_eur": 469.2, "price_eur": 469.2, "flg_discount": 0,
     }  # fmt: skip
+
+
+def _pixels_digest(image_dir) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(image_dir)):
+        digest.update(name.encode())
+        with Image.open(image_dir / name) as image:
+            digest.update(np.asarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def test_default_catalogue_is_pinned(tmp_path):
+    # Rows, file names and decoded pixels of the default options (views=1, no attribute columns), pinned
+    # before those options existed: adding them changed no byte of the default catalogue.
+    rows = generate_catalogue(SyntheticSpec(num_products=16, seed=2, image_size=64, duplicate_share=0.25), tmp_path)
+    assert hashlib.sha256(json.dumps(rows).encode()).hexdigest() == (
+        "318c45773146d0c7807e34f1b376dcca93df51792c418b43115bdd58bde26ffc"
+    )
+    assert len(os.listdir(tmp_path)) == 16
+    assert _pixels_digest(tmp_path) == "ed434d6a91fbe56cd5ba870088bdeee8391285f2cce9215bff8617d08cc5428d"
 
 
 def test_render_product_is_pure_and_sized():
@@ -319,3 +341,46 @@ def test_size_and_material_are_visible():
     }
     differences = [np.abs(renders[a] - renders[b]).mean() for a, b in itertools.combinations(S.MATERIALS, 2)]
     assert min(differences) > 3.0  # grey levels over the whole image; measured 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Several photos and more fields (issue 22)
+
+
+def test_second_view_and_attribute_columns(tmp_path):
+    spec = SyntheticSpec(num_products=24, seed=2, image_size=64, duplicate_share=0.25)
+    plain = generate_catalogue(spec, tmp_path / "plain")
+    rows = generate_catalogue(SyntheticSpec(**{**vars(spec), "views": 2, "attribute_columns": True}), tmp_path / "x")
+    assert len(rows) == 30
+    for row, base in zip(rows, plain):
+        assert list(row) == [*SCHEMA, "detail_imageurl", "colour", "material"]
+        assert {k: row[k] for k in SCHEMA} == base  # the same products: the options draw nothing
+        assert row["detail_imageurl"] == f"{row['product_code']}_detail.jpg"
+        assert row["colour"] in S.COLOURS and row["material"] in S.MATERIALS_BY_CATEGORY[row["category3_code"]]
+        assert row["material"].capitalize() in row["title"].split()
+    first = rows[0]  # pinned like the first row above: colour and material come from the same draws
+    assert (first["title"], first["colour"], first["material"]) == ("Oversized Check Wool Scarf", "navy", "wool")
+    files = {name: (tmp_path / "x" / name).read_bytes() for name in os.listdir(tmp_path / "x")}
+    assert len(files) == 48 and sum(name.endswith("_detail.jpg") for name in files) == 24
+    assert {name: data for name, data in files.items() if "_detail" not in name} == _files(tmp_path / "plain")
+    with Image.open(tmp_path / "x" / first["detail_imageurl"]) as detail:
+        assert (detail.format, detail.size) == ("JPEG", (64, 64))
+    only_views = generate_catalogue(SyntheticSpec(**{**vars(spec), "views": 2}), tmp_path / "v")
+    assert list(only_views[0]) == [*SCHEMA, "detail_imageurl"]
+    with pytest.raises(ValueError, match="invalid spec"):
+        generate_catalogue(SyntheticSpec(num_products=2, views=3), tmp_path / "bad")
+
+
+def test_detail_view_shows_colour_material_and_check():
+    def detail(colour="camel", material="wool", check=False) -> np.ndarray:
+        image = S.render_detail(ProductAttributes("SCARVES", colour, material, "medium", check, texture_seed=4), 224)
+        assert image.size == (224, 224) and image.mode == "RGB"
+        return np.asarray(image, np.float32)
+
+    assert np.array_equal(detail(), detail())  # pure
+    for colour, rgb in S.COLOURS.items():  # plain wool: the mean is the fill colour (the knit averages out)
+        assert np.abs(detail(colour).mean(axis=(0, 1)) - rgb).max() < 2  # measured at most 0.2
+    fabrics = {material: detail("grey", material) for material in S.MATERIALS}
+    differences = [np.abs(fabrics[a] - fabrics[b]).mean() for a, b in itertools.combinations(S.MATERIALS, 2)]
+    assert min(differences) > 6.0  # grey levels over the whole close-up; measured 9.5 (the front view: 5.0)
+    assert _stripe_edges(detail(check=True)) > 20 > 5 > _stripe_edges(detail(check=False))  # measured 44 and 1

@@ -9,6 +9,15 @@ Rows use the DBQ schema (17 columns, same names and Python types); `imageurl` is
 name relative to the image directory. The same `SyntheticSpec` always gives identical rows and
 byte-identical images: every random draw comes from a generator seeded with (seed, index).
 
+Two options, both off by default (then rows and images are exactly those above), give a catalogue of
+several photos and more fields (issue 22):
+  views=2                  a second photo per item, a close-up of its fabric (colour, material texture
+                           and check, magnified 3x, filling the frame), "{product_code}_detail.jpg" in the
+                           column `detail_imageurl`: one column per photo, so a loader maps the photos as
+                           `columns.image: [imageurl, detail_imageurl]`.
+  attribute_columns=true   the columns `colour` and `material` (category fields; the colour is in no
+                           other column, the material also in the title).
+
     python -m phi3v.data.synthetic --n 3000     # renders into a temporary directory, prints rows/s
 """
 
@@ -32,11 +41,14 @@ __all__ = [
     "MATERIALS_BY_CATEGORY",
     "SIZES",
     "COLUMNS",
+    "ATTRIBUTE_COLUMNS",
+    "DETAIL_COLUMN",
     "PRICE_RANGE",
     "ProductAttributes",
     "SyntheticSpec",
     "generate_catalogue",
     "price_of",
+    "render_detail",
     "render_product",
     "sample_attributes",
     "title_of",
@@ -92,6 +104,10 @@ _SIZE_WORDS = {  # title word for small / medium / large; medium has none
     "SCARVES": ("Mini", "", "Oversized"),
 }
 _DEFAULT_SIZE_WORDS = ("Small", "", "Large")
+DETAIL_COLUMN = "detail_imageurl"  # the second view's file name (views=2)
+ATTRIBUTE_COLUMNS = ("colour", "material")  # attribute_columns=True
+DETAIL_ZOOM = 3  # the close-up magnifies the fabric this many times (nearest neighbour: the weave stays crisp)
+DETAIL_SPAN = 0.6  # ... and shows this fraction of the item's side: a few repeats of the check
 _GOLD = (196, 164, 84)  # buckles, clasps, snaps
 
 
@@ -101,6 +117,8 @@ class SyntheticSpec:
     seed: int = 0
     image_size: int = 224  # square images, pixels
     duplicate_share: float = 0.0  # fraction of extra rows repeating an existing product_code (to exercise de-dup)
+    views: int = 1  # photos per product: 1 = the catalogue shot; 2 = also a fabric close-up (`detail_imageurl`)
+    attribute_columns: bool = False  # also the columns `colour` and `material`
 
 
 @dataclass(frozen=True)
@@ -379,6 +397,22 @@ def render_product(attributes: ProductAttributes, size: int) -> Image.Image:
     return image
 
 
+def render_detail(attributes: ProductAttributes, size: int) -> Image.Image:
+    """A close-up of the product's fabric (RGB, size x size): its colour, material texture and check,
+    `DETAIL_ZOOM` times magnified, filling the frame. A pure function of its arguments."""
+    side = -(-size // DETAIL_ZOOM)  # the fabric patch, before magnifying
+    box = _Box(0.0, 0.0, side / DETAIL_SPAN)  # the item the patch is cut from: textures and check scale with it
+    region = (slice(0, side), slice(0, side))
+    base = COLOURS[attributes.colour]
+    fill = np.asarray(base, np.float32)[:, None, None] + _texture(attributes.material, attributes.texture_seed,
+                                                                 side, box, region)[None]
+    if attributes.check:
+        fill = _check(fill, base, box, region)
+    planes = np.rint(np.clip(fill, 0, 255)).astype(np.uint8)
+    patch = Image.merge("RGB", [Image.fromarray(plane, "L") for plane in planes])
+    return patch.resize((side * DETAIL_ZOOM, side * DETAIL_ZOOM), Image.NEAREST).crop((0, 0, size, size))
+
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue.
 
@@ -424,9 +458,11 @@ def framed_product(attributes: ProductAttributes, size: int) -> Image.Image:
     return framed
 
 
-def _render_one(job: tuple[ProductAttributes, int, str]) -> None:
-    attributes, size, path = job
+def _render_one(job: tuple[ProductAttributes, int, str, str | None]) -> None:
+    attributes, size, path, detail_path = job
     framed_product(attributes, size).save(path, "JPEG", quality=90)
+    if detail_path is not None:
+        render_detail(attributes, size).save(detail_path, "JPEG", quality=90)
 
 
 def generate_catalogue(spec: SyntheticSpec, image_dir: str | os.PathLike, workers: int = 2) -> list[dict]:
@@ -436,9 +472,11 @@ def generate_catalogue(spec: SyntheticSpec, image_dir: str | os.PathLike, worker
     `num_products` (a smaller catalogue is a prefix of a larger one, codes aside) or on `workers`
     (rendering threads).
     Duplicate rows (duplicate_share > 0) are re-scrapes appended at the end: an earlier row's
-    product, code, title and image, with the sale status drawn again.
+    product, code, title and image(s), with the sale status drawn again.
+    `views` and `attribute_columns` add columns and files (module docstring) and change nothing else.
     """
-    if spec.num_products < 1 or spec.image_size < 16 or not 0.0 <= spec.duplicate_share <= 1.0:
+    if (spec.num_products < 1 or spec.image_size < 16 or not 0.0 <= spec.duplicate_share <= 1.0
+            or spec.views not in (1, 2)):
         raise ValueError(f"invalid spec {spec}")
     image_dir = Path(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -446,8 +484,14 @@ def generate_catalogue(spec: SyntheticSpec, image_dir: str | os.PathLike, worker
     for index, code in enumerate(_product_codes(spec)):
         rng = np.random.default_rng((spec.seed, index))
         attributes = sample_attributes(rng, index)
-        rows.append(_row(attributes, code, rng))
-        jobs.append((attributes, spec.image_size, str(image_dir / f"{code}.jpg")))
+        row = _row(attributes, code, rng)
+        detail = f"{code}_detail.jpg" if spec.views == 2 else None
+        if detail is not None:
+            row[DETAIL_COLUMN] = detail
+        if spec.attribute_columns:
+            row.update(colour=attributes.colour, material=attributes.material)
+        rows.append(row)
+        jobs.append((attributes, spec.image_size, str(image_dir / f"{code}.jpg"), detail and str(image_dir / detail)))
 
     dup_rng = np.random.default_rng((spec.seed, 1 << 31))
     for _ in range(round(spec.num_products * spec.duplicate_share)):
@@ -478,8 +522,9 @@ def _main() -> None:
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--workers", type=int, default=2, help="rendering threads")
     parser.add_argument("--out", default=None, help="image directory (default: a temporary one)")
+    parser.add_argument("--views", type=int, default=1, choices=(1, 2), help="photos per product")
     args = parser.parse_args()
-    spec = SyntheticSpec(num_products=args.n, image_size=args.size)
+    spec = SyntheticSpec(num_products=args.n, image_size=args.size, views=args.views)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         rows = generate_catalogue(spec, args.out or tmp, workers=args.workers)

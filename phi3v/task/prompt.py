@@ -1,6 +1,5 @@
-"""The product task: the question asked about a photo, the answer the model learns, parsing it back,
-and how far a parsed price is from the truth. Data (batching), training (evaluation) and inference
-(predict, the web demo) all read it from here.
+"""The fixed product task of title, category and price (`PromptTemplate`), as data, training and
+inference use it until they read the configurable `TaskSpec` (phi3v.task.spec), which reproduces it.
 
 Default wording is exactly the seed notebook's: user turn `<|image_1|>What is shown in this image?`
 and answer `Product: {title}, Category: {category}, Full Price: {price}`, with the price written as
@@ -9,19 +8,16 @@ Python writes the float (`1250.0`). `price_format` changes only how the price is
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from phi3v.modeling.tokenizer import chat_prompt
 
-DEFAULT_QUESTION = "<|image_1|>What is shown in this image?"
-DEFAULT_ANSWER = "Product: {title}, Category: {category}, Full Price: {price}"
-DEFAULT_PRICE_FORMAT = "{}"  # str(float): 1250.0, 1299.99 — the seed's format
+from .fields import DEFAULT_FIELDS
+from .numbers import price_from_answer
+from .spec import DEFAULT_ANSWER, DEFAULT_QUESTION, TaskSpec
 
-# A number as users and models write prices: "1,250.00", "$490", "490 USD", "1 250", "USD1250".
-_NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:[, ]\d{3})+|\d+)(\.\d+)?(?![\d])")
-_PRICE_LABEL = re.compile(r"full\s*price\s*[:=]?", re.IGNORECASE)
+DEFAULT_PRICE_FORMAT = "{}"  # str(float): 1250.0, 1299.99 — the seed's format
 _FIELD = re.compile(r"\\\{(title|category|price)\\\}")  # a field as it appears after re.escape
 
 
@@ -63,6 +59,12 @@ class PromptTemplate:
     def target(self, title: str, category: str, price: float) -> str:
         return self.answer.format(title=title, category=category, price=self.format_price(price))
 
+    def task(self) -> TaskSpec:
+        """The same task as a `TaskSpec`: this question and answer, the seed's fields, this price format."""
+        title, category, price = DEFAULT_FIELDS
+        price_format = None if self.price_format == DEFAULT_PRICE_FORMAT else self.price_format
+        return TaskSpec((title, category, replace(price, format=price_format)), self.question, self.answer)
+
     def parse(self, answer: str) -> ParsedAnswer:
         """Read title, category and price back from a (generated) answer in this template."""
         match = _answer_pattern(self.answer).search(answer.strip())
@@ -78,45 +80,6 @@ class ParsedAnswer:
     title: str | None
     category: str | None
     price: float | None
-
-
-def parse_number(text: str) -> float | None:
-    """The first price-like number in `text`: thousands separators and currency signs are ignored."""
-    match = _NUMBER.search(text)
-    if match is None:
-        return None
-    value = float(match.group(1).replace(",", "").replace(" ", "") + (match.group(2) or ""))
-    return value if math.isfinite(value) else None
-
-
-def price_from_answer(answer: str) -> float | None:
-    """The price in a generated answer, or None when there is none.
-
-    Reads the number after "Full Price:" when present (so a number in the title is not taken),
-    else the last number in the text. Handles "1,250.00", "$490", "490 USD", trailing text.
-    """
-    labels = list(_PRICE_LABEL.finditer(answer))
-    if labels:
-        label = labels[-1]  # the last "Full Price:" (a title could mention one)
-        value = parse_number(answer[label.end() :])
-        if value is not None:
-            return value
-    numbers = list(_NUMBER.finditer(answer))
-    return parse_number(numbers[-1].group(0)) if numbers else None
-
-
-def price_error_pct(predicted: float | None, truth: float) -> float | None:
-    """Signed price error in percent, 100 * (predicted - truth) / truth: +10.0 means 10% too high.
-
-    The one definition behind every `price_error_pct` column (training's prediction CSVs, predict's
-    output, the demo's gallery) and, as its absolute value, the metrics' APE. None when no price was
-    parsed. A true price of 0 (the catalogue never keeps one) gives 0 for an exact 0, else +-infinity.
-    """
-    if predicted is None:
-        return None
-    if truth == 0:
-        return 0.0 if predicted == 0 else math.copysign(math.inf, predicted)
-    return 100.0 * (predicted - truth) / abs(truth)
 
 
 def _answer_pattern(template: str) -> re.Pattern:
