@@ -1,7 +1,8 @@
 """Tier 2: the thread policy (phi3v.training.threads, hardware.threads) and its governor callback.
 
 The policy is fed fake CPU counters, affinities, cgroup files and environments; the governor a scripted
-load; two checks use real processes (a child's CPU time counts as this job's; DataLoader workers).
+load; three checks use real processes (a child's CPU time counts as this job's; DataLoader workers; train.py
+sets the wait policy before torch is imported, e2e).
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def test_openmp_waits_are_short_unless_the_environment_chose_a_policy():
     assert threads.openmp_wait({}) == "OpenMP default waits"
 
 
+@pytest.mark.e2e
 def test_train_py_sets_the_wait_policy_before_anything_imports_torch():
     """train.py's __main__ up to Hydra's `--cfg job` (which prints the config and returns): the wait
     variables are set and torch is still not imported, so the OpenMP runtime torch loads reads them."""
