@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from phi3v.cli import start
 from phi3v.config_checks import ConfigError, check_config
 from phi3v.training.launch import join_external_launch, run_dir_for
+from phi3v.training.threads import LoadMeter, parse_threads, set_openmp_wait
 
 if TYPE_CHECKING:
     import lightning as L
@@ -68,11 +70,18 @@ def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
     return str(path), Path(fresh) if fresh else None
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, logger, meter: LoadMeter | None = None) -> L.Trainer:
+    """The Trainer of `cfg`; `meter` measures the load for hardware.threads=auto since the run started."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-    from phi3v.training.callbacks import EvaluationReport, LastCheckpoint, SigtermCheckpoint, TrainedBatches
+    from phi3v.training.callbacks import (
+        EvaluationReport,
+        LastCheckpoint,
+        SigtermCheckpoint,
+        ThreadGovernor,
+        TrainedBatches,
+    )
     from phi3v.training.strategies import build_strategy
 
     checkpoints = run_dir / "checkpoints"
@@ -87,11 +96,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
         LastCheckpoint(checkpoints),  # also at every validation (after its report) and at the end of training
         SigtermCheckpoint(checkpoints),
         TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps),  # plain lines in logs and CI, unlike rich
+        ThreadGovernor(parse_threads(cfg.hardware.threads), meter or LoadMeter.start()),
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
-    for key in ("ddp", "fsdp", "timeout_minutes", "strategy"):  # settings of the strategy, not Trainer arguments
+    for key in ("ddp", "fsdp", "timeout_minutes", "strategy", "threads"):  # not Trainer arguments
         hardware.pop(key)
     hardware["accumulate_grad_batches"] = accumulate_grad_batches(cfg)
     strategy = build_strategy(cfg.hardware.strategy, instantiate(cfg.hardware.ddp), cfg.hardware.timeout_minutes)
@@ -155,6 +165,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
+    meter = LoadMeter.start()  # first: the imports below give hardware.threads=auto its first window
     from phi3v.console import lightning_logs_through_root, quiet_third_party
 
     quiet_third_party()  # first: some libraries warn while being imported
@@ -192,7 +203,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else None
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # a plain dict, no objects
-    trainer = build_trainer(cfg, run_dir, logger)
+    trainer = build_trainer(cfg, run_dir, logger, meter)
     trained, finished = None, False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -291,5 +302,6 @@ def summary(module: Phi3VLitModule, commands: list[str]) -> str:
 
 
 if __name__ == "__main__":
+    set_openmp_wait(os.environ)  # before anything imports torch (join_external_launch may): see threads.py
     sys.argv = join_external_launch(sys.argv)
     start(main)  # the typed schemas of conf/ first (typos and wrong types fail naming the key), then Hydra

@@ -51,6 +51,7 @@ def m(area: str, path: str, original: str, mutated: str, *tests: str, slow: bool
 
 
 UNITS = "tests/test_training_units.py"
+THREADS = "tests/test_threads.py"
 MUTATIONS: list[Mutation] = [
     # ---- the six breaks of issue 13 ------------------------------------------------------------------------
     m("resume", "phi3v/training/module.py",
@@ -407,6 +408,54 @@ MUTATIONS: list[Mutation] = [
       "row.update(colour=attributes.colour, material=attributes.material)",
       "row.update(colour=attributes.colour, material=attributes.colour)",
       "tests/test_synthetic.py", "-k", "second_view"),
+    # ---- thread policy (issue 19) ----
+    m("threads", "phi3v/training/threads.py",
+      "return max(1, math.floor((free + SLACK) / ranks))", "return max(1, math.floor(free + SLACK))",
+      THREADS, "-k", "split"),  # DDP ranks each take every free core
+    m("threads", "phi3v/training/threads.py",
+      "return max(0.0, (last.busy - first.busy - (last.job - first.job)) / wall)",
+      "return max(0.0, (last.busy - first.busy) / wall)",
+      THREADS, "-k", "busy_elsewhere"),  # the run's own CPU time counted as other programs' load
+    m("threads", "phi3v/training/threads.py",
+      'return os.getppid() if started else os.getpid()', "return os.getpid()",
+      THREADS, "-k", "launched_rank"),  # a DDP rank counts its sibling ranks as load elsewhere
+    m("threads", "phi3v/training/threads.py",
+      "processes += processes[0].children(recursive=True)", "pass",
+      THREADS, "-k", "child_process"),  # loader workers' CPU counted as load elsewhere
+    m("threads", "phi3v/training/threads.py",
+      "return min(limits) if limits else None", "return max(limits) if limits else None",
+      THREADS, "-k", "cgroup"),  # the loosest cgroup quota wins
+    m("threads", "phi3v/training/threads.py",
+      "free = max(0.0, cpus - busy) * share", "free = max(0.0, cpus - busy)",
+      THREADS, "-k", "free_cores"),  # hardware threads counted as cores
+    m("threads", "phi3v/training/threads.py",
+      "if not any(key in environ for key in WAIT_KEYS):", "if True:  # the user's wait policy overwritten",
+      THREADS, "-k", "openmp_waits"),
+    m("threads", "train.py",
+      "set_openmp_wait(os.environ)  # before anything imports torch (join_external_launch may): see threads.py",
+      "pass  # OpenMP keeps its 3 ms spins",
+      THREADS, "-k", "before_anything_imports_torch"),
+    m("threads", "phi3v/training/callbacks.py",
+      "if self.fixed is not None or self.meter.seconds_since_reading() < self.interval_s:",
+      "if self.fixed is not None:",
+      THREADS, "-k", "governor"),  # measured after every batch: windows of milliseconds
+    m("threads", "phi3v/training/callbacks.py",
+      "torch.set_num_threads(threads)", "pass  # the change logged, not applied",
+      THREADS, "-k", "follows_the_load"),
+    m("threads", "phi3v/training/callbacks.py",
+      "self.ranks = trainer.num_devices  # the processes of this machine", "self.ranks = 1",
+      THREADS, "-k", "splits_the_cores"),
+    m("threads", "phi3v/config_checks.py",
+      "return (lambda v: v == auto or (isinstance(v, int) and count(v))), f\"{auto} or a count >= 1\"",
+      "return (lambda v: True), f\"{auto} or a count >= 1\"",
+      "tests/test_config.py", "-k", "out_of_range"),
+    m("speed", "phi3v/modeling/image_embedding.py",
+      "if all(n == pixel_values.shape[1] for n in real):", "if True:  # padding crops encoded too",
+      "tests/test_tiny_model.py", "-k", "padding_crops or in_place"),
+    m("speed", "phi3v/modeling/image_embedding.py",
+      "crops = pixel_values.flatten(0, 1)  # (n_images * crops, 3, S, S)",
+      "crops = pixel_values.flatten(0, 1).clone()  # a copy again",
+      "tests/test_tiny_model.py", "-k", "in_place"),
 ]
 
 

@@ -82,6 +82,12 @@ def _devices() -> tuple[Callable[[Any], bool], str]:
     return check, "auto, a count >= 1 (-1 = all), or a list of device ids"
 
 
+def _threads() -> tuple[Callable[[Any], bool], str]:
+    auto = source_constant("phi3v.training.threads.AUTO")
+    count, _ = _at_least(1)
+    return (lambda v: v == auto or (isinstance(v, int) and count(v))), f"{auto} or a count >= 1"
+
+
 def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     """Full key -> (check, what is allowed). Keys absent from a config (e.g. optimizer.momentum with
     adamw) are skipped."""
@@ -120,6 +126,7 @@ def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "hardware.accumulate_grad_batches": _at_least(1),
         "hardware.gradient_clip_val": _or_null(_positive()),
         "hardware.timeout_minutes": _at_least(1),
+        "hardware.threads": _threads(),
         "hardware.fsdp.param_dtype": _or_null(_one_of(dtypes)),
         "hardware.fsdp.reduce_dtype": _one_of(dtypes),
         "model.spec.dtype": _one_of(dtypes),

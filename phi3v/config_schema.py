@@ -218,6 +218,7 @@ class HardwareSchema:
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = 1.0  # noqa: UP045 (OmegaConf reads Optional)
     timeout_minutes: int = 30  # how long ranks wait for each other in a collective before failing
+    threads: Any = "auto"  # auto | a count >= 1: CPU threads per rank (phi3v/training/threads.py)
     ddp: Any = _node("phi3v.training.strategies.DDPSettings")
     fsdp: Any = _node("phi3v.training.sharding.ShardingSpec")
 

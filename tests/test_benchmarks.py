@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,35 @@ def test_gpu_benchmark_checkpoints_every_nth_layer_and_compiles_each_layer(tmp_p
     (cell,) = json.loads((tmp_path / "gpu.json").read_text())["cells"]
     assert (cell["checkpointing"], cell["compiled"], cell["note"]) == (2, True, "") and cell["step_s"] > 0
     assert "| lora | 1 | 1 | every 2 | sdpa +compile | 339 |" in (tmp_path / "gpu.md").read_text()
+
+
+def threads_benchmark():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import threads
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return threads
+
+
+def test_threads_benchmark_busy_loops_run_in_their_own_sessions_and_are_killed():
+    """The load beside a run is another application: its own session (autogroup), gone after the run."""
+    threads = threads_benchmark()
+    loops = threads.start_busy_loops(2)
+    try:
+        assert all(os.getsid(loop.pid) == loop.pid != os.getsid(0) for loop in loops)
+        assert all(loop.poll() is None for loop in loops)
+    finally:
+        threads.stop(loops)
+    assert [loop.returncode for loop in loops] == [-9, -9]
+
+
+@pytest.mark.slow
+def test_threads_benchmark_rates_policies_beside_a_busy_loop(tmp_path):
+    result = run("threads.py", "--steps", "10", "--policies", "one,auto", "--loads", "1",  # the bar shows 10
+                 "--out", str(tmp_path / "t.md"))
+    table = (tmp_path / "t.md").read_text().splitlines()
+    assert table[2:4] == ["| policy | 1 busy loop (it/s) |", "|---|---|"]
+    assert [row.split(" | ")[0] for row in table[4:]] == ["| 1 thread", "| auto (default)"]
+    assert all(float(row.split(" | ")[1].rstrip(" |")) > 0 for row in table[4:])
+    assert "threads: 1 of " in result.stdout and "(hardware.threads=auto: " in result.stdout

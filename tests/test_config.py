@@ -275,7 +275,10 @@ def test_wrongly_typed_keys_fail_at_composition_naming_the_key(override):
      ("hardware.strategy=deepspeed", "hardware.strategy=deepspeed: must be one of auto, ddp, fsdp"),
      ("hardware.precision=bf15", "hardware.precision=bf15: must be one of"),
      ("seed=-1", "seed=-1: must be >= 0"), ("resume=/no/such/run", "resume=/no/such/run: no such run dir"),
-     ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5]: must be two numbers in [0, 1)")],
+     ("optimizer.betas=[0.9,1.5]", "optimizer.betas=[0.9, 1.5]: must be two numbers in [0, 1)"),
+     ("hardware.threads=0", "hardware.threads=0: must be auto or a count >= 1"),
+     ("hardware.threads=1.5", "hardware.threads=1.5: must be auto or a count >= 1"),
+     ("hardware.threads=all", "hardware.threads=all: must be auto or a count >= 1")],
 )
 def test_values_out_of_range_fail_naming_the_key_and_what_is_allowed(override, message):
     from phi3v.config_checks import ConfigError, check_config
@@ -283,6 +286,15 @@ def test_values_out_of_range_fail_naming_the_key_and_what_is_allowed(override, m
     with pytest.raises(ConfigError) as raised:
         check_config(compose("train", overrides=[override]))
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["auto", 1, 16])
+def test_hardware_threads_is_auto_or_a_count(value):
+    from phi3v.config_checks import check_config
+
+    cfg = compose("train", overrides=[f"hardware.threads={value}"])
+    check_config(cfg)
+    assert cfg.hardware.threads == value and compose("train").hardware.threads == "auto"
 
 
 def test_every_option_passes_the_range_checks():

@@ -56,6 +56,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     train(single, data, *EPOCH, *SGD, "data.batch_size=8")
     output = train(ddp, data, *EPOCH, *DDP, *SGD, "data.batch_size=4")
+    assert output.count("threads: 1 per rank x 2 ranks of ") == 2  # each rank applies hardware.threads=1
     one, two = logged(single), logged(ddp)
     assert len(one["train/loss"]) == len(two["train/loss"]) == 6
     torch.testing.assert_close(torch.tensor(two["train/loss"]), torch.tensor(one["train/loss"]), rtol=LOSS_RTOL, atol=0)

@@ -159,7 +159,7 @@ TINY_RECIPE = [
     "experiment=demo", "data.synthetic.num_products=64", "data.limit=48", "data.val_fraction=0.125",
     "data.test_fraction=0.125", "data.eval_batch_size=8", "evaluation.max_new_tokens=16",
     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.val_check_interval=1", "test=false",
-    "export=false",
+    "export=false", "hardware.threads=1",  # as tests/test_train_e2e.py's SMALL
 ]
 VALIDATIONS = 2
 

@@ -182,3 +182,23 @@ def test_padding_crops_are_never_encoded(model, processor):
     assert rows_cols == [[1, 3], [2, 2]]
     assert batch["pixel_values"].shape[1] == 5
     assert seen == [(1 + 3) + (1 + 4)]
+
+
+def test_clip_reads_the_crops_in_place_when_every_crop_is_real(model, processor):
+    """num_crops=1 fills every crop slot (1x1 canvas + global): CLIP gets a view of pixel_values, no copy,
+    and the same features as each image encoded alone."""
+    one_crop = Phi3VProcessor.from_pretrained(preset_dir("tiny"), num_crops=1)
+    batch = one_crop("<|image_1|>x", [Image.new("RGB", (300, 200), "red")])
+    two = {key: torch.cat([value, value]) for key, value in batch.items()}  # two rows, one image each
+    two["pixel_values"] = torch.cat([batch["pixel_values"], batch["pixel_values"] * 0.5])
+    seen = []
+    tower = model.model.vision_embed_tokens.img_processor
+    handle = tower.register_forward_hook(lambda module, args, output: seen.append((args[0].data_ptr(), output)))
+    try:
+        with torch.no_grad():
+            model(**two)
+            model(**{**batch, "pixel_values": batch["pixel_values"] * 0.5})
+    finally:
+        handle.remove()
+    assert two["pixel_values"].shape[1] == 2 and seen[0][0] == two["pixel_values"].data_ptr()
+    assert torch.equal(seen[0][1][2:], seen[1][1])  # the second image's features, bit for bit

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,9 +26,12 @@ from wandb_offline import history_counts, offline_artifacts
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
+# One thread: tiny matrices gain nothing from more, runs compared with each other need the same float sums,
+# and the suite's machine is busy (the CLIs' subprocesses get OMP_NUM_THREADS=1, conftest.py `one_thread`).
 SMALL = [
     "data.synthetic.num_products=64", "data.limit=64", "data.val_fraction=0.125", "data.test_fraction=0.125",
     "data.batch_size=4", "data.eval_batch_size=8", "evaluation.max_new_tokens=24", "trainer.log_every_n_steps=2",
+    "hardware.threads=1",
 ]
 
 
@@ -48,8 +52,9 @@ def train(run_dir: Path, data_dir: Path, *overrides: str, wait: bool = True, env
 def test_small_run_writes_everything(tmp_path):
     run = tmp_path / "run"
     output = train(run, tmp_path / "data", "trainer.max_steps=6", "trainer.val_check_interval=6",
-                   "checkpoint.every_n_train_steps=3", "data.val_limit=4",
+                   "checkpoint.every_n_train_steps=3", "data.val_limit=4", "hardware.threads=auto",  # the default
                    env={"WANDB_SILENT": "false"})  # W&B's console output as users see it
+    assert re.search(r"threads: \d+ of [\d.]+ cores \(hardware\.threads=auto: [\d.]+ CPUs busy elsewhere; ", output)
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 1000
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "adapter" / "tokenizer.json").is_file()

@@ -76,8 +76,13 @@ class Phi3VImageEmbedding(nn.Module):
         """
         grids = self.crop_grid(image_sizes)
         self._check_inputs(pixel_values, grids)
-        # Encode only the real crops of every image, all images in one CLIP batch.
-        crops = torch.cat([pixel_values[i, : 1 + h * w] for i, (h, w) in enumerate(grids)])
+        # Encode only the real crops of every image, all images in one CLIP batch: a view of pixel_values
+        # when every crop is real (one canvas size, e.g. num_crops 1), else a copy of the real ones.
+        real = [1 + h * w for h, w in grids]
+        if all(n == pixel_values.shape[1] for n in real):
+            crops = pixel_values.flatten(0, 1)  # (n_images * crops, 3, S, S)
+        else:
+            crops = torch.cat([pixel_values[i, :n] for i, n in enumerate(real)])
         dtype = self.glb_GN.dtype  # the embedding's dtype (the projection may be wrapped by PEFT)
         features = self.img_processor(crops.to(dtype))  # (n_real_crops, 576, C)
 

@@ -1,12 +1,14 @@
 """Rank-aware side effects of a training run: plots, prediction tables, last and SIGTERM checkpoints,
-the trained-batch count a resume starts from."""
+the trained-batch count a resume starts from, the threads each rank computes with."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
@@ -15,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from phi3v.inference import prediction_row, write_predictions
 
 from .reporting import price_scatter, wandb_prediction_table
+from .threads import INTERVAL_S, LoadMeter, start_line, threads_for
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +126,46 @@ class LastCheckpoint(L.Callback):
 
 def _stops_at_max_steps(trainer: L.Trainer) -> bool:
     return 0 < trainer.max_steps <= trainer.global_step
+
+
+class ThreadGovernor(L.Callback):
+    """hardware.threads on every rank (phi3v.training.threads): `fixed` threads, or (None: auto) the free
+    cores split between this machine's ranks, measured again every `interval_s` of wall time while
+    training and evaluating. The first choice and every change are logged, once each."""
+
+    def __init__(self, fixed: int | None, meter: LoadMeter, interval_s: float = INTERVAL_S):
+        self.fixed, self.meter, self.interval_s = fixed, meter, interval_s
+        self.threads: int | None = None
+        self.ranks = 1
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        # Runs after Lightning's launcher, which sets its own count on DDP ranks, and again before
+        # trainer.validate/test: the count is chosen once, applied each time.
+        if self.threads is None:
+            self.ranks = trainer.num_devices  # the processes of this machine
+            busy = 0.0 if self.fixed is not None else self.meter.read()
+            self.threads = threads_for(self.meter.free_cores(busy), self.ranks) if self.fixed is None else self.fixed
+            log.info(start_line(self.threads, self.ranks, self.meter.free_cores(), self.fixed, busy, os.environ))
+        torch.set_num_threads(self.threads)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        self.follow_load()
+
+    def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        self.follow_load()
+
+    def on_test_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        self.follow_load()
+
+    def follow_load(self) -> None:
+        """With auto threads, once `interval_s` has passed: the count for the load of the window since."""
+        if self.fixed is not None or self.meter.seconds_since_reading() < self.interval_s:
+            return
+        seconds = self.meter.seconds_since_reading()
+        busy = self.meter.read()
+        threads = threads_for(self.meter.free_cores(busy), self.ranks)
+        if threads != self.threads:
+            log.info("threads: %d -> %d (%.1f CPUs busy elsewhere over the last %.0f s)", self.threads, threads,
+                     busy, seconds)
+            self.threads = threads
+            torch.set_num_threads(threads)

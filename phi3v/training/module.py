@@ -117,7 +117,8 @@ class Phi3VLitModule(L.LightningModule):
         inputs = model_inputs(batch)
         labels = inputs.pop("labels")  # the loss is computed here, as sums (see losses.py)
         window = logits_window(labels)
-        output = self.model(**teacher_forced(inputs, labels), logits_to_keep=window)
+        # use_cache=False: no KV cache to fill (a copy of every layer's keys and values) for a loss forward
+        output = self.model(**teacher_forced(inputs, labels), use_cache=False, logits_to_keep=window)
         token_loss_sum, tokens = supervised_loss_sum(output.logits, labels[:, -window:])
         # The loss of the whole global batch, mean over its supervised tokens: one all-reduce of
         # (sum, count) gives every rank the same value, so a non-finite loss is skipped everywhere
