@@ -198,7 +198,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(processor, batch, monkey
 
     def poisoned(**inputs):
         output = forward(**inputs)
-        output.logits = output.logits * poison["value"]
+        output.loss = output.loss * poison["value"]  # the loss the step uses
         return output
 
     monkeypatch.setattr(module.model, "forward", poisoned)
