@@ -82,6 +82,7 @@ class Phi3VLitModule(L.LightningModule):
         self.nonfinite_total = 0
         self.strict_loading = False  # checkpoints hold only the trainable weights (checked on load)
         self._step_started = None
+        self._evaluation_started: dict[str, float] = {}
 
     # ---- model ---------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -238,9 +239,11 @@ class Phi3VLitModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._records["val"] = []
+        self._evaluation_started["val"] = time.perf_counter()
 
     def on_test_epoch_start(self) -> None:
         self._records["test"] = []
+        self._evaluation_started["test"] = time.perf_counter()
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_metrics("val")
@@ -249,6 +252,9 @@ class Phi3VLitModule(L.LightningModule):
         self._log_eval_metrics("test")
 
     def _log_eval_metrics(self, split: str) -> None:
+        # wall time of the evaluation (loss + generation), the slowest rank's: what it adds to a run
+        seconds = time.perf_counter() - self._evaluation_started.pop(split, time.perf_counter())
+        self.log(f"{split}/seconds", seconds, sync_dist=True, reduce_fx="max")
         records = gather_records(self._records[split], self.trainer.world_size)
         self._records[split] = []
         self.eval_records[split] = records
