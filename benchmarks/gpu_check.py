@@ -18,7 +18,10 @@ from `--started`), and what does not fit is recorded as skipped, never left out 
    step and validation times give the validation share of a real run at the recipe's cadence (a
    validation every half epoch of Burberry's ~2,400 training photos: 300 batches of 4).
 5. liger+compile: the cells of 3 with each decoder and CLIP layer compiled (regional torch.compile),
-   last because compiling is the least predictable. (`eager+compile` can be added with `--phases`.)
+   last because compiling is the least predictable; selective first, since on the CPU (torch 2.13)
+   full checkpointing did not compile (SDPA is a random op inside a recomputed region) and offload
+   compiled nothing (a graph break at save_on_cpu): a failing cell is recorded with its error.
+   (`eager+compile` can be added with `--phases`.)
 
 MFU as benchmarks/gpu.py counts it. "Fits 80 GB" = peak reserved <= 76 GiB (an 80 GB card holds
 79.6 GiB, less the CUDA context); "<= 24 GB" = peak reserved <= 24 GiB.
