@@ -8,9 +8,11 @@ The GPU tests are what `benchmarks/gpu_check.sh` runs first on a GPU box; here t
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import types
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +33,7 @@ from phi3v.training.module import EvalSpec, Phi3VLitModule
 
 pytestmark = pytest.mark.unit
 
+REPO = Path(__file__).resolve().parents[1]
 SPEC = ModelSpec(num_crops=1)
 ANSWERS = ["Product: Check Wool Scarf, Category: Scarves, Full Price: 490.00", "Product: Trench, Category: Coats"]
 GPU = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
@@ -182,3 +185,17 @@ def test_liger_matches_pytorch_within_bf16_on_the_real_width_model(checkpointing
     for name, grad in grads.items():
         difference = (liger_grads[name] - grad).norm() / grad.norm().clamp(min=1e-12)
         assert difference < 5e-2, f"{name}: relative difference {difference:.3g}"
+
+
+@pytest.mark.e2e
+def test_train_py_refuses_liger_at_launch_on_a_machine_without_cuda(tmp_path):
+    """hardware=auto passes the config check on any machine; the launch check then names the key
+    before any data or model work."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "model.spec.kernels=liger", "hardware=auto", "logger=none",
+         f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "model.spec.kernels=liger runs Triton kernels, which need a CUDA GPU" in result.stderr + result.stdout
+    assert not (tmp_path / "splits.json").exists()  # stopped before the data
