@@ -199,3 +199,84 @@ def test_train_py_refuses_liger_at_launch_on_a_machine_without_cuda(tmp_path):
     assert result.returncode != 0
     assert "model.spec.kernels=liger runs Triton kernels, which need a CUDA GPU" in result.stderr + result.stdout
     assert not (tmp_path / "splits.json").exists()  # stopped before the data
+
+
+# ---- the swap itself, with Liger's modules played by PyTorch (no Triton here) ------------------------
+class TorchRMSNorm(torch.nn.Module):
+    """LigerRMSNorm's constructor and Phi-3's result."""
+
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(variance + self.variance_epsilon)).to(x.dtype)
+
+
+class TorchPhi3SwiGLUMLP(torch.nn.Module):
+    """LigerPhi3SwiGLUMLP's constructor and result."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_up_proj = torch.nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = torch.nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+@pytest.fixture
+def torch_liger(monkeypatch):
+    """A CUDA machine with liger-kernel installed, as far as kernels.py can tell, without Triton."""
+    package = types.ModuleType("liger_kernel.transformers")
+    package.LigerRMSNorm, package.LigerPhi3SwiGLUMLP = TorchRMSNorm, TorchPhi3SwiGLUMLP
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", package)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "liger_kernel" else real_find_spec(name, *a))
+    swaps = []
+    monkeypatch.setattr(kernels, "_swap_rope", lambda: swaps.append("rope"))  # process-wide: tested below
+    return swaps
+
+
+def test_liger_swap_keeps_the_weights_lora_targets_and_results(batch, torch_liger):
+    eager_loss, eager_grads = lora_step(load_base_model(SPEC), batch)
+    base = load_base_model(SPEC)
+    layer = base.model.layers[0]
+    native_norm, native_mlp = layer.input_layernorm, layer.mlp
+    kernels.apply_kernels(base, "liger")
+    assert torch_liger == ["rope"] and base.linear_cross_entropy is linear_cross_entropy
+    assert isinstance(layer.input_layernorm, TorchRMSNorm) and layer.input_layernorm.weight is native_norm.weight
+    assert isinstance(base.model.norm, TorchRMSNorm) and isinstance(layer.post_attention_layernorm, TorchRMSNorm)
+    assert layer.input_layernorm.variance_epsilon == native_norm.variance_epsilon == 1e-5
+    assert isinstance(layer.mlp, TorchPhi3SwiGLUMLP) and layer.mlp.gate_up_proj is native_mlp.gate_up_proj
+    assert all(p.device.type == "cpu" for p in base.parameters())  # the meta-built MLP allocated nothing
+    assert set(base.state_dict()) == set(load_base_model(SPEC).state_dict())  # checkpoints and adapters alike
+    base.linear_cross_entropy = None  # the loss stays PyTorch's here (Liger's functional needs Triton)
+    loss, grads = lora_step(base, batch)
+    assert "model.layers.0.mlp.gate_up_proj.lora_A.default.weight" in {n.split("base_model.model.")[1] for n in grads}
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=1e-6)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-6)
+
+
+def lora_step(base, batch):
+    torch.manual_seed(0)
+    model = apply_lora(base, LoraSpec(r=4, dropout=0.0))
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_rope_swap_runs_the_fused_kernel_on_cuda_tensors_only():
+    calls = []
+    rope = kernels.cuda_only(lambda *a, unsqueeze_dim: calls.append(("fused", unsqueeze_dim)),
+                             lambda *a, unsqueeze_dim: calls.append(("native", unsqueeze_dim)))
+    rope(torch.zeros(1), None, None, None)
+    rope(types.SimpleNamespace(is_cuda=True), None, None, None, unsqueeze_dim=2)
+    assert calls == [("native", 1), ("fused", 2)]

@@ -23,6 +23,7 @@ weights and their names do not change, so adapters and checkpoints are the same 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -90,14 +91,18 @@ def _swap_rope() -> None:
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
     from transformers.models.phi3 import modeling_phi3
 
-    native = modeling_phi3.apply_rotary_pos_emb
+    modeling_phi3.apply_rotary_pos_emb = cuda_only(liger_rotary_pos_emb, modeling_phi3.apply_rotary_pos_emb)
+
+
+def cuda_only(fused: Callable, native: Callable) -> Callable:
+    """transformers' `apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim)` running `fused` on CUDA
+    tensors and `native` on any other."""
 
     def rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
-        if q.is_cuda:
-            return liger_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
-        return native(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+        rotary = fused if q.is_cuda else native
+        return rotary(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
 
-    modeling_phi3.apply_rotary_pos_emb = rotary_pos_emb
+    return rotary_pos_emb
 
 
 def linear_cross_entropy(
