@@ -123,8 +123,9 @@ def set_lora_variant(model, variant: str) -> None:
     dropout = recipe_lora().dropout if dropout is None else dropout
     for layer in model.modules():
         if isinstance(layer, LoraLayer):
-            for name in layer.lora_dropout:
-                layer.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # PEFT's choice
+            for name, current in layer.lora_dropout.items():
+                if getattr(current, "p", 0.0) != dropout:  # replaced only when it changes: compiled layers keep
+                    layer.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # PEFT's choice
     cast_lora_inputs(model, cast)
 
 
