@@ -12,13 +12,14 @@
 #   3. commit benchmarks/results/gpu_check.{md,json} (from files_at) and fill in the README's figures.
 #
 # Here, on the CPU (a test runs it, so it cannot rot): bash benchmarks/gpu_check.sh --device cpu [--out DIR]
-# (the tiny model; no wheels are installed without a .whl/ folder; tables go to a temporary dir by default).
+# (the tiny model with this machine's packages: no wheels are installed; tables go to a temporary dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
+case " $* " in *" --device cpu "*) on_gpu=no ;; *) on_gpu=yes ;; esac
+if [ "$on_gpu" = yes ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
   # into the box's own environment: pip keeps what it has that satisfies the pins and takes the rest from $WHEELS
   "$PYTHON" -m pip install --quiet --no-index --find-links "$WHEELS" -r benchmarks/gpu_requirements.txt
   # the C image kernels for this Python (optional: Pillow + numpy otherwise, slower loading)
