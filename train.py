@@ -138,6 +138,7 @@ def accumulate_grad_batches(cfg: DictConfig) -> int:
 
 def check_launch(cfg: DictConfig) -> None:
     """Fail before any work on combinations that cannot run."""
+    from phi3v.modeling.kernels import kernels_problem
     from phi3v.training.hardware import check_precision
     from phi3v.training.quantized import quantized_run_problems
 
@@ -150,6 +151,9 @@ def check_launch(cfg: DictConfig) -> None:
             "(`wandb sweep sweep.yaml`, one `wandb agent` per GPU group) or run the jobs one after another."
         )
     problems = quantized_run_problems(cfg.model.spec.quantization, cfg.hardware.strategy, cfg.model.lora.enabled)
+    kernels = kernels_problem(cfg.model.spec.kernels)  # e.g. liger without a CUDA GPU
+    if kernels:
+        problems.append(kernels)
     if problems:
         raise SystemExit("\n".join(problems))
 

@@ -55,7 +55,8 @@ def _fraction(closed: bool = False) -> tuple[Callable[[Any], bool], str]:
 
 
 def _one_of(choices) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
+    return (lambda v: v in choices), "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c)
+                                                            for c in choices)
 
 
 def _or_null(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
@@ -130,6 +131,9 @@ def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "hardware.fsdp.param_dtype": _or_null(_one_of(dtypes)),
         "hardware.fsdp.reduce_dtype": _one_of(dtypes),
         "model.spec.dtype": _one_of(dtypes),
+        "model.spec.activation_checkpointing": _one_of(
+            source_constant("phi3v.modeling.checkpointing.CHECKPOINTING")),
+        "model.spec.kernels": _or_null(_one_of(source_constant("phi3v.modeling.kernels.KERNELS"))),
         "logger.mode": _one_of(source_constant("phi3v.training.loggers.MODES")),
     }
 
@@ -144,6 +148,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
         plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if not check(plain):
             problems.append(f"{key}={plain}: must be {allowed}")
+    kernels, accelerator = OmegaConf.select(cfg, "model.spec.kernels"), OmegaConf.select(cfg, "hardware.accelerator")
+    if kernels in source_constant("phi3v.modeling.kernels.KERNELS") and accelerator == "cpu":
+        problems.append(f"model.spec.kernels={kernels}: its Triton kernels need a CUDA GPU, but "
+                        "hardware.accelerator=cpu: set model.spec.kernels=null")
     resume = cfg.get("resume")
     if resume is not None and not Path(resume).exists():
         problems.append(f"resume={resume}: no such run dir or checkpoint")

@@ -1,5 +1,6 @@
 """Tier 2: what the training step computes and keeps: the causal-only mask of right-padded batches,
-a frozen CLIP tower without autograd, and which layers activation checkpointing recomputes."""
+a frozen CLIP tower without autograd, which layers activation checkpointing recomputes, and what
+selective checkpointing and offload keep (the same loss and gradients as no checkpointing)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from phi3v.config_checks import config_problems
 from phi3v.config_schema import register_schemas
-from phi3v.modeling import IGNORE_INDEX, build_tiny_model, padding_only_trails, training_attention_mask
+from phi3v.modeling import IGNORE_INDEX, build_tiny_model, checkpointing, padding_only_trails, training_attention_mask
+from phi3v.modeling.checkpointing import CHECKPOINTING, checkpoint_options
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora
@@ -209,3 +213,124 @@ def test_checkpointing_keys_compose_from_the_command_line(model="phi3v"):
                                           "model.spec.activation_checkpointing_every=2"])
         with pytest.raises(Exception, match=r"model\.spec\.activation_checkpointing is false"):
             instantiate(bad.model.spec)
+        for mode in ("selective", "offload"):
+            chosen = compose("train", overrides=[f"model={model}", f"model.spec.activation_checkpointing={mode}"])
+            assert config_problems(chosen) == [] and instantiate(chosen.model.spec).activation_checkpointing == mode
+        wrong = compose("train", overrides=[f"model={model}", "model.spec.activation_checkpointing=partial"])
+        assert config_problems(wrong) == [
+            "model.spec.activation_checkpointing=partial: must be one of false, true, selective, offload"]
+
+
+# ---- selective checkpointing and offload --------------------------------------------------------
+def step_results(spec: ModelSpec, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, every trainable gradient) of one forward + backward with LoRA dropout 0.1 (recomputed
+    with the same random draws) on decoder and CLIP, so every layer of both towers is checkpointed."""
+    base = load_base_model(spec)
+    torch.manual_seed(0)  # the same LoRA initialisation and dropout draws for every mode
+    model = apply_lora(base, LoraSpec(r=4, dropout=0.1, vision=True, train_projector=True))
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("mode", [True, "selective", "offload"])
+def test_every_checkpointing_mode_gives_the_loss_and_gradients_of_none(batch, mode):
+    loss, grads = step_results(ModelSpec(num_crops=1), batch)
+    checkpointed_loss, checkpointed_grads = step_results(ModelSpec(num_crops=1, activation_checkpointing=mode), batch)
+    assert torch.equal(checkpointed_loss, loss)
+    assert checkpointed_grads.keys() == grads.keys() and len(grads) > 20  # LoRA of both towers + projector
+    for name, grad in grads.items():
+        assert torch.equal(checkpointed_grads[name], grad), name
+
+
+class OpCounts(TorchDispatchMode):
+    """Counts the aten ops that reach the kernels: products served from selective checkpointing's
+    cache do not."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {"thick products": 0, "thin products": 0, "attention": 0}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in checkpointing._ATTENTION:
+            self.counts["attention"] += 1
+        elif func in checkpointing._MATRIX_PRODUCTS:
+            inner = (args[1] if func in (torch.ops.aten.addmm.default, torch.ops.aten.baddbmm.default) else args[0])
+            self.counts["thin products" if inner.shape[-1] <= checkpointing.THIN_PRODUCT else "thick products"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def op_counts(mode, batch) -> dict[str, int]:
+    base = build_tiny_model(seed=1)
+    if mode:
+        options, offload = checkpoint_options(mode)
+        base.activation_checkpointing_enable(options, offload=offload)
+    base.enable_input_require_grads()  # as checkpointing does: the same backward products in every mode
+    model = apply_lora(base, LoraSpec(r=4))
+    model.train()
+    with OpCounts() as counter:
+        model(**batch).loss.backward()
+    return counter.counts
+
+
+def test_selective_checkpointing_recomputes_no_base_product_and_no_attention(batch):
+    off, full, selective = (op_counts(mode, batch) for mode in (False, True, "selective"))
+    layers = len(build_tiny_model().model.layers)
+    # full checkpointing runs each decoder layer's 4 base products + 4 LoRA A products and attention again
+    assert full["thick products"] == off["thick products"] + layers * 8
+    assert full["attention"] == off["attention"] + layers
+    assert (selective["thick products"], selective["attention"]) == (off["thick products"], off["attention"])
+    # LoRA's B products (rank 4 -> out) are recomputed under both (up to the last one backward needs)
+    assert selective["thin products"] == full["thin products"] > off["thin products"]
+
+
+def test_offload_keeps_each_checkpointed_layer_input_through_save_on_cpu(batch, monkeypatch):
+    entered = []
+    real = checkpointing.save_on_cpu
+
+    def spy(**kwargs):
+        entered.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(checkpointing, "save_on_cpu", spy)
+    spec = ModelSpec(num_crops=1, activation_checkpointing="offload", activation_checkpointing_every=2,
+                     activation_checkpointing_vision=False)
+    model = apply_lora(load_base_model(spec), LoraSpec(r=4))
+    model.train()
+    model(**batch).loss.backward()
+    layers = len(model.get_base_model().model.layers)
+    assert layers > 1 and entered == [{"pin_memory": False}] * len(range(0, layers, 2))  # no CUDA here: no pinning
+
+
+def test_checkpointing_mode_is_checked_naming_the_key():
+    for mode in CHECKPOINTING:
+        assert ModelSpec(activation_checkpointing=mode).activation_checkpointing == mode
+    with pytest.raises(ValueError, match=r"model\.spec\.activation_checkpointing must be one of false, true, "
+                                         r"selective, offload, got 'partial'"):
+        ModelSpec(activation_checkpointing="partial")
+    selective = ModelSpec(activation_checkpointing="selective", activation_checkpointing_every=2)
+    assert selective.for_inference() == ModelSpec()
+
+
+@pytest.mark.parametrize("mode", [False, "selective"])
+def test_regionally_compiled_layers_give_the_same_loss_and_gradients(batch, mode):
+    """torch.compile of each decoder and CLIP layer (as benchmarks/gpu.py --compile; the aot_eager backend
+    traces forward and backward as inductor does, without generating code) stacks with no checkpointing
+    and with selective checkpointing. Full checkpointing does not compile on torch 2.13: SDPA counts as
+    a random op (its dropout) and the partitioner refuses random ops in recomputed regions."""
+    spec = ModelSpec(num_crops=1, activation_checkpointing=mode)
+    expected_loss, expected = step_results(spec, batch)
+    torch._dynamo.reset()
+    base = load_base_model(spec)
+    for layer in [*base.model.layers, *base.vision_layers()]:
+        layer.compile(backend="aot_eager")
+    torch.manual_seed(0)
+    model = apply_lora(base, LoraSpec(r=4, dropout=0.1, vision=True, train_projector=True))
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.equal(loss.detach(), expected_loss)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.grad, expected[name], rtol=0, atol=1e-6)

@@ -1,10 +1,14 @@
 """Tier 2: on a bf16 base every trainable weight is held in float32 (LoRA, projector, modules trained
-whole); the step, the adapter export, merging and prediction handle the mixed dtypes."""
+whole); the step, the adapter export, merging and prediction handle the mixed dtypes; under autocast
+LoRA takes its bf16 input without PEFT's float32 copy, for identical results."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 from safetensors import safe_open
 
@@ -14,7 +18,8 @@ from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.predict import predict_image
 from phi3v.task import PromptTemplate
 from phi3v.training.export import export_adapter, merge_adapter
-from phi3v.training.lora import LoraSpec, apply_lora
+from phi3v.training.lora import LoraSpec, apply_lora, cast_lora_inputs
+from phi3v.training.module import Phi3VLitModule
 
 pytestmark = pytest.mark.unit
 
@@ -93,3 +98,39 @@ def write_image(directory) -> str:
     path = directory / "photo.png"
     Image.new("RGB", (320, 240), "green").save(path)
     return str(path)
+
+
+# ---- LoRA's input under autocast ------------------------------------------------------------------
+def autocast_step(batch, cast: bool):
+    """(loss, trainable gradients, LoRA inputs' dtypes) of one bf16-autocast step on the bf16 base."""
+    torch.manual_seed(0)
+    model = apply_lora(load_base_model(SPEC), LoraSpec(r=4, dropout=0.0, vision=True, train_projector=True))
+    cast_lora_inputs(model, cast)
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.lora_A["default"].register_forward_pre_hook(lambda m, args: seen.add(args[0].dtype))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, seen
+
+
+def test_lora_under_autocast_skips_the_float32_copy_for_identical_results(batch):
+    loss, grads, dtypes = autocast_step(batch, cast=True)  # PEFT's default
+    uncast_loss, uncast_grads, uncast_dtypes = autocast_step(batch, cast=False)
+    assert dtypes == {torch.float32} and uncast_dtypes == {torch.bfloat16}
+    assert torch.equal(uncast_loss, loss)
+    for name, grad in grads.items():
+        assert torch.equal(uncast_grads[name], grad), name
+
+
+@pytest.mark.parametrize(("precision", "cast"), [("bf16-mixed", False), ("32-true", True), ("bf16-true", True)])
+def test_training_skips_the_copy_only_under_autocast(processor, precision, cast):
+    module = Phi3VLitModule(spec=SPEC, lora=LoraSpec(r=4), optimizer=torch.optim.AdamW, scheduler=None,
+                            processor=processor, template=PromptTemplate())
+    module._trainer = types.SimpleNamespace(precision=precision)  # what configure_model reads of its Trainer
+    module.configure_model()
+    layers = [m for m in module.model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(layer.cast_input_dtype_enabled is cast for layer in layers)

@@ -198,7 +198,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(processor, batch, monkey
 
     def poisoned(**inputs):
         output = forward(**inputs)
-        output.logits = output.logits * poison["value"]
+        output.loss = output.loss * poison["value"]  # the loss the step uses
         return output
 
     monkeypatch.setattr(module.model, "forward", poisoned)
@@ -255,13 +255,14 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
     datamodule.connect(processor)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    scored = []
+    scored, seconds = [], []
 
     class Scored(L.Callback):
         def on_validation_end(self, trainer, module):
             records = module.eval_records["val"]
             scored.append((trainer.state.fn.value, sorted(r["index"] for r in records),
                            float(trainer.callback_metrics["val/count"])))
+            seconds.append(float(trainer.callback_metrics["val/seconds"]))  # its wall time, generation included
 
     module = make_module(processor, max_new_tokens=4)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, val_check_interval=1, logger=False,
@@ -273,4 +274,5 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
     every = list(range(len(datamodule.datasets["val"])))
     assert len(every) == 10 and len(subset) == 4
     assert scored == [("fit", subset, 4.0), ("fit", subset, 4.0), ("validate", every, 10.0)]
+    assert len(seconds) == 3 and all(0 < s < 60 for s in seconds)
     assert len(module.history["val"]) == 3 and all(set(CURVE_KEYS) <= set(h) for h in module.history["val"])

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from phi3v.modeling import Phi3VForCausalLM, Phi3VImageProcessor, Phi3VProcessor, build_tiny_model, load_tokenizer
+from phi3v.modeling.checkpointing import CHECKPOINTING, checkpoint_options
+from phi3v.modeling.kernels import KERNELS, apply_kernels
 from phi3v.modeling.presets import PRESETS, preset
 from phi3v.modeling.quantization import QUANTIZATIONS, quantize_decoder
 from phi3v.modeling.random_weights import build_random_model
@@ -31,7 +33,11 @@ class ModelSpec:
         attn_implementation: sdpa (default), eager or flash_attention_2.
         num_crops: HD crops per image (16 for Phi-3-V, 4 for Phi-3.5-V); null = the snapshot's.
         activation_checkpointing: recompute activations in backward instead of keeping them: less
-            memory, ~30% slower steps with every layer. true = every decoder layer + CLIP.
+            memory, slower steps. false; true (each chosen layer's whole forward again in backward:
+            least memory; 0.98 s vs 0.71 s a step on the H200 at 16 crops x batch 4); selective (keep
+            the matrix products' and attention's outputs, recompute only norms, activations and
+            elementwise ops); offload (true, with the layers' kept inputs in host memory). See
+            phi3v.modeling.checkpointing.
         activation_checkpointing_every: checkpoint decoder layers 0, n, 2n, ... (1 = every layer);
             a larger n keeps the other layers' activations: faster steps, more memory.
         activation_checkpointing_vision: also checkpoint the CLIP layers (only matters when CLIP
@@ -39,6 +45,8 @@ class ModelSpec:
         quantization: null, nf4 or int8: store the decoder's linear layers quantized (QLoRA; needs
             bitsandbytes, `pip install -e .[qlora]`); `dtype` is then their compute dtype. See
             phi3v.modeling.quantization for what is quantized and why.
+        kernels: null (PyTorch's) or liger: Liger Kernel's fused RMSNorm, SwiGLU, RoPE and lm_head +
+            cross-entropy (CUDA only; `pip install -e .[gpu]`). See phi3v.modeling.kernels.
     """
 
     name_or_path: str = "tiny"
@@ -46,10 +54,11 @@ class ModelSpec:
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     num_crops: int | None = None
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool | str = False
     activation_checkpointing_every: int = 1
     activation_checkpointing_vision: bool = True
     quantization: str | None = None
+    kernels: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,6 +68,11 @@ class ModelSpec:
             problems.append(
                 f"model.spec.attn_implementation must be sdpa, eager or flash_attention_2, got "
                 f"{self.attn_implementation!r}"
+            )
+        if not (isinstance(self.activation_checkpointing, bool) or self.activation_checkpointing in CHECKPOINTING):
+            problems.append(
+                "model.spec.activation_checkpointing must be one of "
+                f"{', '.join(str(mode).lower() for mode in CHECKPOINTING)}, got {self.activation_checkpointing!r}"
             )
         if self.activation_checkpointing_every < 1:
             problems.append(
@@ -77,13 +91,17 @@ class ModelSpec:
             problems.append(
                 f"model.spec.quantization must be null or one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}"
             )
+        if self.kernels is not None and self.kernels not in KERNELS:
+            problems.append(f"model.spec.kernels must be null or one of {', '.join(KERNELS)}, got {self.kernels!r}")
         if problems:
             raise ValueError("\n".join(problems))
 
     def for_inference(self) -> ModelSpec:
-        """The same model without activation checkpointing (nothing to recompute without backward)."""
+        """The same model without activation checkpointing (nothing to recompute without backward) and
+        with PyTorch's kernels (inference runs anywhere, the CPU included)."""
         return replace(
-            self, activation_checkpointing=False, activation_checkpointing_every=1, activation_checkpointing_vision=True
+            self, activation_checkpointing=False, activation_checkpointing_every=1,
+            activation_checkpointing_vision=True, kernels=None,
         )
 
     @property
@@ -124,9 +142,12 @@ def load_base_model(spec: ModelSpec, device: str | torch.device | None = None) -
         )
     if spec.quantization:  # layer by layer on CPU, before the model moves to its device
         quantize_decoder(model, spec.quantization, DTYPES[spec.dtype])
+    apply_kernels(model, spec.kernels)  # raises naming model.spec.kernels where they cannot run
     if spec.activation_checkpointing:
+        options, offload = checkpoint_options(spec.activation_checkpointing)
         model.activation_checkpointing_enable(
-            every_n_layers=spec.activation_checkpointing_every, vision=spec.activation_checkpointing_vision
+            options, every_n_layers=spec.activation_checkpointing_every, offload=offload,
+            vision=spec.activation_checkpointing_vision,
         )
     return model
 

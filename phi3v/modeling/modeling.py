@@ -12,6 +12,8 @@ keeps the cached keys computed with the short factors (no cache rebuild).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -21,6 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model
 
+from .checkpointing import offloaded_checkpoint
 from .configuration import Phi3VConfig
 from .image_embedding import Phi3VImageEmbedding
 
@@ -145,11 +148,15 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
     """Phi-3-Vision / Phi-3.5-Vision with a language-modelling head.
 
     `forward(input_ids, attention_mask, pixel_values, image_sizes, labels=...)` returns the shifted
-    cross-entropy over labels != -100; `generate(...)` works with the KV cache and left padding.
+    cross-entropy over labels != -100 (the mean, or the sum / `num_items_in_batch` when given, as in
+    transformers; with `logits_to_keep=n` over the last n positions); `generate(...)` works with the
+    KV cache and left padding.
     """
 
     _tp_plan = {"lm_head": "colwise_gather_output"}
     input_modalities = ("image", "text")
+    # (hidden, lm_head weight, labels, num_items_in_batch) -> loss without logits; set by kernels.apply_kernels
+    linear_cross_entropy = None
 
     def __init__(self, config: Phi3VConfig):
         super().__init__(config)
@@ -172,14 +179,21 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             every_n_layers: checkpoint decoder layers 0, n, 2n, ...; 1 = every layer (least memory).
                 Each layer left out keeps its activations (estimated ~20 x hidden values per token:
                 ~1.2 GB in bf16 at batch 4 x 2.5k tokens for Phi-3-V) and skips one layer forward in backward.
+            offload: keep each checkpointed layer's input in host memory (see checkpointing.py).
             vision: also checkpoint every CLIP layer. Matters only when CLIP is trained (LoRA on
                 the tower or the tower itself): a frozen tower runs without autograd, so its layers
                 keep nothing and recompute nothing either way.
-            activation_checkpointing_kwargs, offload: as in transformers (non-reentrant by default).
+            activation_checkpointing_kwargs: passed to `torch.utils.checkpoint.checkpoint` (default
+                non-reentrant; `checkpointing.checkpoint_options` gives the selective policy's).
         """
         if every_n_layers < 1:
             raise ValueError(f"every_n_layers must be >= 1, got {every_n_layers}")
-        super().activation_checkpointing_enable(activation_checkpointing_kwargs, offload=offload)
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, offload=False)
+        layers = [*self.model.layers, *self.vision_layers()]
+        if offload:  # transformers' offload pins host memory even on CPU-only PyTorch, where that fails
+            options = activation_checkpointing_kwargs or {"use_reentrant": False}
+            for layer in layers:  # the layers' documented hook (transformers' GradientCheckpointingLayer)
+                layer._gradient_checkpointing_func = functools.partial(offloaded_checkpoint, **options)
         # transformers numbers decoder and CLIP layers in one sequence; choose each tower's here
         for index, layer in enumerate(self.model.layers):
             layer.gradient_checkpointing = index % every_n_layers == 0
@@ -226,6 +240,16 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        if labels is not None and logits_to_keep:
+            if not isinstance(logits_to_keep, int):
+                raise ValueError("labels need an int logits_to_keep (the last n positions), not indices")
+            labels = labels[:, -logits_to_keep:]  # the kept positions' labels
+        if labels is not None and self.linear_cross_entropy is not None and torch.is_grad_enabled():
+            # fused lm_head + loss (model.spec.kernels, kernels.py): no logits are stored or returned
+            items = kwargs.get("num_items_in_batch")
+            loss = self.linear_cross_entropy(hidden_states, self.lm_head.weight, labels, items)
+            return CausalLMOutputWithPast(loss=loss, cache=outputs.cache, hidden_states=outputs.hidden_states,
+                                          attentions=outputs.attentions)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:

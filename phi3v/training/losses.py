@@ -1,8 +1,11 @@
-"""Token losses computed from the logits, per sample, so they can be summed across ranks exactly.
+"""Token losses as sums and counts, so they can be added up across ranks exactly.
 
 The model's own `loss` is the mean over one batch's supervised tokens. Distributed training and
 evaluation need sums and counts instead: the loss of a global batch (or a whole split) is then the
 sum over ranks divided by the token count over ranks, whatever the split into ranks and batches.
+Training asks the model for the sum (`num_items_in_batch=1`, so fused kernels can compute it without
+logits) and counts the tokens with `supervised_tokens`; evaluation computes per-sample sums from the
+logits here.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ def supervised_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     """(summed cross-entropy over the batch, supervised token count), both 0-d."""
     sums, tokens = per_sample_loss(logits, labels)
     return sums.sum(), tokens.sum()
+
+
+def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """How many tokens of `labels` a next-token loss supervises (0-d int64)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
 def logits_window(labels: torch.Tensor) -> int:

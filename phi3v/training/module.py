@@ -27,8 +27,8 @@ from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.task import PromptTemplate
 
 from .gathering import gather_records
-from .lora import LoraSpec, apply_lora, trainable_parameter_names
-from .losses import logits_window, per_sample_loss, supervised_loss_sum
+from .lora import LoraSpec, apply_lora, cast_lora_inputs, trainable_parameter_names
+from .losses import logits_window, per_sample_loss, supervised_tokens
 from .metrics import ProductMetrics, rank_correlation
 from .quantized import check_quantized_run
 from .sharding import ShardingSpec, full_tensor, shard_model
@@ -82,6 +82,7 @@ class Phi3VLitModule(L.LightningModule):
         self.nonfinite_total = 0
         self.strict_loading = False  # checkpoints hold only the trainable weights (checked on load)
         self._step_started = None
+        self._evaluation_started: dict[str, float] = {}
 
     # ---- model ---------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -90,6 +91,8 @@ class Phi3VLitModule(L.LightningModule):
         strategy = "fsdp" if self.device_mesh is not None else "auto"
         check_quantized_run(self.spec.quantization, strategy, self.lora.enabled)
         model = apply_lora(load_base_model(self.spec), self.lora)
+        if self._trainer is not None and str(self._trainer.precision).endswith("-mixed"):  # under autocast
+            cast_lora_inputs(model, False)  # PEFT's float32 copy of each adapted input would be cast back at once
         if self.device_mesh is not None:  # FullyShardedStrategy: shard over its data-parallel ranks
             shard_model(model, self.device_mesh["data_parallel"], self.sharding)
         self.model = model
@@ -115,11 +118,14 @@ class Phi3VLitModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         meta = batch["meta"]
         inputs = model_inputs(batch)
-        labels = inputs.pop("labels")  # the loss is computed here, as sums (see losses.py)
+        labels = inputs.pop("labels")
         window = logits_window(labels)
-        # use_cache=False: no KV cache to fill (a copy of every layer's keys and values) for a loss forward
-        output = self.model(**teacher_forced(inputs, labels), use_cache=False, logits_to_keep=window)
-        token_loss_sum, tokens = supervised_loss_sum(output.logits, labels[:, -window:])
+        # The model's loss over the answer window as a sum (transformers' convention: the sum divided by
+        # num_items_in_batch), so ranks can be added up exactly (see losses.py); with fused kernels
+        # (model.spec.kernels) it comes from the lm_head + cross-entropy kernel and no logits exist.
+        output = self.model(**teacher_forced(inputs, labels), labels=labels, logits_to_keep=window,
+                            num_items_in_batch=1, use_cache=False)  # no KV cache to fill for a loss
+        token_loss_sum, tokens = output.loss, supervised_tokens(labels)
         # The loss of the whole global batch, mean over its supervised tokens: one all-reduce of
         # (sum, count) gives every rank the same value, so a non-finite loss is skipped everywhere
         # together (a rank skipping alone would leave the others waiting in the gradient all-reduce).
@@ -233,9 +239,11 @@ class Phi3VLitModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._records["val"] = []
+        self._evaluation_started["val"] = time.perf_counter()
 
     def on_test_epoch_start(self) -> None:
         self._records["test"] = []
+        self._evaluation_started["test"] = time.perf_counter()
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_metrics("val")
@@ -244,6 +252,9 @@ class Phi3VLitModule(L.LightningModule):
         self._log_eval_metrics("test")
 
     def _log_eval_metrics(self, split: str) -> None:
+        # wall time of the evaluation (loss + generation), the slowest rank's: what it adds to a run
+        seconds = time.perf_counter() - self._evaluation_started.pop(split, time.perf_counter())
+        self.log(f"{split}/seconds", seconds, sync_dist=True, reduce_fx="max")
         records = gather_records(self._records[split], self.trainer.world_size)
         self._records[split] = []
         self.eval_records[split] = records
