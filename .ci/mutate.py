@@ -523,7 +523,7 @@ MUTATIONS: list[Mutation] = [
       "total = F.linear(hidden[:, -1], weight).sum() * 0.0", "total = hidden.new_zeros(())  # no graph",
       KERNELS, "-k", "without_logits"),
     m("losses", "phi3v/training/module.py",
-      "num_items_in_batch=1)", "num_items_in_batch=None)  # the mean, not the sum",
+      "num_items_in_batch=1, use_cache=False)  # no KV cache to fill for a loss", "num_items_in_batch=None, use_cache=False)  # the mean, not the sum",
       UNITS, "-k", "token_mean"),
     m("lora", "phi3v/training/module.py",
       'if self._trainer is not None and str(self._trainer.precision).endswith("-mixed"):  # under autocast',
