@@ -259,8 +259,8 @@ def _wandb_run(logger):
 def export(run: RunEnd, wandb_run) -> Path:
     """The adapter under <run>/adapter; with W&B, also the model and prediction artifacts (staged for
     `wandb sync` when offline)."""
-    from phi3v.training.artifacts import best_score, log_run_artifacts
-    from phi3v.training.export import export_adapter
+    from phi3v.shipping.adapter import export_adapter
+    from phi3v.shipping.artifacts import best_score, log_run_artifacts
 
     module, template = run.module, run.datamodule.template
     out = export_adapter(module.model, run.processor, run.spec, template, run.run_dir / "adapter", run.trained)

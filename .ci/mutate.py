@@ -219,10 +219,10 @@ MUTATIONS: list[Mutation] = [
       'state["batches_yielded"] = self._trained_in_epoch', "pass  # the loader's prefetched count kept",
       "tests/test_datamodule.py", "-k", "trained_batches"),
     # ---- export ---------------------------------------------------------------------------------------------
-    m("export", "phi3v/training/export.py",
+    m("export", "phi3v/shipping/adapter.py",
       "hollow = sorted(key for key, shape in shapes.items() if 0 in shape)", "hollow = []",
       "tests/test_export.py"),
-    m("export", "phi3v/training/export.py",
+    m("export", "phi3v/shipping/adapter.py",
       "missing = sorted(expected - set(shapes))", "missing = []",
       "tests/test_export.py"),
     m("evaluation", "phi3v/training/gathering.py",
@@ -277,7 +277,7 @@ MUTATIONS: list[Mutation] = [
     m("evaluation", "phi3v/training/gathering.py",
       'records = sorted(records, key=lambda record: record["index"])', "records = list(records)",
       "tests/test_distributed_units.py"),
-    m("export", "phi3v/training/export.py",
+    m("export", "phi3v/shipping/adapter.py",
       "if not shapes:", "if False:  # an empty export ships",
       "tests/test_export.py"),
 ]

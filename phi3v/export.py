@@ -37,7 +37,7 @@ def describe(directory: Path) -> str:
 
 
 def run(cfg: DictConfig) -> Path:
-    from phi3v.training.export import copy_export, merge_adapter, merge_note
+    from phi3v.shipping.adapter import copy_export, merge_adapter, merge_note
 
     quiet_console()
     try:

@@ -121,7 +121,7 @@ def run_products(datamodule: ProductDataModule, run: Path, split: str) -> tuple[
     """The catalogue's products in `split` of the run's splits.json (exactly those), or all of them when
     the run never saw any of its products; and a sentence saying which."""
     from phi3v.data.dataset import ProductDataset, read_manifest
-    from phi3v.data.prepare import MANIFEST
+    from phi3v.data.manifest import MANIFEST
 
     splits = json.loads((run / "splits.json").read_text())
     manifest = read_manifest(datamodule.data_dir / MANIFEST)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from phi3v.cli import start
 
 if TYPE_CHECKING:
-    from phi3v.data.prepare import PrepareReport
+    from phi3v.data.manifest import PrepareReport
 
 
 def prepare(data: DictConfig, progress: bool = True) -> PrepareReport:
@@ -26,7 +26,7 @@ def prepare(data: DictConfig, progress: bool = True) -> PrepareReport:
 
     from phi3v.data.catalogue import ColumnMap
     from phi3v.data.download import DownloadSettings
-    from phi3v.data.prepare import default_data_dir, prepare_catalogue
+    from phi3v.data.manifest import default_data_dir, prepare_catalogue
     from phi3v.data.synthetic import SyntheticSpec
 
     return prepare_catalogue(

@@ -11,7 +11,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.trainer.states import TrainerFn, TrainerState
 
 from phi3v.data.datamodule import ProductDataModule, default_data_dir
-from phi3v.data.prepare import MANIFEST, REPORT
+from phi3v.data.manifest import MANIFEST, REPORT
 from phi3v.data.synthetic import SyntheticSpec
 from phi3v.modeling import IGNORE_INDEX, build_tiny_model
 from phi3v.modeling.batch import eval_inputs, model_inputs

@@ -23,14 +23,14 @@ from safetensors.torch import load_file, save_file
 from phi3v.inference import ADAPTER_WEIGHTS, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor, tiny_config
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
-from phi3v.task import PromptTemplate
-from phi3v.training.export import (
+from phi3v.shipping.adapter import (
     adapter_keys,
     check_adapter_file,
     copy_export,
     export_adapter,
     merge_adapter,
 )
+from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]

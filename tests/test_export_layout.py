@@ -17,10 +17,10 @@ from PIL import Image
 
 from phi3v.inference import load_for_inference
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
+from phi3v.shipping.adapter import export_adapter, merge_adapter
+from phi3v.shipping.snapshot_files import missing_auto_map_modules
 from phi3v.task import PromptTemplate
-from phi3v.training.export import export_adapter, merge_adapter
 from phi3v.training.lora import LoraSpec, apply_lora
-from phi3v.training.snapshot_files import missing_auto_map_modules
 
 pytestmark = pytest.mark.unit
 

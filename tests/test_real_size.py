@@ -23,8 +23,8 @@ from phi3v.modeling.configuration import CLIP_VIT_L_14_336
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.modeling.presets import preset
 from phi3v.modeling.random_weights import build_random_model, random_tensors
+from phi3v.shipping.adapter import export_adapter
 from phi3v.task import PromptTemplate
-from phi3v.training.export import export_adapter
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.sharding import shard_units
 

@@ -25,7 +25,7 @@ from .collate import Phi3VCollator
 from .dataset import ProductDataset, read_manifest
 from .download import DownloadSettings
 from .eval_sampler import EvalBatchSampler
-from .prepare import (
+from .manifest import (
     MANIFEST,
     REPORT,
     SYNTHETIC,

@@ -26,8 +26,8 @@ from safetensors import safe_open
 from phi3v.inference import ADAPTER_WEIGHTS, PROMPT_FILE, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.modeling.model_spec import SPEC_FILE, ModelSpec
+from phi3v.shipping.snapshot_files import carry_snapshot_files
 from phi3v.task import PromptTemplate
-from phi3v.training.snapshot_files import carry_snapshot_files
 
 log = logging.getLogger(__name__)
 
