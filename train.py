@@ -267,24 +267,16 @@ def export(run: RunEnd, wandb_run) -> Path:
     log.info("adapter written to %s", out)
     if wandb_run is not None:
         log_run_artifacts(wandb_run, out, run.run_dir / "predictions", run.spec, template, run.cfg.checkpoint.monitor,
-                          run.cfg.checkpoint.mode, best_score(run.trainer), module.last_scores)
+                          run.cfg.checkpoint.mode, best_score(run.trainer), module.results.scores)
     return out
 
 
 def summary(module: Phi3VLitModule, commands: list[str]) -> str:
     """Per evaluated split: the answers' metrics against the baselines and a verdict; then the overall
     verdict and the commands to try the result."""
-    from phi3v.training.reporting import SplitResult, run_summary
+    from phi3v.training.reporting import run_summary
 
-    results = {
-        split: SplitResult(
-            scores, module.baseline_scores.get(split, {}),
-            distinct_answers=len({record["prediction"] for record in module.eval_records.get(split, [])}),
-            history=module.history.get(split, []),
-        )
-        for split, scores in module.last_scores.items()
-    }
-    return run_summary(results, commands)
+    return run_summary(module.results.splits(), commands)
 
 
 if __name__ == "__main__":

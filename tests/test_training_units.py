@@ -259,8 +259,8 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
 
     class Scored(L.Callback):
         def on_validation_end(self, trainer, module):
-            records = module.eval_records["val"]
-            scored.append((trainer.state.fn.value, sorted(r["index"] for r in records),
+            records = module.results.records["val"]
+            scored.append((trainer.state.fn.value, sorted(r.index for r in records),
                            float(trainer.callback_metrics["val/count"])))
 
     module = make_module(processor, max_new_tokens=4)
@@ -273,4 +273,5 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
     every = list(range(len(datamodule.datasets["val"])))
     assert len(every) == 10 and len(subset) == 4
     assert scored == [("fit", subset, 4.0), ("fit", subset, 4.0), ("validate", every, 10.0)]
-    assert len(module.history["val"]) == 3 and all(set(CURVE_KEYS) <= set(h) for h in module.history["val"])
+    history = module.results.history["val"]
+    assert len(history) == 3 and all(set(CURVE_KEYS) <= set(h) for h in history)

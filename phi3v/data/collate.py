@@ -6,7 +6,7 @@ Modes:
   eval      both of the above (text only, under "loss" and "generate") beside one `pixel_values`
             tensor held once, so pinning and the copy to the device happen once; the model inputs
             of each use: `eval_inputs(batch, "loss")`, `eval_inputs(batch, "generate")`
-Every batch carries `meta` (ids, targets, prices, skipped-image count); pass only the model keys
+Every batch carries `meta` (ids, true fields, targets, skipped-image count); pass only the model keys
 to the model: `model(**model_inputs(batch))` (the batch contract: phi3v.modeling.batch).
 
 A batch always keeps every sample it was given, so all ranks of a distributed run run the same
@@ -17,7 +17,7 @@ the loss, and evaluation leaves them out of its records.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import torch
 from PIL import Image
@@ -35,9 +35,7 @@ class BatchMeta(TypedDict):
     index: list[int]  # dataset index of each row
     supervised: list[bool]  # False: unreadable image or distributed padding (no labels, no record)
     product_id: list[str]
-    title: list[str]
-    category: list[str]
-    price: torch.Tensor  # (batch,) float64
+    truth: list[dict[str, Any]]  # the answer's fields of each row, keyed by name (Sample.truth)
     target: list[str]  # the answer the model should generate
     image_path: list[str]
     skipped_images: int  # samples of this batch whose image was unreadable (not padding repeats)
@@ -72,9 +70,7 @@ class Phi3VCollator:
             "index": [s.index for s in samples],
             "supervised": supervised,
             "product_id": [s.product_id for s in samples],
-            "title": [s.title for s in samples],
-            "category": [s.category for s in samples],
-            "price": torch.tensor([s.price for s in samples], dtype=torch.float64),
+            "truth": [s.truth for s in samples],
             "target": targets,
             "image_path": [s.image_path for s in samples],
             "skipped_images": sum(s.image is None and not s.padding for s in samples),

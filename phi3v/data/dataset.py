@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,6 +48,11 @@ class Sample:
     image: Image.Image | None
     error: str | None = None
     padding: bool = False
+
+    @property
+    def truth(self) -> dict[str, Any]:
+        """The answer's fields keyed by name, as evaluation and prediction rows carry them."""
+        return {"title": self.title, "category": self.category, "price": self.price}
 
 
 def read_manifest(path: str | Path) -> pa.Table:
