@@ -36,21 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("phi3v.train")
 
 
-def baselines_for(datamodule: ProductDataModule) -> dict:
-    """Metrics of constant predictions (train mean/median price, majority category) per eval split."""
-    from phi3v.training.metrics import Baselines, baseline_metrics
-
-    train = datamodule.datasets["train"].table
-    fitted = Baselines.fit(train.column("price").to_pylist(), train.column("category").to_pylist())
-    scores = {}
-    for split in ("val", "test"):
-        table = datamodule.datasets[split].table
-        if table.num_rows:
-            columns = [table.column(c).to_pylist() for c in ("price", "category", "title")]
-            scores[split] = baseline_metrics(fitted, *columns)
-    return scores
-
-
 def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
     """(checkpoint path, run dir to continue in) from `resume=` (a run dir or a .ckpt file). The run
     dir is the one Hydra was pointed at (train.yaml: hydra.run.dir), so no new one is created."""
@@ -68,7 +53,29 @@ def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
     return str(path), Path(fresh) if fresh else None
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
+@dataclass(frozen=True)
+class Launch:
+    """What the config implies for the processes of a run, worked out once before any work: how many
+    train together, and how many loader batches each accumulates per optimizer step."""
+
+    world_size: int
+    accumulate_grad_batches: int
+
+
+def launch_plan(cfg: DictConfig) -> Launch:
+    """The run's world (hardware.devices x num_nodes, or a torchrun/srun launch's) and its accumulation:
+    hardware.accumulate_grad_batches, or derived from data.global_batch_size when that is set (raises
+    ValueError, saying what to set, when it does not divide)."""
+    from phi3v.training.hardware import accumulation, world_size
+
+    hardware = cfg.hardware
+    devices = OmegaConf.to_object(hardware.devices) if isinstance(hardware.devices, ListConfig) else hardware.devices
+    world = world_size(hardware.accelerator, devices, hardware.num_nodes)
+    return Launch(world, accumulation(cfg.data.global_batch_size, cfg.data.batch_size, world, hardware.num_nodes,
+                                      hardware.accumulate_grad_batches))
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger, launch: Launch) -> L.Trainer:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
@@ -93,7 +100,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> L.Trainer:
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
     for key in ("ddp", "fsdp", "timeout_minutes", "strategy"):  # settings of the strategy, not Trainer arguments
         hardware.pop(key)
-    hardware["accumulate_grad_batches"] = accumulate_grad_batches(cfg)
+    hardware["accumulate_grad_batches"] = launch.accumulate_grad_batches
     strategy = build_strategy(cfg.hardware.strategy, instantiate(cfg.hardware.ddp), cfg.hardware.timeout_minutes)
     return L.Trainer(
         default_root_dir=run_dir, logger=logger or False, callbacks=callbacks, strategy=strategy,
@@ -115,24 +122,13 @@ def sharding_spec(cfg: DictConfig) -> ShardingSpec:
     return spec
 
 
-def accumulate_grad_batches(cfg: DictConfig) -> int:
-    """hardware.accumulate_grad_batches, or derived from data.global_batch_size when that is set."""
-    from phi3v.training.hardware import accumulation, world_size
-
-    hardware = cfg.hardware
-    devices = OmegaConf.to_object(hardware.devices) if isinstance(hardware.devices, ListConfig) else hardware.devices
-    world = world_size(hardware.accelerator, devices, hardware.num_nodes)
-    return accumulation(cfg.data.get("global_batch_size"), cfg.data.batch_size, world, hardware.num_nodes,
-                        hardware.accumulate_grad_batches)
-
-
-def check_launch(cfg: DictConfig) -> None:
-    """Fail before any work on combinations that cannot run."""
+def check_launch(cfg: DictConfig) -> Launch:
+    """Fail before any work on combinations that cannot run; the launch plan of those that can."""
     from phi3v.training.hardware import check_precision
     from phi3v.training.quantized import quantized_run_problems
 
     check_precision(cfg.hardware.precision, cfg.model.spec.dtype)
-    accumulate_grad_batches(cfg)  # raises when data.global_batch_size does not divide
+    launch = launch_plan(cfg)  # raises when data.global_batch_size does not divide
     if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.hardware.strategy != "auto":
         raise SystemExit(
             f"hardware.strategy={cfg.hardware.strategy} cannot run under Hydra multirun (-m): Lightning starts the "
@@ -142,19 +138,20 @@ def check_launch(cfg: DictConfig) -> None:
     problems = quantized_run_problems(cfg.model.spec.quantization, cfg.hardware.strategy, cfg.model.lora.enabled)
     if problems:
         raise SystemExit("\n".join(problems))
+    return launch
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)
-        check_launch(cfg)
+        launch = check_launch(cfg)
     except ConfigError as problem:
         raise SystemExit(f"error: {problem}") from None
-    return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return train(cfg, Path(HydraConfig.get().runtime.output_dir), launch)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float | None:
+def train(cfg: DictConfig, run_dir: Path, launch: Launch) -> float | None:
     from phi3v.console import lightning_logs_through_root, quiet_third_party
 
     quiet_third_party()  # first: some libraries warn while being imported
@@ -165,8 +162,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     import lightning as L
     from lightning.pytorch.utilities import rank_zero_only
 
+    from phi3v.data.splits import SPLITS
     from phi3v.modeling.model_spec import load_processor
     from phi3v.training.launch import prepare_once
+    from phi3v.training.metrics import split_baselines
     from phi3v.training.module import Phi3VLitModule
     from phi3v.training.sharding import gathered_adapter_state
 
@@ -187,12 +186,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     module = Phi3VLitModule(
         spec=spec, lora=lora, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
         processor=processor, template=datamodule.template, evaluation=instantiate(cfg.evaluation),
-        baseline_scores=baselines_for(datamodule), sharding=sharding_spec(cfg),
+        baseline_scores=split_baselines({split: datamodule.truth(split) for split in SPLITS}),
+        sharding=sharding_spec(cfg),
     )
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else None
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # a plain dict, no objects
-    trainer = build_trainer(cfg, run_dir, logger)
+    trainer = build_trainer(cfg, run_dir, logger, launch)
     trained, finished = None, False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -200,7 +200,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         if datamodule.val_subset() is not None and cfg.trainer.limit_val_batches and not trainer.interrupted:
             trainer.validate(module, datamodule=datamodule, ckpt_path=None, verbose=False)  # the whole split
         objective = trainer.callback_metrics.get(cfg.checkpoint.monitor)  # before test() clears the metrics
-        if cfg.test and len(datamodule.datasets["test"]):
+        if cfg.test and len(datamodule.split_products("test")):
             trainer.test(module, datamodule=datamodule, ckpt_path=None, verbose=False)
         # Under FSDP every rank holds a shard of the trained weights: all take part in gathering them.
         trained = gathered_adapter_state(module.model) if cfg.export else None

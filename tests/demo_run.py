@@ -58,5 +58,5 @@ def build_demo_run(root: Path, seed: int = 1) -> Path:
                                    price))
     write_predictions(rows, run / "predictions" / "test.csv")
     ids = ["70000001", "70000002", *(p[0] for p in PRODUCTS)]
-    write_splits(run / "splits.json", ids, np.array(["train", "train", "test", "test", "test"]))
+    write_splits(run, ids, np.array(["train", "train", "test", "test", "test"]))
     return run

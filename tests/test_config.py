@@ -64,6 +64,18 @@ def test_defaults_are_the_offline_demo_and_real_run_has_gpu_defaults():
     assert gpu.hardware.precision == "bf16-mixed" and gpu.data.source.startswith("DBQ/Burberry")
 
 
+@pytest.mark.parametrize(("model", "base", "num_crops"), [
+    ("tiny", "tiny", 1),  # the demo's recipe: 1 crop + the global view (conf/model/tiny.yaml)
+    ("phi3v", "random:phi3v", 16), ("phi35v", "random:phi35v", 4),  # null: the base's own (released files)
+])
+def test_each_model_states_num_crops_once(model, base, num_crops):
+    from phi3v.modeling.model_spec import load_processor
+
+    cfg = compose("train", overrides=[f"model={model}", f"model.spec.name_or_path={base}"])
+    assert cfg.model.spec.num_crops == (1 if model == "tiny" else None)
+    assert load_processor(instantiate(cfg.model.spec)).image_processor.num_crops == num_crops
+
+
 def test_all_combinations_of_small_groups_compose():
     for model, optimizer, kind, hardware in itertools.product(
         GROUPS["model"], GROUPS["optimizer"], SCHEDULER_KINDS, GROUPS["hardware"]
@@ -177,10 +189,11 @@ def test_global_batch_is_the_same_on_1_and_8_gpus():
 
     def global_batch(*overrides: str) -> int:
         cfg = compose("train", overrides=["experiment=burberry_lora", *overrides])
-        hardware = cfg.hardware
-        return cfg.data.batch_size * hardware.devices * hardware.num_nodes * train.accumulate_grad_batches(cfg)
+        launch = train.launch_plan(cfg)
+        assert launch.world_size == cfg.hardware.devices * cfg.hardware.num_nodes
+        return cfg.data.batch_size * launch.world_size * launch.accumulate_grad_batches
 
-    assert train.accumulate_grad_batches(compose("train", overrides=["experiment=burberry_lora"])) == 4
+    assert train.launch_plan(compose("train", overrides=["experiment=burberry_lora"])) == train.Launch(1, 4)
     assert global_batch() == 16  # 4 x 1 GPU x 4 accumulated, the recipe
     assert global_batch("hardware.devices=8", "data.batch_size=2") == 16  # 2 x 8 GPUs, no accumulation
     assert global_batch("hardware.devices=2") == 16  # 4 x 2 GPUs x 2 accumulated
@@ -193,16 +206,16 @@ def test_global_batch_is_the_same_on_1_and_8_gpus():
     with pytest.raises(ValueError, match=r"multiple of 32"):  # 8 ranks x 4 nodes cannot make 16
         launch_check("experiment=burberry_lora", "hardware.devices=8", "hardware.num_nodes=4")
     # Without it (the CPU demo), accumulation is hardware.accumulate_grad_batches as set.
-    assert train.accumulate_grad_batches(compose("train", overrides=["hardware.accumulate_grad_batches=3"])) == 3
+    assert train.launch_plan(compose("train", overrides=["hardware.accumulate_grad_batches=3"])) == train.Launch(1, 3)
 
 
 def test_the_trainer_accumulates_what_the_global_batch_asks(tmp_path):
     import train
 
     cfg = compose("train", overrides=["data.global_batch_size=24", "data.batch_size=4", "logger=none"])
-    assert train.build_trainer(cfg, tmp_path, None).accumulate_grad_batches == 6  # 24 / (4 x 1 CPU process)
+    assert train.build_trainer(cfg, tmp_path, None, train.launch_plan(cfg)).accumulate_grad_batches == 6  # 24 / (4 x 1)
     cfg = compose("train", overrides=["logger=none", "hardware.accumulate_grad_batches=3"])
-    assert train.build_trainer(cfg, tmp_path, None).accumulate_grad_batches == 3
+    assert train.build_trainer(cfg, tmp_path, None, train.launch_plan(cfg)).accumulate_grad_batches == 3
 
 
 def test_real_recipe_loaders_keep_workers_and_pin_memory():

@@ -104,5 +104,5 @@ def test_train_builds_its_trainer_without_inference_mode(tmp_path):
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["logger=none"])
-    trainer = train.build_trainer(cfg, tmp_path, None)
+    trainer = train.build_trainer(cfg, tmp_path, None, train.launch_plan(cfg))
     assert trainer.test_loop.inference_mode is False and trainer.validate_loop.inference_mode is False

@@ -116,6 +116,19 @@ def test_adapter_holds_exactly_the_trained_tensors(exported):
     assert json.loads((out / "prompt.json").read_text())["price_format"] == "{:,.2f}"
 
 
+@pytest.mark.parametrize("num_crops", [None, 1])
+def test_an_exports_num_crops_is_the_processor_files_own(tmp_path, num_crops):
+    """model_spec.json says null (the base's own, as the processor files hold it) or the number the
+    processor was built with; inference reads the processor files, so it crops as training did."""
+    spec = ModelSpec(num_crops=num_crops)
+    processor = load_processor(spec)
+    out = export_adapter(adapted_model(spec), processor, spec, TEMPLATE, tmp_path / "adapter")
+    recorded = json.loads((out / "model_spec.json").read_text())["num_crops"]
+    files = json.loads((out / "preprocessor_config.json").read_text())["num_crops"]
+    assert recorded == num_crops and files == processor.image_processor.num_crops == (num_crops or 4)  # tiny: 4
+    assert load_for_inference(out)[1].image_processor.num_crops == files
+
+
 def test_load_for_inference_reproduces_logits_and_greedy_tokens(exported, batch):
     model, out = exported
     loaded, processor, template = load_for_inference(out)

@@ -50,7 +50,8 @@ def test_batched_split_predictions_equal_one_photo_at_a_time(adapter, tmp_path):
         test_fraction=0.3,
     )
     datamodule.connect(processor)
-    batches = split_batches(datamodule, template, "test", batch_size=3)  # 4 products: a full and a partial batch
+    # 4 products: a full and a partial batch
+    batches = split_batches(datamodule, processor, template, "test", batch_size=3)
     rows = list(prediction_rows(model, processor, template, batches, MAX_NEW_TOKENS))
     assert [row["product_id"] for row in rows] == datamodule.datasets["test"].table.column("product_id").to_pylist()
     for row in rows:
@@ -167,7 +168,6 @@ def test_split_test_is_exactly_the_runs_held_out_products(trained_run, tmp_path,
 
 def test_a_catalogue_the_run_never_saw_is_predicted_whole_and_said_so(tmp_path):
     from phi3v.modeling.model_spec import ModelSpec, load_processor
-    from phi3v.predict import run_products
 
     run = tmp_path / "run"
     run.mkdir()
@@ -175,7 +175,7 @@ def test_a_catalogue_the_run_never_saw_is_predicted_whole_and_said_so(tmp_path):
     datamodule = ProductDataModule(data_dir=str(tmp_path / "data"), synthetic=SyntheticSpec(num_products=9))
     datamodule.connect(load_processor(ModelSpec()))
     datamodule.prepare_data()
-    dataset, description = run_products(datamodule, run, "test")
+    dataset, description = datamodule.run_products("test", run)
     assert len(dataset) == 9 and "never saw" in description and "all 9 products" in description
 
 

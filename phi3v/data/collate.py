@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from phi3v.modeling import IGNORE_INDEX, Phi3VProcessor
+from phi3v.modeling.batch import CollatedBatch, Phi3VBatch
 from phi3v.task import PromptTemplate
 
 from .dataset import Sample
@@ -57,7 +58,7 @@ class Phi3VCollator:
         self.mode = mode
         self.prompt = template.prompt()
 
-    def __call__(self, samples: list[Sample]) -> dict:
+    def __call__(self, samples: list[Sample]) -> CollatedBatch:
         if not samples:
             raise ValueError("empty batch: the sampler yielded no indices")
         vision = self.processor.image_processor([PLACEHOLDER if s.image is None else s.image for s in samples])
@@ -83,7 +84,9 @@ class Phi3VCollator:
         loss = self._labelled(prompts, counts, targets, supervised)
         return {"loss": loss, "generate": generate, **pixels, "meta": meta}
 
-    def _labelled(self, prompts: list[str], counts: list[list[int]], targets: list[str], supervised: list[bool]):
+    def _labelled(
+        self, prompts: list[str], counts: list[list[int]], targets: list[str], supervised: list[bool]
+    ) -> Phi3VBatch:
         encoded = self.processor.tokenize(prompts, counts, targets, "right")
         encoded["labels"][~torch.tensor(supervised)] = IGNORE_INDEX
         return encoded

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from .manifest import (
     prepare_catalogue,
 )
 from .sampler import LengthGroupedBatchSampler
-from .splits import SPLITS, assign_splits, check_fractions, limited_rows, write_splits
+from .splits import SPLITS, assign_splits, check_fractions, limited_rows, run_split_rows, write_splits
 from .synthetic import SyntheticSpec
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class ProductDataModule(L.LightningDataModule):
         ids = manifest.column("product_id").to_pylist()
         splits = assign_splits(ids, self.val_fraction, self.test_fraction, self.split_seed)
         if self.output_dir is not None:
-            write_splits(self.output_dir / "splits.json", ids, splits)
+            write_splits(self.output_dir, ids, splits)
         for name in SPLITS:
             rows = np.flatnonzero(splits == name)
             table = manifest.take(rows)
@@ -169,6 +170,26 @@ class ProductDataModule(L.LightningDataModule):
             self.lengths[name] = self.token_lengths(self.datasets[name])
         counts = {name: len(d) for name, d in self.datasets.items()}
         log.info("data %s: %s", self.source, counts)
+
+    # ---- the products of a split ---------------------------------------------------------------
+    def split_products(self, split: str) -> ProductDataset:
+        """The products of `split` as this datamodule assigns them (data.val_fraction, test_fraction,
+        split_seed), in manifest order."""
+        self.setup()
+        return self.datasets[split]
+
+    def truth(self, split: str) -> dict[str, list]:
+        """The answer's fields of every product of `split`, as columns keyed by name (baselines)."""
+        return self.split_products(split).truth()
+
+    def run_products(self, split: str, run_dir: str | os.PathLike) -> tuple[ProductDataset, str]:
+        """This catalogue's products in `split` of the run recorded in `run_dir` (its splits.json), in
+        manifest order, or all of them when the run never saw any of its products; and a sentence
+        saying which. Needs the manifest (`prepare_data`), not `setup`."""
+        manifest = read_manifest(self.data_dir / MANIFEST)
+        rows, description = run_split_rows(manifest.column("product_id").to_pylist(), run_dir, split,
+                                           f"{self.source} ({self.data_dir})")
+        return ProductDataset(manifest.take(rows), self.data_dir, self.strict_images, self.max_pixels), description
 
     def token_lengths(self, dataset: ProductDataset) -> np.ndarray:
         """Exact token count of every sample (prompt + image + answer + <|end|>), as the collator

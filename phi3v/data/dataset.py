@@ -21,6 +21,9 @@ from .sampler import PaddingIndex
 
 log = logging.getLogger(__name__)
 
+# The fields of the answer, keyed by these names wherever they travel together (Sample.truth, the batch
+# meta, evaluation records, baselines).
+TRUTH_FIELDS = ("title", "category", "price")
 MANIFEST_COLUMNS = {
     "product_id": pa.string(),
     "title": pa.string(),
@@ -52,7 +55,7 @@ class Sample:
     @property
     def truth(self) -> dict[str, Any]:
         """The answer's fields keyed by name, as evaluation and prediction rows carry them."""
-        return {"title": self.title, "category": self.category, "price": self.price}
+        return {name: getattr(self, name) for name in TRUTH_FIELDS}
 
 
 def read_manifest(path: str | Path) -> pa.Table:
@@ -85,6 +88,10 @@ class ProductDataset(torch.utils.data.Dataset):
 
     def value(self, column: str, index: int):
         return self._columns[column][index].as_py()
+
+    def truth(self) -> dict[str, list]:
+        """The answer's fields of every row, as columns keyed by name (`TRUTH_FIELDS`), in row order."""
+        return {name: self._columns[name].to_pylist() for name in TRUTH_FIELDS}
 
     def image_file(self, index: int) -> Path:
         return self.data_dir / self.value("image_path", index)  # an absolute path stays absolute

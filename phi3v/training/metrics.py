@@ -16,7 +16,7 @@ import difflib
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -295,3 +295,11 @@ def baseline_metrics(
         scores[name] = {key: float(value) for key, value in metric.compute().items()}
         scores[name]["price_spearman"] = rank_correlation([a.price for a in answers], true_prices)
     return scores
+
+
+def split_baselines(truth: Mapping[str, Mapping[str, Sequence]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{split: `baseline_metrics`} of val and test, the baselines fitted on train. `truth` holds every split's
+    true fields as columns keyed by name (`ProductDataModule.truth`); an empty split is left out."""
+    fitted = Baselines.fit(truth["train"]["price"], truth["train"]["category"])
+    return {split: baseline_metrics(fitted, truth[split]["price"], truth[split]["category"], truth[split]["title"])
+            for split in ("val", "test") if len(truth[split]["price"])}
