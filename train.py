@@ -1,7 +1,9 @@
 """Train, evaluate and export: `python train.py [model=phi3v] [data=burberry] [key=value ...]`.
 
-An entry point (with phi3v.predict, phi3v.export and phi3v.prepare): the only places that instantiate
-from config. Everything below gets typed objects. torch, Lightning and transformers are imported
+An entry point (with phi3v.predict, phi3v.export and phi3v.prepare): the only places that build objects
+from config. The nodes of our parts are typed by the specs those parts take (phi3v/config_schema.py), and
+`OmegaConf.to_object` turns each into its spec; `instantiate` builds what is someone else's (the torch
+optimizer, the logger). Everything below gets typed objects. torch, Lightning and transformers are imported
 inside the functions, after the config is composed and checked: a typo is answered in about a second.
 """
 
@@ -18,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from phi3v.cli import start
 from phi3v.config_checks import ConfigError, check_config
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from phi3v.modeling import Phi3VProcessor
     from phi3v.modeling.model_spec import ModelSpec
     from phi3v.training.module import Phi3VLitModule
-    from phi3v.training.sharding import ShardingSpec
+    from phi3v.training.specs import ShardingSpec
 
 log = logging.getLogger("phi3v.train")
 
@@ -66,13 +68,11 @@ def launch_plan(cfg: DictConfig) -> Launch:
     """The run's world (hardware.devices x num_nodes, or a torchrun/srun launch's) and its accumulation:
     hardware.accumulate_grad_batches, or derived from data.global_batch_size when that is set (raises
     ValueError, saying what to set, when it does not divide)."""
-    from phi3v.training.hardware import accumulation, world_size
+    from phi3v.training.hardware import world_size
 
-    hardware = cfg.hardware
-    devices = OmegaConf.to_object(hardware.devices) if isinstance(hardware.devices, ListConfig) else hardware.devices
-    world = world_size(hardware.accelerator, devices, hardware.num_nodes)
-    return Launch(world, accumulation(cfg.data.global_batch_size, cfg.data.batch_size, world, hardware.num_nodes,
-                                      hardware.accumulate_grad_batches))
+    hardware, data = OmegaConf.to_object(cfg.hardware), OmegaConf.to_object(cfg.data)
+    world = world_size(hardware.accelerator, hardware.devices, hardware.num_nodes)
+    return Launch(world, data.accumulation(world, hardware.num_nodes, hardware.accumulate_grad_batches))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, launch: Launch) -> L.Trainer:
@@ -97,16 +97,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, launch: Launch) -> L.T
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
-    for key in ("ddp", "fsdp", "timeout_minutes", "strategy"):  # settings of the strategy, not Trainer arguments
-        hardware.pop(key)
-    hardware["accumulate_grad_batches"] = launch.accumulate_grad_batches
-    strategy = build_strategy(cfg.hardware.strategy, instantiate(cfg.hardware.ddp), cfg.hardware.timeout_minutes)
+    hardware = OmegaConf.to_object(cfg.hardware)
     return L.Trainer(
-        default_root_dir=run_dir, logger=logger or False, callbacks=callbacks, strategy=strategy,
+        default_root_dir=run_dir, logger=logger or False, callbacks=callbacks,
+        strategy=build_strategy(hardware.strategy, hardware.ddp, hardware.timeout_minutes),
+        accelerator=hardware.accelerator, devices=hardware.devices, num_nodes=hardware.num_nodes,
+        precision=hardware.precision, accumulate_grad_batches=launch.accumulate_grad_batches,
+        gradient_clip_val=hardware.gradient_clip_val,
         use_distributed_sampler=False,  # our samplers shard by rank themselves
         inference_mode=False,  # evaluation under no_grad on every backend (FSDP2 cannot gather under inference mode)
-        **hardware, **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
     )
 
 
@@ -116,7 +116,7 @@ def sharding_spec(cfg: DictConfig) -> ShardingSpec:
 
     from phi3v.training.hardware import half_dtype
 
-    spec: ShardingSpec = instantiate(cfg.hardware.fsdp)
+    spec: ShardingSpec = OmegaConf.to_object(cfg.hardware.fsdp)
     if spec.param_dtype is None:
         spec = replace(spec, param_dtype=half_dtype(cfg.hardware.precision))
     return spec
@@ -162,6 +162,7 @@ def train(cfg: DictConfig, run_dir: Path, launch: Launch) -> float | None:
     import lightning as L
     from lightning.pytorch.utilities import rank_zero_only
 
+    from phi3v.data.datamodule import ProductDataModule
     from phi3v.data.splits import SPLITS
     from phi3v.modeling.model_spec import load_processor
     from phi3v.training.launch import prepare_once
@@ -173,19 +174,18 @@ def train(cfg: DictConfig, run_dir: Path, launch: Launch) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     logging.getLogger("phi3v").setLevel(logging.INFO)
 
-    spec = instantiate(cfg.model.spec)
-    lora = instantiate(cfg.model.lora, _convert_="all")
+    spec, lora = OmegaConf.to_object(cfg.model.spec), OmegaConf.to_object(cfg.model.lora)
     processor = load_processor(spec)
     # rank 0 records the splits; every rank computes the same ones
-    splits_dir = str(run_dir) if rank_zero_only.rank == 0 else None
-    datamodule: ProductDataModule = instantiate(cfg.data, output_dir=splits_dir, _convert_="all")
+    splits_dir = run_dir if rank_zero_only.rank == 0 else None
+    datamodule = ProductDataModule(OmegaConf.to_object(cfg.data), output_dir=splits_dir)
     datamodule.connect(processor)
     prepare_once(datamodule.prepare_data)
     datamodule.setup("fit")
 
     module = Phi3VLitModule(
-        spec=spec, lora=lora, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
-        processor=processor, template=datamodule.template, evaluation=instantiate(cfg.evaluation),
+        spec=spec, lora=lora, optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_object(cfg.scheduler),
+        processor=processor, template=datamodule.template, evaluation=OmegaConf.to_object(cfg.evaluation),
         baseline_scores=split_baselines({split: datamodule.truth(split) for split in SPLITS}),
         sharding=sharding_spec(cfg),
     )

@@ -1,23 +1,28 @@
 """Ranges and choices of the composed config, checked right after composition (before any import of
 torch or a model): every problem at once, each naming the key's full name and what is allowed.
 
-Types are the schemas' job (config_schema.py); the arguments of our own constructors (model.spec,
-model.lora, data, hardware.fsdp) are also checked by those constructors. Lists of choices are read
-from the code that uses them (`KINDS` of the scheduler, `STRATEGIES`, ...), never copied.
+Types are the schemas' job (config_schema.py); the specs our parts take (model.spec, model.lora, data,
+hardware.fsdp, scheduler) also check their own values when built. Lists of choices are imported from the
+torch-free modules that use them (`KINDS` of the scheduler, `STRATEGIES`, `DTYPES`, `MODES`). Lightning's
+lists are copied, since importing Lightning takes seconds: tests/test_config.py checks the copies against
+Lightning.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from phi3v.config_schema import source_definition
+from phi3v.modeling.model_spec import DTYPES
+from phi3v.training.loggers import MODES
+from phi3v.training.schedules import KINDS
+from phi3v.training.specs import STRATEGIES
 
-# lightning.fabric.connector's _PRECISION_INPUT_STR (importing Lightning to read it takes seconds)
+# lightning.fabric.connector's _PRECISION_INPUT_STR + _PRECISION_INPUT_STR_ALIAS, and the accelerators its
+# Trainer accepts (the registered ones, and gpu and auto, which its accelerator connector resolves)
 PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
               "32-true", "64-true", "64", "32", "16", "bf16")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -25,15 +30,6 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 
 class ConfigError(ValueError):
     """Config values out of range: one line per key, each naming it and what is allowed."""
-
-
-def source_constant(target: str) -> Any:
-    """A module-level literal (a dict gives its keys) read from source, e.g. the scheduler's KINDS."""
-    module, name = target.rsplit(".", 1)
-    _, node = source_definition(module, name)
-    if isinstance(node.value, ast.Dict):
-        return tuple(ast.literal_eval(key) for key in node.value.keys)
-    return ast.literal_eval(node.value)
 
 
 def _number(value: Any) -> bool:
@@ -85,7 +81,6 @@ def _devices() -> tuple[Callable[[Any], bool], str]:
 def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     """Full key -> (check, what is allowed). Keys absent from a config (e.g. optimizer.momentum with
     adamw) are skipped."""
-    dtypes = source_constant("phi3v.modeling.model_spec.DTYPES")
     return {
         "seed": _at_least(0),
         "optimizer.lr": _positive(),
@@ -95,7 +90,7 @@ def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "optimizer.eps": _positive(),
         "optimizer.momentum": _at_least(0),
         "optimizer.dampening": _at_least(0),
-        "scheduler.kind": _one_of(source_constant("phi3v.training.schedules.KINDS")),
+        "scheduler.kind": _one_of(KINDS),
         "scheduler.warmup_ratio": _fraction(),
         "scheduler.min_lr_ratio": _fraction(closed=True),
         "trainer.max_epochs": _steps_or_unlimited(),
@@ -115,15 +110,15 @@ def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "hardware.accelerator": _one_of(ACCELERATORS),
         "hardware.devices": _devices(),
         "hardware.num_nodes": _at_least(1),
-        "hardware.strategy": _one_of(source_constant("phi3v.training.strategies.STRATEGIES")),
+        "hardware.strategy": _one_of(STRATEGIES),
         "hardware.precision": _one_of(PRECISIONS),
         "hardware.accumulate_grad_batches": _at_least(1),
         "hardware.gradient_clip_val": _or_null(_positive()),
         "hardware.timeout_minutes": _at_least(1),
-        "hardware.fsdp.param_dtype": _or_null(_one_of(dtypes)),
-        "hardware.fsdp.reduce_dtype": _one_of(dtypes),
-        "model.spec.dtype": _one_of(dtypes),
-        "logger.mode": _one_of(source_constant("phi3v.training.loggers.MODES")),
+        "hardware.fsdp.param_dtype": _or_null(_one_of(DTYPES)),
+        "hardware.fsdp.reduce_dtype": _one_of(DTYPES),
+        "model.spec.dtype": _one_of(DTYPES),
+        "logger.mode": _one_of(MODES),
     }
 
 

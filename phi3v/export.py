@@ -4,7 +4,7 @@ merge=true (default) folds the LoRA deltas into the base and writes a plain Phi-
 original key layout (loads with `Phi3VForCausalLM.from_pretrained` or AutoModelForCausalLM, no PEFT),
 laid out like the base snapshot it came from: when the base is a local download with `auto_map`, its
 code files, auto_map, generation config and chat template are copied over, so vLLM / lmdeploy /
-trust_remote_code loaders load it like the release (training/snapshot_files.py; a preset base: a warning
+trust_remote_code loaders load it like the release (phi3v/shipping/snapshot_files.py; a preset base: a warning
 names what is left out). Each stage is logged with its time.
 An adapter trained on a quantized base (model.spec.quantization) is merged into the unquantized base.
 merge=false loads the export, checks its adapter holds every LoRA tensor, and copies it to `out`.

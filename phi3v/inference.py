@@ -1,10 +1,10 @@
 """Using a fine-tune: loading an export, greedy answers, and the prediction row every consumer writes.
 
 Used by `phi3v.predict` (one photo or a split), the web demo (phi3v/demo), training's evaluation
-(greedy answers, and the callback's prediction CSVs) and training/export.py (a merge or a copy
+(greedy answers, and the callback's prediction CSVs) and phi3v/shipping/adapter.py (a merge or a copy
 loads the export first).
 
-An export directory (written by phi3v.training.export) holds
+An export directory (written by phi3v.shipping.adapter) holds
   adapter_config.json + adapter_model.safetensors   (LoRA)  or  config.json + model.safetensors (full / merged)
   model_spec.json    how to rebuild the base model (phi3v.modeling.model_spec.ModelSpec)
   prompt.json        the PromptTemplate the model was trained with (inference asks the same question)

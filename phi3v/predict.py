@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from phi3v.cli import UsageError, check_dtype, check_export_dir, quiet_console, require, run_command, start
@@ -33,6 +32,7 @@ if TYPE_CHECKING:  # imported where used: a bad key is answered before seconds o
     from torch.utils.data import DataLoader
 
     from phi3v.data.datamodule import ProductDataModule
+    from phi3v.data.spec import DataSpec
     from phi3v.modeling import Phi3VProcessor
     from phi3v.task import ParsedAnswer, PromptTemplate
 
@@ -106,14 +106,15 @@ def run_dir_of(adapter: str | os.PathLike) -> Path | None:
     return parent if has_splits(parent) else None
 
 
-def run_data_config(run: Path) -> DictConfig:
-    """The data settings the run trained with (its Hydra record), without its output dir."""
+def run_data_spec(run: Path) -> DataSpec:
+    """The data settings the run trained with (its Hydra record)."""
+    from phi3v.config_schema import typed
+    from phi3v.data.spec import DataSpec
+
     path = run / ".hydra" / "config.yaml"
     if not path.is_file():
         raise UsageError(f"{path} is missing: name the catalogue with data=<group> (and its data.* settings)")
-    data = OmegaConf.load(path).data
-    data.output_dir = None
-    return data
+    return typed(DataSpec, OmegaConf.load(path).data)
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -129,8 +130,11 @@ def run(cfg: DictConfig) -> None:
         print(f"title: {parsed.title}\ncategory: {parsed.category}\nprice: {parsed.price}")
         return
     run_dir = run_dir_of(cfg.adapter)
-    data = cfg.data if cfg.get("data") is not None else run_data_config(run_dir)  # the run's own catalogue
-    datamodule = instantiate(data, _convert_="all")
+    from phi3v.data.datamodule import ProductDataModule
+
+    # the catalogue named on the command line, else the run's own
+    spec = OmegaConf.to_object(cfg.data) if cfg.get("data") is not None else run_data_spec(run_dir)
+    datamodule = ProductDataModule(spec)
     datamodule.connect(processor)
     batches = split_batches(datamodule, processor, template, cfg.split, cfg.batch_size, run_dir)
     count = write_predictions(prediction_rows(model, processor, template, batches, cfg.max_new_tokens), cfg.out)

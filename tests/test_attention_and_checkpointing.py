@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from phi3v.config_schema import register_schemas
 from phi3v.modeling import IGNORE_INDEX, build_tiny_model, padding_only_trails, training_attention_mask
@@ -203,9 +203,9 @@ def test_checkpointing_keys_compose_from_the_command_line(model="phi3v"):
         cfg = compose("train", overrides=[f"model={model}", "model.spec.activation_checkpointing=true",
                                           "model.spec.activation_checkpointing_every=4",
                                           "model.spec.activation_checkpointing_vision=false"])
-        spec = instantiate(cfg.model.spec)
+        spec = OmegaConf.to_object(cfg.model.spec)
         assert (spec.activation_checkpointing_every, spec.activation_checkpointing_vision) == (4, False)
         bad = compose("train", overrides=[f"model={model}", "model.spec.activation_checkpointing=false",
                                           "model.spec.activation_checkpointing_every=2"])
         with pytest.raises(Exception, match=r"model\.spec\.activation_checkpointing is false"):
-            instantiate(bad.model.spec)
+            OmegaConf.to_object(bad.model.spec)

@@ -14,7 +14,6 @@ import random
 import resource
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
@@ -28,28 +27,14 @@ from phi3v.task import PromptTemplate
 
 from .evaluation import EvalRecord, EvaluationResult
 from .gathering import gather_records
-from .lora import LoraSpec, apply_lora, trainable_parameter_names
+from .lora import apply_lora, trainable_parameter_names
 from .losses import logits_window, per_sample_loss, supervised_loss_sum
 from .metrics import answer_metrics
 from .quantized import check_quantized_run
-from .sharding import ShardingSpec, full_tensor, shard_model
+from .sharding import full_tensor, shard_model
+from .specs import EvalSpec, LoraSpec, ShardingSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalSpec:
-    """Evaluation by generation.
-
-    Args:
-        max_new_tokens: answer budget; the default answer is ~25 tokens with the Phi-3 tokenizer.
-        table_samples: validation samples shown in the prediction table (fixed: the first ones).
-        max_nonfinite_steps: consecutive non-finite losses tolerated (each step skipped) before stopping.
-    """
-
-    max_new_tokens: int = 48
-    table_samples: int = 16
-    max_nonfinite_steps: int = 5
 
 
 class Phi3VLitModule(L.LightningModule):
