@@ -345,6 +345,18 @@ BOUNDS = {
 NEEDS = {"optimizer.momentum": ["optimizer=sgd"], "optimizer.dampening": ["optimizer=sgd"]}
 
 
+@pytest.mark.parametrize(("key", "low"), [("batch_size", 1), ("eval_batch_size", 1), ("global_batch_size", 1),
+                                          ("val_limit", 1)])
+def test_the_data_spec_accepts_its_lowest_batch_values_and_refuses_below(key, low):
+    from phi3v.data.spec import DataSpec
+
+    assert getattr(DataSpec(**{key: low}), key) == low
+    with pytest.raises(ValueError, match=rf"data\.{key}"):
+        DataSpec(**{key: low - 1})
+    if key in ("global_batch_size", "val_limit"):
+        assert getattr(DataSpec(**{key: None}), key) is None  # null: accumulation as set / the whole split
+
+
 def test_every_range_rule_has_its_bounds_tested():
     from phi3v.config_checks import rules
 

@@ -87,6 +87,14 @@ def test_merged_export_carries_the_snapshot_code_and_auto_map(snapshot_export):
     assert processor.end_token_id in generation["eos_token_id"] and generation["pad_token_id"] == processor.pad_token_id
 
 
+def test_auto_map_entries_of_other_repos_and_empty_slots_need_no_file(tmp_path):
+    auto_map = {"AutoConfig": "configuration_phi3_v.Phi3VConfig", "AutoModel": "other/repo--modeling_x.M",
+                "AutoTokenizer": [None, "tokenization_y.FastTokenizer"]}
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": auto_map}))
+    (tmp_path / "configuration_phi3_v.py").write_text("")
+    assert missing_auto_map_modules(tmp_path) == ["tokenization_y.py"]
+
+
 def test_merged_export_with_loader_files_still_loads_and_answers_like_the_adapter(snapshot_export):
     _, adapter, merged = snapshot_export
     model, processor, _ = load_for_inference(adapter)

@@ -90,6 +90,8 @@ def test_schedule_factors():
         WarmupSchedule(kind="step")
     with pytest.raises(ValueError, match=r"scheduler\.warmup_ratio must be in \[0, 1\), got 1"):
         WarmupSchedule(warmup_ratio=1)
+    WarmupSchedule(kind="constant", warmup_ratio=0.0)(optimizer, 100)  # no warmup: the full lr from step 0
+    assert optimizer.param_groups[0]["lr"] == 1.0
 
 
 def make_module(processor, **evaluation):
