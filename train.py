@@ -1,7 +1,9 @@
 """Train, evaluate and export: `python train.py [model=phi3v] [data=burberry] [key=value ...]`.
 
-An entry point (with phi3v.predict, phi3v.export and phi3v.prepare): the only places that instantiate
-from config. Everything below gets typed objects. torch, Lightning and transformers are imported
+An entry point (with phi3v.predict, phi3v.export and phi3v.prepare): the only places that build objects
+from config. The nodes of our parts are typed by the specs those parts take (phi3v/config_schema.py), and
+`OmegaConf.to_object` turns each into its spec; `instantiate` builds what is someone else's (the torch
+optimizer, the logger). Everything below gets typed objects. torch, Lightning and transformers are imported
 inside the functions, after the config is composed and checked: a typo is answered in about a second.
 """
 
@@ -19,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from phi3v.cli import start
 from phi3v.config_checks import ConfigError, check_config
@@ -33,24 +35,9 @@ if TYPE_CHECKING:
     from phi3v.modeling import Phi3VProcessor
     from phi3v.modeling.model_spec import ModelSpec
     from phi3v.training.module import Phi3VLitModule
-    from phi3v.training.sharding import ShardingSpec
+    from phi3v.training.specs import ShardingSpec
 
 log = logging.getLogger("phi3v.train")
-
-
-def baselines_for(datamodule: ProductDataModule) -> dict:
-    """Metrics of constant predictions (train mean/median price, majority category) per eval split."""
-    from phi3v.training.metrics import Baselines, baseline_metrics
-
-    train = datamodule.datasets["train"].table
-    fitted = Baselines.fit(train.column("price").to_pylist(), train.column("category").to_pylist())
-    scores = {}
-    for split in ("val", "test"):
-        table = datamodule.datasets[split].table
-        if table.num_rows:
-            columns = [table.column(c).to_pylist() for c in ("price", "category", "title")]
-            scores[split] = baseline_metrics(fitted, *columns)
-    return scores
 
 
 def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
@@ -70,7 +57,27 @@ def resolve_resume(resume: str | None) -> tuple[str | None, Path | None]:
     return str(path), Path(fresh) if fresh else None
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger, meter: LoadMeter | None = None) -> L.Trainer:
+@dataclass(frozen=True)
+class Launch:
+    """What the config implies for the processes of a run, worked out once before any work: how many
+    train together, and how many loader batches each accumulates per optimizer step."""
+
+    world_size: int
+    accumulate_grad_batches: int
+
+
+def launch_plan(cfg: DictConfig) -> Launch:
+    """The run's world (hardware.devices x num_nodes, or a torchrun/srun launch's) and its accumulation:
+    hardware.accumulate_grad_batches, or derived from data.global_batch_size when that is set (raises
+    ValueError, saying what to set, when it does not divide)."""
+    from phi3v.training.hardware import world_size
+
+    hardware, data = OmegaConf.to_object(cfg.hardware), OmegaConf.to_object(cfg.data)
+    world = world_size(hardware.accelerator, hardware.devices, hardware.num_nodes)
+    return Launch(world, data.accumulation(world, hardware.num_nodes, hardware.accumulate_grad_batches))
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger, launch: Launch, meter: LoadMeter | None = None) -> L.Trainer:
     """The Trainer of `cfg`; `meter` measures the load for hardware.threads=auto since the run started."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -100,16 +107,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, meter: LoadMeter | Non
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
-    for key in ("ddp", "fsdp", "timeout_minutes", "strategy", "threads"):  # not Trainer arguments
-        hardware.pop(key)
-    hardware["accumulate_grad_batches"] = accumulate_grad_batches(cfg)
-    strategy = build_strategy(cfg.hardware.strategy, instantiate(cfg.hardware.ddp), cfg.hardware.timeout_minutes)
+    hardware = OmegaConf.to_object(cfg.hardware)
     return L.Trainer(
-        default_root_dir=run_dir, logger=logger or False, callbacks=callbacks, strategy=strategy,
+        default_root_dir=run_dir, logger=logger or False, callbacks=callbacks,
+        strategy=build_strategy(hardware.strategy, hardware.ddp, hardware.timeout_minutes),
+        accelerator=hardware.accelerator, devices=hardware.devices, num_nodes=hardware.num_nodes,
+        precision=hardware.precision, accumulate_grad_batches=launch.accumulate_grad_batches,
+        gradient_clip_val=hardware.gradient_clip_val,
         use_distributed_sampler=False,  # our samplers shard by rank themselves
         inference_mode=False,  # evaluation under no_grad on every backend (FSDP2 cannot gather under inference mode)
-        **hardware, **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
     )
 
 
@@ -119,31 +126,20 @@ def sharding_spec(cfg: DictConfig) -> ShardingSpec:
 
     from phi3v.training.hardware import half_dtype
 
-    spec: ShardingSpec = instantiate(cfg.hardware.fsdp)
+    spec: ShardingSpec = OmegaConf.to_object(cfg.hardware.fsdp)
     if spec.param_dtype is None:
         spec = replace(spec, param_dtype=half_dtype(cfg.hardware.precision))
     return spec
 
 
-def accumulate_grad_batches(cfg: DictConfig) -> int:
-    """hardware.accumulate_grad_batches, or derived from data.global_batch_size when that is set."""
-    from phi3v.training.hardware import accumulation, world_size
-
-    hardware = cfg.hardware
-    devices = OmegaConf.to_object(hardware.devices) if isinstance(hardware.devices, ListConfig) else hardware.devices
-    world = world_size(hardware.accelerator, devices, hardware.num_nodes)
-    return accumulation(cfg.data.get("global_batch_size"), cfg.data.batch_size, world, hardware.num_nodes,
-                        hardware.accumulate_grad_batches)
-
-
-def check_launch(cfg: DictConfig) -> None:
-    """Fail before any work on combinations that cannot run."""
+def check_launch(cfg: DictConfig) -> Launch:
+    """Fail before any work on combinations that cannot run; the launch plan of those that can."""
     from phi3v.modeling.kernels import kernels_problem
     from phi3v.training.hardware import check_precision
     from phi3v.training.quantized import quantized_run_problems
 
     check_precision(cfg.hardware.precision, cfg.model.spec.dtype)
-    accumulate_grad_batches(cfg)  # raises when data.global_batch_size does not divide
+    launch = launch_plan(cfg)  # raises when data.global_batch_size does not divide
     if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.hardware.strategy != "auto":
         raise SystemExit(
             f"hardware.strategy={cfg.hardware.strategy} cannot run under Hydra multirun (-m): Lightning starts the "
@@ -156,19 +152,20 @@ def check_launch(cfg: DictConfig) -> None:
         problems.append(kernels)
     if problems:
         raise SystemExit("\n".join(problems))
+    return launch
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)
-        check_launch(cfg)
+        launch = check_launch(cfg)
     except ConfigError as problem:
         raise SystemExit(f"error: {problem}") from None
-    return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return train(cfg, Path(HydraConfig.get().runtime.output_dir), launch)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float | None:
+def train(cfg: DictConfig, run_dir: Path, launch: Launch) -> float | None:
     meter = LoadMeter.start()  # first: the imports below give hardware.threads=auto its first window
     from phi3v.console import lightning_logs_through_root, quiet_third_party
 
@@ -180,8 +177,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     import lightning as L
     from lightning.pytorch.utilities import rank_zero_only
 
+    from phi3v.data.datamodule import ProductDataModule
+    from phi3v.data.splits import SPLITS
     from phi3v.modeling.model_spec import load_processor
     from phi3v.training.launch import prepare_once
+    from phi3v.training.metrics import split_baselines
     from phi3v.training.module import Phi3VLitModule
     from phi3v.training.sharding import gathered_adapter_state
 
@@ -189,25 +189,25 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     logging.getLogger("phi3v").setLevel(logging.INFO)
 
-    spec = instantiate(cfg.model.spec)
-    lora = instantiate(cfg.model.lora, _convert_="all")
+    spec, lora = OmegaConf.to_object(cfg.model.spec), OmegaConf.to_object(cfg.model.lora)
     processor = load_processor(spec)
     # rank 0 records the splits; every rank computes the same ones
-    splits_dir = str(run_dir) if rank_zero_only.rank == 0 else None
-    datamodule: ProductDataModule = instantiate(cfg.data, output_dir=splits_dir, _convert_="all")
+    splits_dir = run_dir if rank_zero_only.rank == 0 else None
+    datamodule = ProductDataModule(OmegaConf.to_object(cfg.data), output_dir=splits_dir)
     datamodule.connect(processor)
     prepare_once(datamodule.prepare_data)
     datamodule.setup("fit")
 
     module = Phi3VLitModule(
-        spec=spec, lora=lora, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
-        processor=processor, template=datamodule.template, evaluation=instantiate(cfg.evaluation),
-        baseline_scores=baselines_for(datamodule), sharding=sharding_spec(cfg),
+        spec=spec, lora=lora, optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_object(cfg.scheduler),
+        processor=processor, template=datamodule.template, evaluation=OmegaConf.to_object(cfg.evaluation),
+        baseline_scores=split_baselines({split: datamodule.truth(split) for split in SPLITS}),
+        sharding=sharding_spec(cfg),
     )
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else None
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # a plain dict, no objects
-    trainer = build_trainer(cfg, run_dir, logger, meter)
+    trainer = build_trainer(cfg, run_dir, logger, launch, meter)
     trained, finished = None, False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -215,7 +215,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         if datamodule.val_subset() is not None and cfg.trainer.limit_val_batches and not trainer.interrupted:
             trainer.validate(module, datamodule=datamodule, ckpt_path=None, verbose=False)  # the whole split
         objective = trainer.callback_metrics.get(cfg.checkpoint.monitor)  # before test() clears the metrics
-        if cfg.test and len(datamodule.datasets["test"]):
+        if cfg.test and len(datamodule.split_products("test")):
             trainer.test(module, datamodule=datamodule, ckpt_path=None, verbose=False)
         # Under FSDP every rank holds a shard of the trained weights: all take part in gathering them.
         trained = gathered_adapter_state(module.model) if cfg.export else None
@@ -274,35 +274,27 @@ def _wandb_run(logger):
 def export(run: RunEnd, wandb_run) -> Path:
     """The adapter under <run>/adapter; with W&B, also the model and prediction artifacts (staged for
     `wandb sync` when offline)."""
-    from phi3v.training.artifacts import best_score, log_run_artifacts
-    from phi3v.training.export import export_adapter
-    from phi3v.training.model_card import RunResults
+    from phi3v.shipping.adapter import export_adapter
+    from phi3v.shipping.artifacts import best_score, log_run_artifacts
+    from phi3v.shipping.model_card import RunResults
 
     module, template = run.module, run.datamodule.template
-    results = RunResults(dataset=str(run.cfg.data.source), scores=module.last_scores)  # for the model card
+    results = RunResults(dataset=str(run.cfg.data.source), scores=module.results.scores)  # for the model card
     out = export_adapter(module.model, run.processor, run.spec, template, run.run_dir / "adapter", run.trained,
                          results)
     log.info("adapter written to %s", out)
     if wandb_run is not None:
         log_run_artifacts(wandb_run, out, run.run_dir / "predictions", run.spec, template, run.cfg.checkpoint.monitor,
-                          run.cfg.checkpoint.mode, best_score(run.trainer), module.last_scores)
+                          run.cfg.checkpoint.mode, best_score(run.trainer), module.results.scores)
     return out
 
 
 def summary(module: Phi3VLitModule, commands: list[str]) -> str:
     """Per evaluated split: the answers' metrics against the baselines and a verdict; then the overall
     verdict and the commands to try the result."""
-    from phi3v.training.reporting import SplitResult, run_summary
+    from phi3v.training.reporting import run_summary
 
-    results = {
-        split: SplitResult(
-            scores, module.baseline_scores.get(split, {}),
-            distinct_answers=len({record["prediction"] for record in module.eval_records.get(split, [])}),
-            history=module.history.get(split, []),
-        )
-        for split, scores in module.last_scores.items()
-    }
-    return run_summary(results, commands)
+    return run_summary(module.results.splits(), commands)
 
 
 if __name__ == "__main__":

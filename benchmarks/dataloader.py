@@ -24,21 +24,23 @@ TIMED_BATCHES = 12
 
 def prepared_catalogue(directory: Path, products: int) -> Path:
     from phi3v.data.datamodule import ProductDataModule
+    from phi3v.data.spec import DataSpec
     from phi3v.data.synthetic import SyntheticSpec
 
-    ProductDataModule(data_dir=str(directory), synthetic=SyntheticSpec(num_products=products)).prepare_data()
+    ProductDataModule(DataSpec(data_dir=str(directory), synthetic=SyntheticSpec(num_products=products))).prepare_data()
     return directory
 
 
 def data_module(directory: Path, num_crops: int, workers: int, group_by_length: bool = True, products: int = 3000):
     from phi3v.data.datamodule import ProductDataModule
+    from phi3v.data.spec import DataSpec
     from phi3v.data.synthetic import SyntheticSpec
     from phi3v.modeling import Phi3VProcessor, preset_dir
 
-    module = ProductDataModule(
+    module = ProductDataModule(DataSpec(
         data_dir=str(directory), synthetic=SyntheticSpec(num_products=products), batch_size=BATCH_SIZE,
         num_workers=workers, group_by_length=group_by_length, val_fraction=0.0, test_fraction=0.0,
-    )
+    ))
     module.connect(Phi3VProcessor.from_pretrained(preset_dir("tiny"), num_crops=num_crops))
     module.setup("fit")
     return module

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gpu import recipe_lora  # noqa: E402
 from phi3v.modeling.configuration import CLIP_VIT_L_14_336  # noqa: E402
 from phi3v.modeling.masking import training_attention_mask  # noqa: E402
-from phi3v.modeling.model_spec import DTYPES, ModelSpec, load_processor  # noqa: E402
+from phi3v.modeling.model_spec import DTYPES, ModelSpec, load_processor, torch_dtype  # noqa: E402
 from phi3v.modeling.quantization import weight_bytes  # noqa: E402
 from phi3v.modeling.random_weights import build_random_model  # noqa: E402
 from phi3v.task import PromptTemplate  # noqa: E402
@@ -135,7 +135,7 @@ def main() -> None:
     torch.manual_seed(0)
     reset_peak_rss()
     start = time.perf_counter()
-    base = build_random_model(args.preset, dtype=DTYPES[args.dtype], quantization=args.quantization, **overrides)
+    base = build_random_model(args.preset, dtype=torch_dtype(args.dtype), quantization=args.quantization, **overrides)
     built = time.perf_counter() - start
     weights = weight_bytes(base) / 2**30
     stored = sum(p.numel() for p in base.parameters())  # packed values for a quantized base

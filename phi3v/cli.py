@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from phi3v.config_checks import source_constant
+from phi3v.modeling.model_spec import DTYPES, SPEC_FILE
 
 T = TypeVar("T")
 
@@ -50,18 +50,16 @@ def require(cfg: DictConfig, key: str, usage: str) -> None:
 
 def check_export_dir(key: str, directory: str) -> None:
     """`directory` (the value of `key`) must be a phi3v export: a directory with model_spec.json."""
-    spec_file = source_constant("phi3v.modeling.model_spec.SPEC_FILE")  # read from source: no torch import
     if not Path(directory).is_dir():
         raise UsageError(f"{key}={directory}: no such directory")
-    if not (Path(directory) / spec_file).is_file():
-        raise UsageError(f"{key}={directory}: not a phi3v export (no {spec_file} in it)")
+    if not (Path(directory) / SPEC_FILE).is_file():
+        raise UsageError(f"{key}={directory}: not a phi3v export (no {SPEC_FILE} in it)")
 
 
 def check_dtype(dtype: str | None) -> None:
     """null (the export's own dtype) or a dtype name a model spec accepts."""
-    dtypes = source_constant("phi3v.modeling.model_spec.DTYPES")  # read from source: no torch import
-    if dtype is not None and dtype not in dtypes:
-        raise UsageError(f"dtype={dtype}: choose one of {', '.join(dtypes)} (or null for the export's)")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"dtype={dtype}: choose one of {', '.join(DTYPES)} (or null for the export's)")
 
 
 def quiet_console() -> None:

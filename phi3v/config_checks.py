@@ -1,23 +1,29 @@
 """Ranges and choices of the composed config, checked right after composition (before any import of
 torch or a model): every problem at once, each naming the key's full name and what is allowed.
 
-Types are the schemas' job (config_schema.py); the arguments of our own constructors (model.spec,
-model.lora, data, hardware.fsdp) are also checked by those constructors. Lists of choices are read
-from the code that uses them (`KINDS` of the scheduler, `STRATEGIES`, ...), never copied.
+Types are the schemas' job (config_schema.py); the specs our parts take (model.spec, model.lora, data,
+hardware.fsdp, scheduler) also check their own values when built. Lists of choices are imported from the
+torch-free modules that use them (`KINDS` of the scheduler, `STRATEGIES`, `DTYPES`, `MODES`). Lightning's
+lists are copied, since importing Lightning takes seconds: tests/test_config.py checks the copies against
+Lightning.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from phi3v.config_schema import source_definition
+from phi3v.modeling.model_spec import CHECKPOINTING, DTYPES, KERNELS
+from phi3v.training.loggers import MODES
+from phi3v.training.schedules import KINDS
+from phi3v.training.specs import STRATEGIES
+from phi3v.training.threads import AUTO
 
-# lightning.fabric.connector's _PRECISION_INPUT_STR (importing Lightning to read it takes seconds)
+# lightning.fabric.connector's _PRECISION_INPUT_STR + _PRECISION_INPUT_STR_ALIAS, and the accelerators its
+# Trainer accepts (the registered ones, and gpu and auto, which its accelerator connector resolves)
 PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
               "32-true", "64-true", "64", "32", "16", "bf16")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -25,15 +31,6 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 
 class ConfigError(ValueError):
     """Config values out of range: one line per key, each naming it and what is allowed."""
-
-
-def source_constant(target: str) -> Any:
-    """A module-level literal (a dict gives its keys) read from source, e.g. the scheduler's KINDS."""
-    module, name = target.rsplit(".", 1)
-    _, node = source_definition(module, name)
-    if isinstance(node.value, ast.Dict):
-        return tuple(ast.literal_eval(key) for key in node.value.keys)
-    return ast.literal_eval(node.value)
 
 
 def _number(value: Any) -> bool:
@@ -84,7 +81,7 @@ def _devices() -> tuple[Callable[[Any], bool], str]:
 
 
 def _threads() -> tuple[Callable[[Any], bool], str]:
-    auto = source_constant("phi3v.training.threads.AUTO")
+    auto = AUTO
     count, _ = _at_least(1)
     return (lambda v: v == auto or (isinstance(v, int) and count(v))), f"{auto} or a count >= 1"
 
@@ -92,7 +89,6 @@ def _threads() -> tuple[Callable[[Any], bool], str]:
 def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
     """Full key -> (check, what is allowed). Keys absent from a config (e.g. optimizer.momentum with
     adamw) are skipped."""
-    dtypes = source_constant("phi3v.modeling.model_spec.DTYPES")
     return {
         "seed": _at_least(0),
         "optimizer.lr": _positive(),
@@ -102,7 +98,7 @@ def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "optimizer.eps": _positive(),
         "optimizer.momentum": _at_least(0),
         "optimizer.dampening": _at_least(0),
-        "scheduler.kind": _one_of(source_constant("phi3v.training.schedules.KINDS")),
+        "scheduler.kind": _one_of(KINDS),
         "scheduler.warmup_ratio": _fraction(),
         "scheduler.min_lr_ratio": _fraction(closed=True),
         "trainer.max_epochs": _steps_or_unlimited(),
@@ -122,19 +118,18 @@ def rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
         "hardware.accelerator": _one_of(ACCELERATORS),
         "hardware.devices": _devices(),
         "hardware.num_nodes": _at_least(1),
-        "hardware.strategy": _one_of(source_constant("phi3v.training.strategies.STRATEGIES")),
+        "hardware.strategy": _one_of(STRATEGIES),
         "hardware.precision": _one_of(PRECISIONS),
         "hardware.accumulate_grad_batches": _at_least(1),
         "hardware.gradient_clip_val": _or_null(_positive()),
         "hardware.timeout_minutes": _at_least(1),
         "hardware.threads": _threads(),
-        "hardware.fsdp.param_dtype": _or_null(_one_of(dtypes)),
-        "hardware.fsdp.reduce_dtype": _one_of(dtypes),
-        "model.spec.dtype": _one_of(dtypes),
-        "model.spec.activation_checkpointing": _one_of(
-            source_constant("phi3v.modeling.checkpointing.CHECKPOINTING")),
-        "model.spec.kernels": _or_null(_one_of(source_constant("phi3v.modeling.kernels.KERNELS"))),
-        "logger.mode": _one_of(source_constant("phi3v.training.loggers.MODES")),
+        "hardware.fsdp.param_dtype": _or_null(_one_of(DTYPES)),
+        "hardware.fsdp.reduce_dtype": _one_of(DTYPES),
+        "model.spec.dtype": _one_of(DTYPES),
+        "model.spec.activation_checkpointing": _one_of(CHECKPOINTING),
+        "model.spec.kernels": _or_null(_one_of(KERNELS)),
+        "logger.mode": _one_of(MODES),
     }
 
 
@@ -149,7 +144,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         if not check(plain):
             problems.append(f"{key}={plain}: must be {allowed}")
     kernels, accelerator = OmegaConf.select(cfg, "model.spec.kernels"), OmegaConf.select(cfg, "hardware.accelerator")
-    if kernels in source_constant("phi3v.modeling.kernels.KERNELS") and accelerator == "cpu":
+    if kernels in KERNELS and accelerator == "cpu":
         problems.append(f"model.spec.kernels={kernels}: its Triton kernels need a CUDA GPU, but "
                         "hardware.accelerator=cpu: set model.spec.kernels=null")
     resume = cfg.get("resume")

@@ -4,7 +4,7 @@ merge=true (default) folds the LoRA deltas into the base and writes a plain Phi-
 original key layout (loads with `Phi3VForCausalLM.from_pretrained` or AutoModelForCausalLM, no PEFT),
 laid out like the base snapshot it came from: when the base is a local download, its code files, auto_map,
 tokenizer files (its bytes), config keys, generation config and chat template are carried over, so vLLM /
-lmdeploy / trust_remote_code loaders load it like the release (training/snapshot_files.py; a preset base: a
+lmdeploy / trust_remote_code loaders load it like the release (phi3v/shipping/snapshot_files.py; a preset base: a
 warning names what is left out). Each stage is logged with its time. Either way the export has a model card
 (README.md with the run's metrics) and files everyone can read (the umask's modes).
 An adapter trained on a quantized base (model.spec.quantization) is merged into the unquantized base.
@@ -38,7 +38,7 @@ def describe(directory: Path) -> str:
 
 
 def run(cfg: DictConfig) -> Path:
-    from phi3v.training.export import copy_export, merge_adapter, merge_note
+    from phi3v.shipping.adapter import copy_export, merge_adapter, merge_note
 
     quiet_console()
     try:

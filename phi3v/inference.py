@@ -1,17 +1,18 @@
 """Using a fine-tune: loading an export, greedy answers, and the prediction row every consumer writes.
 
 Used by `phi3v.predict` (one photo or a split), the web demo (phi3v/demo), training's evaluation
-(greedy answers, and the callback's prediction CSVs) and training/export.py (a merge or a copy
+(greedy answers, and the callback's prediction CSVs) and phi3v/shipping/adapter.py (a merge or a copy
 loads the export first).
 
-An export directory (written by phi3v.training.export) holds
+An export directory (written by phi3v.shipping.adapter) holds
   adapter_config.json + adapter_model.safetensors   (LoRA)  or  config.json + model.safetensors (full / merged)
   model_spec.json    how to rebuild the base model (phi3v.modeling.model_spec.ModelSpec)
   prompt.json        the PromptTemplate the model was trained with (inference asks the same question)
   processor files    tokenizer + preprocessor config, so inference never depends on the training config
-  README.md          the model card; metrics.json the run's metrics of these weights (training/model_card.py)
+  README.md          the model card; metrics.json the run's metrics of these weights (shipping/model_card.py)
 
-A prediction row (`prediction_row`, columns `COLUMNS`) is the same wherever answers are written:
+An `Answer` is one product's generated answer beside its truth, the fields of both keyed by name;
+its prediction row (`prediction_row`, columns `COLUMNS`) is the same wherever answers are written:
 training's predictions/*.csv, predict's .jsonl/.csv and the demo's gallery, which reads the former.
 """
 
@@ -21,9 +22,10 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -127,14 +129,50 @@ def prediction_rows(
     """One row per product of generation batches (collator mode "generate"); products whose image
     was unreadable (logged by the dataset) get none."""
     for batch in batches:
-        meta = batch["meta"]
-        for i, answer in enumerate(greedy_answers(model, processor, batch, max_new_tokens)):
-            if meta["supervised"][i]:
-                yield prediction_row(meta["product_id"][i], meta["image_path"][i], meta["target"][i], answer,
-                                     template.parse(answer), meta["price"][i])
+        predictions = greedy_answers(model, processor, batch, max_new_tokens)
+        for _, answer in answered(batch["meta"], predictions, template):
+            yield answer.row()
 
 
-# ---- rows ------------------------------------------------------------------------------------
+# ---- answers and rows ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Answer:
+    """One product's generated answer beside its truth: what predict writes, evaluation scores and
+    training's prediction CSVs hold.
+
+    Args:
+        product_id: the catalogue's id of the product.
+        image_paths: its photo(s), as the dataset read them.
+        target: the answer the model should give (the template filled with the truth).
+        prediction: the answer it generated.
+        parsed: the fields read back from `prediction` (`PromptTemplate.parse`; None where not found).
+        truth: field name -> the catalogue's value (title, category, price).
+    """
+
+    product_id: str
+    image_paths: tuple[str, ...]
+    target: str
+    prediction: str
+    parsed: ParsedAnswer
+    truth: Mapping[str, Any]
+
+    def row(self) -> dict:
+        """The prediction row (`COLUMNS`): the first photo, the parsed fields, the signed price error."""
+        return prediction_row(self.product_id, self.image_paths[0], self.target, self.prediction, self.parsed,
+                              self.truth["price"])
+
+
+def answered(meta: Mapping[str, Any], predictions: list[str], template: PromptTemplate) -> list[tuple[int, Answer]]:
+    """(row in the batch, its Answer) for every supervised row of a collated batch's `meta`
+    (phi3v.data.collate.BatchMeta) and the answers generated for it; unreadable images and the padding
+    repeats of a distributed sampler get none."""
+    return [
+        (i, Answer(meta["product_id"][i], (meta["image_path"][i],), meta["target"][i], prediction,
+                   template.parse(prediction), meta["truth"][i]))
+        for i, prediction in enumerate(predictions) if meta["supervised"][i]
+    ]
+
+
 def prediction_row(
     product_id: str, image_path: str | os.PathLike, target: str, prediction: str, parsed: ParsedAnswer,
     true_price: float,

@@ -23,17 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from phi3v.cli import UsageError, check_dtype, check_export_dir, quiet_console, require, run_command, start
-from phi3v.data.splits import SPLITS
+from phi3v.data.splits import SPLITS, has_splits
 
 if TYPE_CHECKING:  # imported where used: a bad key is answered before seconds of torch imports
     from torch.utils.data import DataLoader
 
     from phi3v.data.datamodule import ProductDataModule
-    from phi3v.data.dataset import ProductDataset
+    from phi3v.data.spec import DataSpec
     from phi3v.modeling import Phi3VProcessor
     from phi3v.task import ParsedAnswer, PromptTemplate
 
@@ -79,7 +78,8 @@ def predict_image(
 
 
 def split_batches(
-    datamodule: ProductDataModule, template: PromptTemplate, split: str, batch_size: int, run: Path | None = None
+    datamodule: ProductDataModule, processor: Phi3VProcessor, template: PromptTemplate, split: str, batch_size: int,
+    run: Path | None = None,
 ) -> DataLoader:
     """A generation loader over `split` (in manifest order), prompts in the export's template: the
     products of `split` in the run's splits.json when `run` is given, else the datamodule's split."""
@@ -89,14 +89,13 @@ def split_batches(
 
     datamodule.prepare_data()  # builds the manifest if missing (synthetic data, downloads)
     if run is None:
-        datamodule.setup("predict")
-        dataset = datamodule.datasets[split]
+        dataset = datamodule.split_products(split)
         log.info("predicting %d products of the %s split (data.val_fraction/test_fraction: no run beside the "
                  "export)", len(dataset), split)
     else:
-        dataset, description = run_products(datamodule, run, split)
+        dataset, description = datamodule.run_products(split, run)
         print(description)
-    collate = Phi3VCollator(datamodule.processor, template, "generate")
+    collate = Phi3VCollator(processor, template, "generate")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
@@ -104,41 +103,18 @@ def split_batches(
 def run_dir_of(adapter: str | os.PathLike) -> Path | None:
     """The training run that wrote an export (`<run>/adapter`, splits.json beside it), else None."""
     parent = Path(adapter).resolve().parent
-    return parent if (parent / "splits.json").is_file() else None
+    return parent if has_splits(parent) else None
 
 
-def run_data_config(run: Path) -> DictConfig:
-    """The data settings the run trained with (its Hydra record), without its output dir."""
+def run_data_spec(run: Path) -> DataSpec:
+    """The data settings the run trained with (its Hydra record)."""
+    from phi3v.config_schema import typed
+    from phi3v.data.spec import DataSpec
+
     path = run / ".hydra" / "config.yaml"
     if not path.is_file():
         raise UsageError(f"{path} is missing: name the catalogue with data=<group> (and its data.* settings)")
-    data = OmegaConf.load(path).data
-    data.output_dir = None
-    return data
-
-
-def run_products(datamodule: ProductDataModule, run: Path, split: str) -> tuple[ProductDataset, str]:
-    """The catalogue's products in `split` of the run's splits.json (exactly those), or all of them when
-    the run never saw any of its products; and a sentence saying which."""
-    from phi3v.data.dataset import ProductDataset, read_manifest
-    from phi3v.data.prepare import MANIFEST
-
-    splits = json.loads((run / "splits.json").read_text())
-    manifest = read_manifest(datamodule.data_dir / MANIFEST)
-    ids = [str(pid) for pid in manifest.column("product_id").to_pylist()]
-    seen = {str(pid) for name in SPLITS for pid in splits.get(name, [])}
-    if seen.isdisjoint(ids):
-        rows = list(range(len(ids)))
-        description = (f"the run {run} never saw catalogue {datamodule.source} ({datamodule.data_dir}): "
-                       f"predicting all {len(rows)} products, split={split} does not apply")
-    else:
-        wanted = {str(pid) for pid in splits[split]}
-        rows = [i for i, pid in enumerate(ids) if pid in wanted]
-        description = f"predicting the {split} split of run {run} (its splits.json): {len(rows)} products"
-        if len(rows) < len(wanted):
-            description += f", {len(wanted) - len(rows)} of its {len(wanted)} are not in this catalogue"
-    dataset = ProductDataset(manifest.take(rows), datamodule.data_dir, datamodule.strict_images, datamodule.max_pixels)
-    return dataset, description
+    return typed(DataSpec, OmegaConf.load(path).data)
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -154,10 +130,13 @@ def run(cfg: DictConfig) -> None:
         print(f"title: {parsed.title}\ncategory: {parsed.category}\nprice: {parsed.price}")
         return
     run_dir = run_dir_of(cfg.adapter)
-    data = cfg.data if cfg.get("data") is not None else run_data_config(run_dir)  # the run's own catalogue
-    datamodule = instantiate(data, _convert_="all")
+    from phi3v.data.datamodule import ProductDataModule
+
+    # the catalogue named on the command line, else the run's own
+    spec = OmegaConf.to_object(cfg.data) if cfg.get("data") is not None else run_data_spec(run_dir)
+    datamodule = ProductDataModule(spec)
     datamodule.connect(processor)
-    batches = split_batches(datamodule, template, cfg.split, cfg.batch_size, run_dir)
+    batches = split_batches(datamodule, processor, template, cfg.split, cfg.batch_size, run_dir)
     count = write_predictions(prediction_rows(model, processor, template, batches, cfg.max_new_tokens), cfg.out)
     print(f"wrote {count} predictions ({cfg.split} split) to {cfg.out}")
 

@@ -12,37 +12,26 @@ import sys
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from phi3v.cli import start
 
 if TYPE_CHECKING:
-    from phi3v.data.prepare import PrepareReport
+    from phi3v.data.manifest import PrepareReport
+    from phi3v.data.spec import DataSpec
 
 
-def prepare(data: DictConfig, progress: bool = True) -> PrepareReport:
-    """Prepare the catalogue a data config names, with ProductDataModule's defaults for absent parts."""
-    from hydra.utils import instantiate  # after composition: a typo is answered at once
+def prepare(data: DataSpec, progress: bool = True) -> PrepareReport:
+    """Prepare the catalogue a data spec names (its source, columns, downloads or synthetic settings)."""
+    from phi3v.data.manifest import default_data_dir, prepare_catalogue  # after composition: a typo is answered at once
 
-    from phi3v.data.catalogue import ColumnMap
-    from phi3v.data.download import DownloadSettings
-    from phi3v.data.prepare import default_data_dir, prepare_catalogue
-    from phi3v.data.synthetic import SyntheticSpec
-
-    return prepare_catalogue(
-        data.source,
-        data.data_dir or default_data_dir(data.source),
-        instantiate(data.columns) or ColumnMap(),
-        instantiate(data.download) or DownloadSettings(),
-        instantiate(data.synthetic) or SyntheticSpec(),
-        data.split,
-        progress=progress,
-    )
+    return prepare_catalogue(data.source, data.data_dir or default_data_dir(data.source), data.columns, data.download,
+                             data.synthetic, data.split, progress=progress)
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    report = prepare(cfg.data, cfg.progress)
+    report = prepare(OmegaConf.to_object(cfg.data), cfg.progress)
     print(report.summary())
     if report.kept == 0:
         logging.getLogger(__name__).error("no usable rows: check data.columns and the drop reasons above")

@@ -17,8 +17,8 @@ from PIL import Image
 from phi3v.data.splits import write_splits
 from phi3v.inference import prediction_row, write_predictions
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
+from phi3v.shipping.adapter import export_adapter
 from phi3v.task import PromptTemplate
-from phi3v.training.export import export_adapter
 from phi3v.training.lora import LoraSpec, apply_lora
 
 TEMPLATE = PromptTemplate()
@@ -58,5 +58,5 @@ def build_demo_run(root: Path, seed: int = 1) -> Path:
                                    price))
     write_predictions(rows, run / "predictions" / "test.csv")
     ids = ["70000001", "70000002", *(p[0] for p in PRODUCTS)]
-    write_splits(run / "splits.json", ids, np.array(["train", "train", "test", "test", "test"]))
+    write_splits(run, ids, np.array(["train", "train", "test", "test", "test"]))
     return run

@@ -13,8 +13,8 @@ from wandb_offline import offline_artifacts
 
 from phi3v.inference import COLUMNS
 from phi3v.modeling.model_spec import ModelSpec
+from phi3v.shipping.artifacts import is_best, log_run_artifacts, model_artifact_name
 from phi3v.task import PromptTemplate
-from phi3v.training.artifacts import is_best, log_run_artifacts, model_artifact_name
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from phi3v.data.catalogue import ColumnMap, InvalidValue, parse_price, validate_rows
-from phi3v.data.splits import assign_splits, limited_rows
+from phi3v.data.splits import SPLITS, assign_splits, has_splits, limited_rows, read_splits, run_split_rows, write_splits
 from phi3v.task import PromptTemplate, parse_number, price_from_answer
 
 pytestmark = pytest.mark.unit
@@ -128,3 +128,37 @@ def test_limit_is_a_deterministic_subset():
     assert len(limited_rows(5, None, 0)) == 5 and len(limited_rows(5, 50, 0)) == 5
     with pytest.raises(ValueError, match="data.limit"):
         limited_rows(5, 0, 0)
+
+
+def test_a_runs_splits_are_recorded_and_read_back(tmp_path):
+    assert not has_splits(tmp_path)
+    path = write_splits(tmp_path, ["b", "a", "c", "a", 7], np.array(["train", "train", "val", "train", "test"]))
+    assert path == tmp_path / "splits.json" and has_splits(tmp_path)
+    assert read_splits(tmp_path) == {"train": {"a", "b"}, "val": {"c"}, "test": {"7"}}  # ids as strings
+
+
+# A run's splits and a catalogue that holds all of them but "val-2", plus "new" the run never saw.
+RUN = {"train": ["t1", "t2", "t3"], "val": ["v1", "val-2"], "test": ["x1", "x2"]}
+CATALOGUE = ["x2", "t1", "new", "v1", "t3", "x1", "t2"]  # manifest order
+
+
+@pytest.mark.parametrize(("split", "rows", "missing"), [
+    ("train", [1, 4, 6], ""), ("val", [3], ", 1 of its 2 are not in this catalogue"), ("test", [0, 5], "")])
+def test_every_split_of_a_run_selects_exactly_its_products_in_manifest_order(tmp_path, split, rows, missing):
+    write_splits(tmp_path, [pid for ids in RUN.values() for pid in ids],
+                 np.array([name for name, ids in RUN.items() for _ in ids]))
+    selected, description = run_split_rows(CATALOGUE, tmp_path, split, "sample (data/sample)")
+    assert selected.tolist() == rows
+    assert description == (f"predicting the {split} split of run {tmp_path} (its splits.json): {len(rows)} products"
+                           + missing)
+
+
+def test_a_catalogue_the_run_never_saw_is_selected_whole(tmp_path):
+    write_splits(tmp_path, ["a", "b"], np.array(["train", "test"]))
+    for split in SPLITS:
+        rows, description = run_split_rows(["c", "d", "e"], tmp_path, split, "table (data/t)")
+        assert rows.tolist() == [0, 1, 2]
+        assert description == (f"the run {tmp_path} never saw catalogue table (data/t): predicting all 3 products, "
+                               f"split={split} does not apply")
+    with pytest.raises(ValueError, match="split=dev: choose one of train, val, test"):
+        run_split_rows(["c"], tmp_path, "dev", "table")

@@ -1,4 +1,4 @@
-"""Tier 1: every config group option composes, every node instantiates, typos name the key."""
+"""Tier 1: every config group option composes, every node builds its spec, typos name the key."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from hydra import compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 pytestmark = [pytest.mark.config, pytest.mark.usefixtures("hydra_context")]
 
@@ -30,15 +31,20 @@ def test_every_group_has_the_documented_options():
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g, options in GROUPS.items() for o in options])
-def test_every_option_composes_and_instantiates(group, option, tmp_path):
+def test_every_option_composes_and_builds_its_specs(group, option, tmp_path):
+    from phi3v.data.spec import DataSpec
+    from phi3v.modeling.model_spec import ModelSpec
+    from phi3v.training.schedules import WarmupSchedule
+    from phi3v.training.specs import EvalSpec, HardwareSpec, LoraSpec
+
     overrides = [f"{group}={option}"] + (["data.source=x.csv"] if option == "table" else [])
     cfg = compose("train", overrides=overrides)
-    instantiate(cfg.model.spec)
-    instantiate(cfg.model.lora, _convert_="all")
-    instantiate(cfg.data, _convert_="all")
+    specs = {"model.spec": ModelSpec, "model.lora": LoraSpec, "data": DataSpec, "scheduler": WarmupSchedule,
+             "hardware": HardwareSpec, "evaluation": EvalSpec}
+    for key, spec in specs.items():  # the schema is the class: the node builds exactly it
+        assert OmegaConf.get_type(OmegaConf.select(cfg, key)) is spec
+        assert type(OmegaConf.to_object(OmegaConf.select(cfg, key))) is spec, key
     instantiate(cfg.optimizer)
-    instantiate(cfg.scheduler)
-    instantiate(cfg.evaluation)
     if cfg.get("logger"):
         instantiate(cfg.logger, save_dir=str(tmp_path), **({"mode": "disabled"} if "wandb" in str(cfg.logger) else {}))
 
@@ -46,7 +52,7 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
 @pytest.mark.parametrize("kind", SCHEDULER_KINDS)
 def test_every_scheduler_kind_composes_and_instantiates(kind):
     cfg = compose("train", overrides=[f"scheduler.kind={kind}"])
-    assert instantiate(cfg.scheduler).keywords["kind"] == kind
+    assert OmegaConf.to_object(cfg.scheduler).kind == kind
 
 
 def test_defaults_are_the_offline_demo_and_real_run_has_gpu_defaults():
@@ -62,6 +68,18 @@ def test_defaults_are_the_offline_demo_and_real_run_has_gpu_defaults():
     assert 16 <= real.model.lora.r <= 64 and 1e-4 <= real.optimizer.lr <= 2e-4
     gpu = compose("train", overrides=["experiment=burberry_lora"])
     assert gpu.hardware.precision == "bf16-mixed" and gpu.data.source.startswith("DBQ/Burberry")
+
+
+@pytest.mark.parametrize(("model", "base", "num_crops"), [
+    ("tiny", "tiny", 1),  # the demo's recipe: 1 crop + the global view (conf/model/tiny.yaml)
+    ("phi3v", "random:phi3v", 16), ("phi35v", "random:phi35v", 4),  # null: the base's own (released files)
+])
+def test_each_model_states_num_crops_once(model, base, num_crops):
+    from phi3v.modeling.model_spec import load_processor
+
+    cfg = compose("train", overrides=[f"model={model}", f"model.spec.name_or_path={base}"])
+    assert cfg.model.spec.num_crops == (1 if model == "tiny" else None)
+    assert load_processor(OmegaConf.to_object(cfg.model.spec)).image_processor.num_crops == num_crops
 
 
 def test_all_combinations_of_small_groups_compose():
@@ -103,12 +121,12 @@ def test_hardware_options_build_their_strategies_and_every_field_is_overridable(
     hardware = cfg.hardware
     assert (hardware.devices, hardware.num_nodes, hardware.precision, hardware.accumulate_grad_batches) == (
         8, 2, "bf16-mixed", 4)
-    assert isinstance(build_strategy(hardware.strategy, instantiate(hardware.ddp)), FullyShardedStrategy)
+    assert isinstance(build_strategy(hardware.strategy, OmegaConf.to_object(hardware.ddp)), FullyShardedStrategy)
     spec = train.sharding_spec(cfg)  # bf16 precision: weights gathered in bf16, gradients reduced in fp32
     assert (spec.param_dtype, spec.reduce_dtype, spec.reshard_after_forward) == ("bfloat16", "float32", False)
     assert train.sharding_spec(compose("train", overrides=["hardware=fsdp"])).param_dtype is None
     ddp_cfg = compose("train", overrides=["hardware=ddp", "hardware.ddp.static_graph=true"])
-    ddp = build_strategy(ddp_cfg.hardware.strategy, instantiate(ddp_cfg.hardware.ddp), 5)
+    ddp = build_strategy(ddp_cfg.hardware.strategy, OmegaConf.to_object(ddp_cfg.hardware.ddp), 5)
     assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs["static_graph"] is True
     assert ddp._ddp_kwargs["find_unused_parameters"] is False
     multinode = compose("train", overrides=["hardware=multinode"]).hardware
@@ -125,13 +143,11 @@ def test_unknown_strategy_settings_fail_naming_the_key(override, key):
 
     cfg = compose("train", overrides=["hardware=fsdp", override])
     with pytest.raises(Exception, match=key.replace(".", r"\.")):  # ValueError, or Hydra's wrapping it
-        build_strategy(cfg.hardware.strategy, instantiate(cfg.hardware.ddp))
+        build_strategy(cfg.hardware.strategy, OmegaConf.to_object(cfg.hardware.ddp))
         train.sharding_spec(cfg)
 
 
 def test_run_dirs_follow_the_launch_time_shared_by_all_ranks(monkeypatch):
-    from omegaconf import OmegaConf
-
     monkeypatch.setenv("PHI3V_LAUNCH_TIME", "2026-01-02T03:04:05")
     cfg = compose("train", return_hydra_config=True)
     assert OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"] == "outputs/2026-01-02/03-04-05"
@@ -177,10 +193,11 @@ def test_global_batch_is_the_same_on_1_and_8_gpus():
 
     def global_batch(*overrides: str) -> int:
         cfg = compose("train", overrides=["experiment=burberry_lora", *overrides])
-        hardware = cfg.hardware
-        return cfg.data.batch_size * hardware.devices * hardware.num_nodes * train.accumulate_grad_batches(cfg)
+        launch = train.launch_plan(cfg)
+        assert launch.world_size == cfg.hardware.devices * cfg.hardware.num_nodes
+        return cfg.data.batch_size * launch.world_size * launch.accumulate_grad_batches
 
-    assert train.accumulate_grad_batches(compose("train", overrides=["experiment=burberry_lora"])) == 4
+    assert train.launch_plan(compose("train", overrides=["experiment=burberry_lora"])) == train.Launch(1, 4)
     assert global_batch() == 16  # 4 x 1 GPU x 4 accumulated, the recipe
     assert global_batch("hardware.devices=8", "data.batch_size=2") == 16  # 2 x 8 GPUs, no accumulation
     assert global_batch("hardware.devices=2") == 16  # 4 x 2 GPUs x 2 accumulated
@@ -193,16 +210,16 @@ def test_global_batch_is_the_same_on_1_and_8_gpus():
     with pytest.raises(ValueError, match=r"multiple of 32"):  # 8 ranks x 4 nodes cannot make 16
         launch_check("experiment=burberry_lora", "hardware.devices=8", "hardware.num_nodes=4")
     # Without it (the CPU demo), accumulation is hardware.accumulate_grad_batches as set.
-    assert train.accumulate_grad_batches(compose("train", overrides=["hardware.accumulate_grad_batches=3"])) == 3
+    assert train.launch_plan(compose("train", overrides=["hardware.accumulate_grad_batches=3"])) == train.Launch(1, 3)
 
 
 def test_the_trainer_accumulates_what_the_global_batch_asks(tmp_path):
     import train
 
     cfg = compose("train", overrides=["data.global_batch_size=24", "data.batch_size=4", "logger=none"])
-    assert train.build_trainer(cfg, tmp_path, None).accumulate_grad_batches == 6  # 24 / (4 x 1 CPU process)
+    assert train.build_trainer(cfg, tmp_path, None, train.launch_plan(cfg)).accumulate_grad_batches == 6  # 24 / (4 x 1)
     cfg = compose("train", overrides=["logger=none", "hardware.accumulate_grad_batches=3"])
-    assert train.build_trainer(cfg, tmp_path, None).accumulate_grad_batches == 3
+    assert train.build_trainer(cfg, tmp_path, None, train.launch_plan(cfg)).accumulate_grad_batches == 3
 
 
 def test_real_recipe_loaders_keep_workers_and_pin_memory():
@@ -297,6 +314,83 @@ def test_hardware_threads_is_auto_or_a_count(value):
     assert cfg.hardware.threads == value and compose("train").hardware.threads == "auto"
 
 
+# Both sides of every bound and every choice of every range rule (config_checks.rules): key -> (values it
+# accepts, values it refuses), as a user writes them on the command line.
+BOUNDS = {
+    "seed": (["0", "7"], ["-1"]),
+    "optimizer.lr": (["1e-12", "2"], ["0", "-1"]),
+    "optimizer.weight_decay": (["0", "0.1"], ["-1e-9"]),
+    "optimizer.betas": (["[0,0.999]", "[0.9,0]"], ["[0.9,1]", "[1,0.9]", "[-0.1,0.9]", "[0.9]"]),
+    "optimizer.eps": (["1e-12"], ["0", "-1e-8"]),
+    "optimizer.momentum": (["0", "0.9"], ["-0.1"]),
+    "optimizer.dampening": (["0", "0.5"], ["-0.1"]),
+    "scheduler.kind": (list(SCHEDULER_KINDS), ["step"]),
+    "scheduler.warmup_ratio": (["0", "0.999"], ["1.0", "-0.01"]),
+    "scheduler.min_lr_ratio": (["0", "1.0"], ["1.01", "-0.01"]),
+    "trainer.max_epochs": (["-1", "1"], ["0", "-2"]),
+    "trainer.max_steps": (["-1", "1"], ["0", "-2"]),
+    "trainer.val_check_interval": (["1.0", "0.01", "0", "5"], ["0.0", "1.01", "-1"]),
+    "trainer.check_val_every_n_epoch": (["null", "1"], ["0"]),
+    "trainer.limit_train_batches": (["1.0", "0.5", "0", "3"], ["0.0", "1.5", "-1"]),
+    "trainer.limit_val_batches": (["1.0", "0", "3"], ["0.0", "1.5", "-1"]),
+    "trainer.limit_test_batches": (["1.0", "0", "3"], ["0.0", "1.5", "-1"]),
+    "trainer.num_sanity_val_steps": (["-1", "0"], ["-2"]),
+    "trainer.log_every_n_steps": (["1"], ["0"]),
+    "checkpoint.mode": (["min", "max"], ["up"]),
+    "checkpoint.every_n_train_steps": (["1"], ["0"]),
+    "evaluation.max_new_tokens": (["1"], ["0"]),
+    "evaluation.table_samples": (["0"], ["-1"]),
+    "evaluation.max_nonfinite_steps": (["1"], ["0"]),
+    "hardware.accelerator": (["cpu", "gpu", "cuda", "mps", "tpu", "auto"], ["xpu"]),
+    "hardware.devices": (["auto", "1", "-1", "[0,1]", "[0]"], ["0", "-2", "[-1]"]),
+    "hardware.num_nodes": (["1", "2"], ["0"]),
+    "hardware.strategy": (["auto", "ddp", "fsdp"], ["deepspeed"]),
+    "hardware.precision": (["32-true", "bf16-mixed", "16-mixed", "bf16", "64-true"], ["bf15", "8-mixed"]),
+    "hardware.accumulate_grad_batches": (["1", "4"], ["0"]),
+    "hardware.gradient_clip_val": (["null", "1e-9", "1.0"], ["0", "-1"]),
+    "hardware.timeout_minutes": (["1"], ["0"]),
+    "hardware.threads": (["auto", "1", "16"], ["0", "1.5", "all"]),
+    "hardware.fsdp.param_dtype": (["null", "float32", "bfloat16", "float16"], ["fp8"]),
+    "hardware.fsdp.reduce_dtype": (["float32", "bfloat16", "float16"], ["fp8"]),
+    "model.spec.dtype": (["float32", "bfloat16", "float16"], ["int8"]),
+    "model.spec.activation_checkpointing": (["false", "true", "selective", "offload"], ["partial"]),
+    "model.spec.kernels": (["null"], ["triton"]),
+    "logger.mode": (["auto", "online", "offline", "disabled"], ["sometimes"]),
+}
+NEEDS = {"optimizer.momentum": ["optimizer=sgd"], "optimizer.dampening": ["optimizer=sgd"]}
+
+
+@pytest.mark.parametrize(("key", "low"), [("batch_size", 1), ("eval_batch_size", 1), ("global_batch_size", 1),
+                                          ("val_limit", 1)])
+def test_the_data_spec_accepts_its_lowest_batch_values_and_refuses_below(key, low):
+    from phi3v.data.spec import DataSpec
+
+    assert getattr(DataSpec(**{key: low}), key) == low
+    with pytest.raises(ValueError, match=rf"data\.{key}"):
+        DataSpec(**{key: low - 1})
+    if key in ("global_batch_size", "val_limit"):
+        assert getattr(DataSpec(**{key: None}), key) is None  # null: accumulation as set / the whole split
+
+
+def test_every_range_rule_has_its_bounds_tested():
+    from phi3v.config_checks import rules
+
+    assert set(BOUNDS) == set(rules())
+
+
+@pytest.mark.parametrize(("key", "value", "accepted"), [
+    (key, value, accepted) for key, (good, bad) in BOUNDS.items()
+    for accepted, values in ((True, good), (False, bad)) for value in values
+])
+def test_each_range_rule_accepts_its_bounds_and_refuses_past_them(key, value, accepted):
+    from phi3v.config_checks import config_problems
+
+    problems = config_problems(compose("train", overrides=[*NEEDS.get(key, []), f"{key}={value}"]))
+    named = [problem for problem in problems if problem.startswith(f"{key}=")]
+    assert bool(named) is not accepted, (key, value, problems)
+    assert len(problems) == len(named)  # no other key is touched
+
+
 def test_every_option_passes_the_range_checks():
     from phi3v.config_checks import check_config
 
@@ -305,45 +399,74 @@ def test_every_option_passes_the_range_checks():
             check_config(compose("train", overrides=[f"{group}={option}"]))
 
 
-def test_schemas_read_from_source_equal_the_imported_signatures():
-    """One source of truth: the fields config_schema.py reads from the source are the arguments (names,
-    defaults) of the imported constructors."""
+@pytest.mark.parametrize(("schema", "optimizer"), [("AdamWSchema", "AdamW"), ("SGDSchema", "SGD")])
+def test_optimizer_schemas_are_torchs_arguments_and_defaults(schema, optimizer):
+    """The optimizers are torch's classes: their schemas list torch's arguments with torch's defaults."""
     import dataclasses
     import inspect
 
-    from hydra.utils import get_object
+    import torch
 
-    from phi3v.config_schema import _SCHEMAS, NESTED
+    import phi3v.config_schema as config_schema
 
-    for key, schema in _SCHEMAS.items():
-        target, supplied = key.split(":")
-        constructor = get_object(target)
-        if dataclasses.is_dataclass(constructor):
-            arguments = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                         for f in dataclasses.fields(constructor)}
-        else:
-            arguments = {name: p.default for name, p in inspect.signature(constructor).parameters.items()
-                         if not (inspect.isfunction(constructor) and p.default is inspect.Parameter.empty)}
-        expected = {name: list(value) if isinstance(value, tuple) else value for name, value in arguments.items()
-                    if name not in supplied.split(",")}
-        fields = {f.name: f for f in dataclasses.fields(schema) if f.name not in ("_target_", "_partial_")}
-        assert fields.keys() == expected.keys(), target
-        for name, field in fields.items():
-            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-            if dataclasses.is_dataclass(default) or expected[name] in (inspect.Parameter.empty, dataclasses.MISSING):
-                continue  # nested schemas (checked on their own), or required arguments
-            assert default == expected[name] or (default is None and expected[name] is None), (target, name)
-    assert {key.split(":")[0] for key in _SCHEMAS} >= NESTED
+    fields = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+              for f in dataclasses.fields(getattr(config_schema, schema)) if f.name not in ("_target_", "_partial_")}
+    parameters = inspect.signature(getattr(torch.optim, optimizer)).parameters
+    assert fields.keys() <= parameters.keys()
+    for name, default in fields.items():
+        assert default == (list(parameters[name].default) if name == "betas" else parameters[name].default), name
+
+
+def test_lightning_choices_and_arguments_are_lightnings():
+    """config_checks copies Lightning's lists (importing Lightning takes seconds); the trainer schema and
+    the hardware spec name Trainer arguments (train.py passes them as they are)."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    from phi3v.config_checks import ACCELERATORS, PRECISIONS
+    from phi3v.config_schema import TrainerSchema
+    from phi3v.training.specs import HardwareSpec
+
+    assert PRECISIONS == typing.get_args(_PRECISION_INPUT_STR) + typing.get_args(_PRECISION_INPUT_STR_ALIAS)
+    # the registered accelerators and the two names Lightning's accelerator connector resolves itself
+    assert set(ACCELERATORS) == set(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"}
+    arguments = inspect.signature(Trainer).parameters
+    assert {f.name for f in dataclasses.fields(TrainerSchema)} <= arguments.keys()
+    trainer_keys = {"accelerator", "devices", "num_nodes", "precision", "accumulate_grad_batches", "gradient_clip_val"}
+    assert trainer_keys <= {f.name for f in dataclasses.fields(HardwareSpec)} and trainer_keys <= arguments.keys()
 
 
 def test_composing_the_config_imports_no_torch():
-    """A typo or --help is answered without torch, Lightning or transformers (seconds of imports)."""
+    """A typo or --help is answered without torch, Lightning or transformers (seconds of imports): the
+    schemas are registered, every option composed and every spec built without them."""
     import subprocess
     import sys
 
-    code = ("import sys, train; heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    done = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True, timeout=120)
+    code = """
+import sys
+import train
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from phi3v.config_checks import check_config
+from phi3v.config_schema import register_schemas
+
+register_schemas()
+with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
+    for overrides in ([], ["experiment=burberry_lora", "hardware=fsdp"], ["data=table", "data.source=x.csv"]):
+        cfg = compose("train", overrides=overrides)
+        check_config(cfg)
+        for key in ("model.spec", "model.lora", "data", "scheduler", "hardware", "evaluation"):
+            OmegaConf.to_object(OmegaConf.select(cfg, key))
+heavy = [m for m in ("torch", "lightning", "transformers") if m in sys.modules]
+assert not heavy, heavy
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(CONF)], cwd=CONF.parent, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -11,7 +12,8 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.trainer.states import TrainerFn, TrainerState
 
 from phi3v.data.datamodule import ProductDataModule, default_data_dir
-from phi3v.data.prepare import MANIFEST, REPORT
+from phi3v.data.manifest import MANIFEST, REPORT
+from phi3v.data.spec import DataSpec
 from phi3v.data.synthetic import SyntheticSpec
 from phi3v.modeling import IGNORE_INDEX, build_tiny_model
 from phi3v.modeling.batch import eval_inputs, model_inputs
@@ -24,15 +26,14 @@ PRODUCTS = 60
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("sample")
-    module = ProductDataModule(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1))
+    module = ProductDataModule(DataSpec(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1)))
     report = module.prepare_data()
     return data_dir, report
 
 
-def make(data_dir, processor, **kwargs) -> ProductDataModule:
-    module = ProductDataModule(
-        data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1), batch_size=4, **kwargs
-    )
+def make(data_dir, processor, output_dir=None, **kwargs) -> ProductDataModule:
+    spec = DataSpec(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1), **kwargs)
+    module = ProductDataModule(replace(spec, batch_size=4), output_dir)
     module.connect(processor)
     module.setup("fit")
     return module
@@ -43,9 +44,9 @@ def test_prepare_writes_manifest_report_and_is_reused(prepared):
     assert report.kept == PRODUCTS and report.dropped == {}
     assert (data_dir / MANIFEST).is_file()
     assert json.loads((data_dir / REPORT).read_text())["kept"] == PRODUCTS
-    again = ProductDataModule(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1))
+    again = ProductDataModule(DataSpec(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1)))
     assert again.prepare_data() is None  # up to date: nothing regenerated
-    changed = ProductDataModule(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=2))
+    changed = ProductDataModule(replace(again.spec, synthetic=SyntheticSpec(num_products=PRODUCTS, seed=2)))
     assert not changed._manifest_is_current()
 
 
@@ -63,6 +64,9 @@ def test_splits_lengths_and_batches(prepared, processor, tmp_path):
     assert batch["input_ids"].shape[0] == 4 and meta["skipped_images"] == 0
     # the sampler's token lengths are exactly the collated lengths
     index = [module.datasets["train"].value("product_id", i) for i in range(len(module.datasets["train"]))]
+    truth = module.truth("train")  # each row's true fields travel with it, keyed by name
+    assert meta["truth"] == [{name: truth[name][index.index(pid)] for name in ("title", "category", "price")}
+                             for pid in meta["product_id"]]
     assistant = processor.tokenizer.convert_tokens_to_ids("<|assistant|>")
     for row, product_id in enumerate(meta["product_id"]):
         length = int(batch["attention_mask"][row].sum())
@@ -90,8 +94,8 @@ def test_sampler_lengths_equal_collated_lengths_for_photos_of_every_shape(proces
         rows.append(f"{i}.png,{'Wide ' * i}Bag {i},BAGS,{1250.5 * (i + 1)},{i}")
     table = tmp_path / "catalogue.csv"
     table.write_text("imageurl,title,category3_code,full_price,product_code\n" + "\n".join(rows) + "\n")
-    module = ProductDataModule(source=str(table), data_dir=str(tmp_path / "data"), val_fraction=0.0,
-                               test_fraction=0.0, batch_size=3, group_by_length=False)
+    module = ProductDataModule(DataSpec(source=str(table), data_dir=str(tmp_path / "data"), val_fraction=0.0,
+                                        test_fraction=0.0, batch_size=3, group_by_length=False))
     module.connect(processor)
     module.prepare_data()
     module.setup("fit")
@@ -171,7 +175,7 @@ def test_validations_in_training_score_the_same_val_limit_products_and_validate_
     assert sorted(first) == sorted(ids[i] for i in module.val_subset())
     drawn = set()  # a draw from the whole split seeded by data.split_seed, not its first val_limit products
     for seed in range(20):
-        module.split_seed = seed
+        module.spec = replace(module.spec, split_seed=seed)
         drawn |= set(module.val_subset().tolist())
     assert drawn == set(range(6))
     module.trainer = FakeTrainer(TrainerFn.VALIDATING)  # train.py validates the whole split after fit
@@ -243,7 +247,7 @@ def test_padding_repeats_are_collated_without_labels(prepared, processor):
 
 
 def test_baselines_are_fitted_on_the_train_split_and_scored_on_val_and_test(prepared, processor):
-    from train import baselines_for
+    from phi3v.training.metrics import split_baselines
 
     module = make(prepared[0], processor)
     column = {split: {name: module.datasets[split].table.column(name).to_pylist() for name in ("price", "category")}
@@ -251,7 +255,7 @@ def test_baselines_are_fitted_on_the_train_split_and_scored_on_val_and_test(prep
     mean = sum(column["train"]["price"]) / len(column["train"]["price"])
     train_categories = column["train"]["category"]
     majority = max(dict.fromkeys(train_categories), key=train_categories.count)  # ties: the first seen
-    scores = baselines_for(module)
+    scores = split_baselines({split: module.truth(split) for split in ("train", "val", "test")})
     assert set(scores) == {"val", "test"}
     for split in ("val", "test"):
         prices, categories = column[split]["price"], column[split]["category"]

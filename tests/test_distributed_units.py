@@ -6,8 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from phi3v.inference import Answer
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
-from phi3v.task import PromptTemplate
+from phi3v.task import ParsedAnswer, PromptTemplate
+from phi3v.training.evaluation import EvalRecord
 from phi3v.training.gathering import gather_records
 from phi3v.training.launch import external_cluster, join_external_launch
 from phi3v.training.lora import LoraSpec, apply_lora
@@ -39,11 +41,16 @@ def test_per_sample_losses_add_up_to_each_samples_own_loss(model):
             torch.testing.assert_close(sums[row] / tokens[row], model(**alone).loss, rtol=1e-5, atol=1e-5)
 
 
+def record(index: int) -> EvalRecord:
+    answer = Answer(f"p{index}", (f"{index}.jpg",), "target", "answer", ParsedAnswer(None, None, None), {"price": 1.0})
+    return EvalRecord(index, answer, loss_sum=0.5, tokens=1)
+
+
 def test_gathered_records_are_sorted_and_duplicates_fail():
-    records = [{"index": 3}, {"index": 1}, {"index": 2}]
-    assert [r["index"] for r in gather_records(records, world_size=1)] == [1, 2, 3]
+    records = [record(3), record(1), record(2)]
+    assert [r.index for r in gather_records(records, world_size=1)] == [1, 2, 3]
     with pytest.raises(RuntimeError, match=r"samples \[1\] more than once"):
-        gather_records([*records, {"index": 1}], world_size=1)
+        gather_records([*records, record(1)], world_size=1)
 
 
 def test_shard_units_are_every_decoder_and_clip_layer(model):

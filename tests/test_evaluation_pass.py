@@ -69,7 +69,7 @@ def test_loss_pass_keeps_no_cache_and_frees_its_logits_before_generating(process
     assert seen["cache"] is None  # the model's config says use_cache=True: a DynamicCache without the fix
     assert seen["logits_alive_while_generating"] is False
     records = module._records["val"]
-    assert [r["index"] for r in records] == [0, 1] and all(r["tokens"] > 0 for r in records)
+    assert [r.index for r in records] == [0, 1] and all(r.tokens > 0 for r in records)
 
 
 class AutogradModes(L.Callback):
@@ -95,7 +95,7 @@ def test_evaluation_runs_under_no_grad_even_when_the_trainer_picks_inference_mod
     loader = DataLoader(samples(2), batch_size=2, collate_fn=Phi3VCollator(processor, PromptTemplate(), "eval"))
     trainer.test(module, dataloaders=loader, verbose=False)
     assert modes.modes == [(False, False)]  # the loss pass (generation calls the inner model)
-    assert len(module.eval_records["test"]) == 2
+    assert len(module.results.records["test"]) == 2
 
 
 def test_train_builds_its_trainer_without_inference_mode(tmp_path):
@@ -104,5 +104,5 @@ def test_train_builds_its_trainer_without_inference_mode(tmp_path):
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["logger=none"])
-    trainer = train.build_trainer(cfg, tmp_path, None)
+    trainer = train.build_trainer(cfg, tmp_path, None, train.launch_plan(cfg))
     assert trainer.test_loop.inference_mode is False and trainer.validate_loop.inference_mode is False

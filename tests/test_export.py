@@ -23,14 +23,14 @@ from safetensors.torch import load_file, save_file
 from phi3v.inference import ADAPTER_WEIGHTS, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor, tiny_config
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
-from phi3v.task import PromptTemplate
-from phi3v.training.export import (
+from phi3v.shipping.adapter import (
     adapter_keys,
     check_adapter_file,
     copy_export,
     export_adapter,
     merge_adapter,
 )
+from phi3v.task import PromptTemplate
 from phi3v.training.lora import LoraSpec, apply_lora
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
@@ -114,6 +114,19 @@ def test_adapter_holds_exactly_the_trained_tensors(exported):
         assert torch.equal(tensor, trained[key].detach()), key
     assert ModelSpec.load(out) == ModelSpec()
     assert json.loads((out / "prompt.json").read_text())["price_format"] == "{:,.2f}"
+
+
+@pytest.mark.parametrize("num_crops", [None, 1])
+def test_an_exports_num_crops_is_the_processor_files_own(tmp_path, num_crops):
+    """model_spec.json says null (the base's own, as the processor files hold it) or the number the
+    processor was built with; inference reads the processor files, so it crops as training did."""
+    spec = ModelSpec(num_crops=num_crops)
+    processor = load_processor(spec)
+    out = export_adapter(adapted_model(spec), processor, spec, TEMPLATE, tmp_path / "adapter")
+    recorded = json.loads((out / "model_spec.json").read_text())["num_crops"]
+    files = json.loads((out / "preprocessor_config.json").read_text())["num_crops"]
+    assert recorded == num_crops and files == processor.image_processor.num_crops == (num_crops or 4)  # tiny: 4
+    assert load_for_inference(out)[1].image_processor.num_crops == files
 
 
 def test_load_for_inference_reproduces_logits_and_greedy_tokens(exported, batch):

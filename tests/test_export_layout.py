@@ -29,16 +29,16 @@ from phi3v.inference import load_for_inference
 from phi3v.modeling import Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor, chat_prompt, tiny_config
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.modeling.presets import preset
-from phi3v.task import PromptTemplate
-from phi3v.training.export import export_adapter, merge_adapter
-from phi3v.training.lora import LoraSpec, apply_lora
-from phi3v.training.model_card import RunResults
-from phi3v.training.snapshot_files import (
+from phi3v.shipping.adapter import export_adapter, merge_adapter
+from phi3v.shipping.model_card import RunResults
+from phi3v.shipping.snapshot_files import (
     TOKENIZER_FILES,
     carry_snapshot_files,
     missing_auto_map_modules,
     tokenizer_difference,
 )
+from phi3v.task import PromptTemplate
+from phi3v.training.lora import LoraSpec, apply_lora
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -189,6 +189,14 @@ def test_phi3v_reads_the_merged_export_as_it_trained(snapshot_export):
     assert loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
         chat_prompt(messages)
     assert loaded.decode(ours["input_ids"][0]) == trained.decode(ours["input_ids"][0])
+
+
+def test_auto_map_entries_of_other_repos_and_empty_slots_need_no_file(tmp_path):
+    auto_map = {"AutoConfig": "configuration_phi3_v.Phi3VConfig", "AutoModel": "other/repo--modeling_x.M",
+                "AutoTokenizer": [None, "tokenization_y.FastTokenizer"]}
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": auto_map}))
+    (tmp_path / "configuration_phi3_v.py").write_text("")
+    assert missing_auto_map_modules(tmp_path) == ["tokenization_y.py"]
 
 
 def test_merged_export_with_loader_files_still_loads_and_answers_like_the_adapter(snapshot_export):

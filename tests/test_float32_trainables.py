@@ -16,8 +16,8 @@ from phi3v.inference import ADAPTER_WEIGHTS, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.predict import predict_image
+from phi3v.shipping.adapter import export_adapter, merge_adapter
 from phi3v.task import PromptTemplate
-from phi3v.training.export import export_adapter, merge_adapter
 from phi3v.training.lora import LoraSpec, apply_lora, cast_lora_inputs
 from phi3v.training.module import Phi3VLitModule
 

@@ -10,8 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from phi3v.modeling.model_spec import ModelSpec
-from phi3v.task import PromptTemplate
-from phi3v.training.model_card import (
+from phi3v.shipping.model_card import (
     CardFacts,
     RunResults,
     hub_model_id,
@@ -19,6 +18,7 @@ from phi3v.training.model_card import (
     model_card,
     results_section,
 )
+from phi3v.task import PromptTemplate
 
 pytestmark = pytest.mark.unit
 

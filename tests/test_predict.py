@@ -15,6 +15,7 @@ from test_export import ONE_THREAD, REPO, build_adapter, product_image
 from phi3v.cli import UsageError
 from phi3v.config_schema import register_schemas
 from phi3v.data.datamodule import ProductDataModule
+from phi3v.data.spec import DataSpec
 from phi3v.data.synthetic import SyntheticSpec
 from phi3v.inference import COLUMNS, load_for_inference, prediction_rows
 from phi3v.predict import check_config, main, predict_image, split_batches
@@ -45,12 +46,13 @@ def predict_config(*overrides: str) -> DictConfig:
 # ---- in-process --------------------------------------------------------------------------------
 def test_batched_split_predictions_equal_one_photo_at_a_time(adapter, tmp_path):
     model, processor, template = load_for_inference(adapter)
-    datamodule = ProductDataModule(
+    datamodule = ProductDataModule(DataSpec(
         data_dir=str(tmp_path / "data"), synthetic=SyntheticSpec(num_products=12), val_fraction=0.0,
         test_fraction=0.3,
-    )
+    ))
     datamodule.connect(processor)
-    batches = split_batches(datamodule, template, "test", batch_size=3)  # 4 products: a full and a partial batch
+    # 4 products: a full and a partial batch
+    batches = split_batches(datamodule, processor, template, "test", batch_size=3)
     rows = list(prediction_rows(model, processor, template, batches, MAX_NEW_TOKENS))
     assert [row["product_id"] for row in rows] == datamodule.datasets["test"].table.column("product_id").to_pylist()
     for row in rows:
@@ -127,17 +129,16 @@ def test_predict_cli_whole_test_split(adapter, tmp_path):
 
 # ---- the run an export came from -------------------------------------------------------------
 RUN_DATA = {  # fractions and seed unlike predict's data defaults: a re-split would pick other products
-    "_target_": "phi3v.data.datamodule.ProductDataModule", "val_fraction": 0.2, "test_fraction": 0.15,
-    "split_seed": 3, "synthetic": {"_target_": "phi3v.data.synthetic.SyntheticSpec", "num_products": 40},
+    "val_fraction": 0.2, "test_fraction": 0.15, "split_seed": 3, "synthetic": {"num_products": 40},
 }
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """What train.py leaves: <run>/adapter, <run>/splits.json and <run>/.hydra/config.yaml."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from phi3v.config_schema import typed
     from phi3v.modeling.model_spec import ModelSpec, load_processor
 
     run = tmp_path_factory.mktemp("run")
@@ -145,7 +146,7 @@ def trained_run(tmp_path_factory) -> Path:
     data = {**RUN_DATA, "data_dir": str(run.parent / "run_data")}
     (run / ".hydra").mkdir()
     OmegaConf.save({"data": data, "seed": 0}, run / ".hydra" / "config.yaml")
-    datamodule = instantiate(data, output_dir=str(run), _convert_="all")
+    datamodule = ProductDataModule(typed(DataSpec, data), output_dir=run)
     datamodule.connect(load_processor(ModelSpec()))
     datamodule.prepare_data()
     datamodule.setup("fit")  # writes splits.json, as in training
@@ -167,15 +168,14 @@ def test_split_test_is_exactly_the_runs_held_out_products(trained_run, tmp_path,
 
 def test_a_catalogue_the_run_never_saw_is_predicted_whole_and_said_so(tmp_path):
     from phi3v.modeling.model_spec import ModelSpec, load_processor
-    from phi3v.predict import run_products
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "splits.json").write_text(json.dumps({"train": ["a"], "val": ["b"], "test": ["c"]}))
-    datamodule = ProductDataModule(data_dir=str(tmp_path / "data"), synthetic=SyntheticSpec(num_products=9))
+    datamodule = ProductDataModule(DataSpec(data_dir=str(tmp_path / "data"), synthetic=SyntheticSpec(num_products=9)))
     datamodule.connect(load_processor(ModelSpec()))
     datamodule.prepare_data()
-    dataset, description = run_products(datamodule, run, "test")
+    dataset, description = datamodule.run_products("test", run)
     assert len(dataset) == 9 and "never saw" in description and "all 9 products" in description
 
 

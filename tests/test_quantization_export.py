@@ -17,7 +17,7 @@ from phi3v.inference import greedy_answers, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.modeling.quantization import QUANTIZATIONS, is_quantized_model
-from phi3v.training.export import export_adapter
+from phi3v.shipping.adapter import export_adapter
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 

@@ -23,8 +23,8 @@ from phi3v.modeling.configuration import CLIP_VIT_L_14_336
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.modeling.presets import preset
 from phi3v.modeling.random_weights import build_random_model, random_tensors
+from phi3v.shipping.adapter import export_adapter
 from phi3v.task import PromptTemplate
-from phi3v.training.export import export_adapter
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.sharding import shard_units
 
@@ -145,7 +145,7 @@ def test_one_lora_step_at_real_width_then_export_and_reload(shallow_real, tmp_pa
         out = export_adapter(model, processor, spec, template, tmp_path / "adapter")
     # no hub lookup of the base's name ("Phi-3-vision-128k-instruct") while saving a random preset's adapter
     assert not [w for w in caught if "config" in str(w.message) and "Phi-3" in str(w.message)]
-    monkeypatch.setattr("phi3v.modeling.model_spec.build_random_model",
+    monkeypatch.setattr("phi3v.modeling.random_weights.build_random_model",
                         lambda *a, **k: build_random_model(*a, **{**k, **SHALLOW}))
     reloaded, reloaded_processor, _ = load_for_inference(out)
     assert reloaded_processor.image_processor.num_crops == 1
@@ -169,7 +169,7 @@ def test_load_base_model_builds_random_presets_in_the_spec_dtype(monkeypatch):
         seen.update(name=name, seed=seed, dtype=dtype, device=device)
         return build_random_model("tiny", seed=seed, dtype=dtype, device=device)
 
-    monkeypatch.setattr("phi3v.modeling.model_spec.build_random_model", fake)
+    monkeypatch.setattr("phi3v.modeling.random_weights.build_random_model", fake)
     spec = replace(ModelSpec(name_or_path="random:phi35v", dtype="bfloat16", seed=7))
     with torch.device("meta"):  # what Lightning's configure_model context sets, here the meta device
         load_base_model(spec)

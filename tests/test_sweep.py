@@ -107,7 +107,7 @@ def test_an_agent_of_two_gpus_adds_ddp_to_the_command(hydra_context):
     cfg = compose("train", overrides=[*RECIPE, "hardware=ddp", "hardware.devices=2", "hardware.precision=bf16-mixed",
                                       *agent_args(params)])
     assert (cfg.hardware.strategy, cfg.hardware.devices, cfg.hardware.accelerator) == ("ddp", 2, "auto")
-    assert cfg.hardware.precision == "bf16-mixed" and train.accumulate_grad_batches(cfg) == 2  # 16 / (4 x 2)
+    assert cfg.hardware.precision == "bf16-mixed" and train.launch_plan(cfg) == train.Launch(2, 2)  # 16 / (4 x 2)
 
 
 @pytest.mark.parametrize("name", sorted(SWEEP["parameters"]))

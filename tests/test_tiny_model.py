@@ -38,6 +38,18 @@ def batch(processor):
     return processor([PROMPT, PROMPT], [image, image.rotate(90, expand=True)], answers=[ANSWER, "Product: x"])
 
 
+def test_the_package_loads_each_name_from_its_module():
+    """phi3v.modeling imports nothing heavy itself (config composition reads model_spec.py through it);
+    every exported name still resolves, and a wrong one fails naming it."""
+    import phi3v.modeling as modeling
+    from phi3v.modeling.processing import Phi3VProcessor as defined
+
+    assert modeling.Phi3VProcessor is defined and set(modeling.__all__) <= set(dir(modeling))
+    assert all(getattr(modeling, name) is not None for name in modeling.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'Phi3VNothing'"):
+        modeling.Phi3VNothing  # noqa: B018
+
+
 def test_tiny_preset_is_consistent_and_deterministic():
     config = tiny_config()
     tokenizer = load_tokenizer(preset_dir("tiny"))

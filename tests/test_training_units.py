@@ -16,7 +16,7 @@ from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.losses import logits_window
 from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng
 from phi3v.training.reporting import CURVE_KEYS
-from phi3v.training.schedules import lr_factor, warmup_schedule
+from phi3v.training.schedules import WarmupSchedule, lr_factor
 
 pytestmark = pytest.mark.unit
 
@@ -84,10 +84,14 @@ def test_schedule_factors():
     assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
     assert lr_factor(80, 100, 10, "constant", 0.0) == 1.0
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    config = warmup_schedule(optimizer, 100, kind="linear", warmup_ratio=0.1, min_lr_ratio=0.0)
+    config = WarmupSchedule(kind="linear", warmup_ratio=0.1, min_lr_ratio=0.0)(optimizer, 100)
     assert config["interval"] == "step" and optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="scheduler.kind"):
-        warmup_schedule(optimizer, 10, kind="step")
+        WarmupSchedule(kind="step")
+    with pytest.raises(ValueError, match=r"scheduler\.warmup_ratio must be in \[0, 1\), got 1"):
+        WarmupSchedule(warmup_ratio=1)
+    WarmupSchedule(kind="constant", warmup_ratio=0.0)(optimizer, 100)  # no warmup: the full lr from step 0
+    assert optimizer.param_groups[0]["lr"] == 1.0
 
 
 def make_module(processor, **evaluation):
@@ -248,10 +252,11 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
     import lightning as L
 
     from phi3v.data.datamodule import ProductDataModule
+    from phi3v.data.spec import DataSpec
     from phi3v.data.synthetic import SyntheticSpec
 
-    datamodule = ProductDataModule(data_dir=str(tmp_path), synthetic=SyntheticSpec(num_products=40, seed=3),
-                                   val_fraction=0.25, batch_size=2, eval_batch_size=4, val_limit=4)
+    datamodule = ProductDataModule(DataSpec(data_dir=str(tmp_path), synthetic=SyntheticSpec(num_products=40, seed=3),
+                                            val_fraction=0.25, batch_size=2, eval_batch_size=4, val_limit=4))
     datamodule.connect(processor)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -259,8 +264,8 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
 
     class Scored(L.Callback):
         def on_validation_end(self, trainer, module):
-            records = module.eval_records["val"]
-            scored.append((trainer.state.fn.value, sorted(r["index"] for r in records),
+            records = module.results.records["val"]
+            scored.append((trainer.state.fn.value, sorted(r.index for r in records),
                            float(trainer.callback_metrics["val/count"])))
             seconds.append(float(trainer.callback_metrics["val/seconds"]))  # its wall time, generation included
 
@@ -275,4 +280,5 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
     assert len(every) == 10 and len(subset) == 4
     assert scored == [("fit", subset, 4.0), ("fit", subset, 4.0), ("validate", every, 10.0)]
     assert len(seconds) == 3 and all(0 < s < 60 for s in seconds)
-    assert len(module.history["val"]) == 3 and all(set(CURVE_KEYS) <= set(h) for h in module.history["val"])
+    history = module.results.history["val"]
+    assert len(history) == 3 and all(set(CURVE_KEYS) <= set(h) for h in history)

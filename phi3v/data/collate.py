@@ -6,7 +6,7 @@ Modes:
   eval      both of the above (text only, under "loss" and "generate") beside one `pixel_values`
             tensor held once, so pinning and the copy to the device happen once; the model inputs
             of each use: `eval_inputs(batch, "loss")`, `eval_inputs(batch, "generate")`
-Every batch carries `meta` (ids, targets, prices, skipped-image count); pass only the model keys
+Every batch carries `meta` (ids, true fields, targets, skipped-image count); pass only the model keys
 to the model: `model(**model_inputs(batch))` (the batch contract: phi3v.modeling.batch).
 
 A batch always keeps every sample it was given, so all ranks of a distributed run run the same
@@ -17,12 +17,13 @@ the loss, and evaluation leaves them out of its records.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import torch
 from PIL import Image
 
 from phi3v.modeling import IGNORE_INDEX, Phi3VProcessor
+from phi3v.modeling.batch import CollatedBatch, Phi3VBatch
 from phi3v.task import PromptTemplate
 
 from .dataset import Sample
@@ -35,9 +36,7 @@ class BatchMeta(TypedDict):
     index: list[int]  # dataset index of each row
     supervised: list[bool]  # False: unreadable image or distributed padding (no labels, no record)
     product_id: list[str]
-    title: list[str]
-    category: list[str]
-    price: torch.Tensor  # (batch,) float64
+    truth: list[dict[str, Any]]  # the answer's fields of each row, keyed by name (Sample.truth)
     target: list[str]  # the answer the model should generate
     image_path: list[str]
     skipped_images: int  # samples of this batch whose image was unreadable (not padding repeats)
@@ -59,7 +58,7 @@ class Phi3VCollator:
         self.mode = mode
         self.prompt = template.prompt()
 
-    def __call__(self, samples: list[Sample]) -> dict:
+    def __call__(self, samples: list[Sample]) -> CollatedBatch:
         if not samples:
             raise ValueError("empty batch: the sampler yielded no indices")
         vision = self.processor.image_processor([PLACEHOLDER if s.image is None else s.image for s in samples])
@@ -72,9 +71,7 @@ class Phi3VCollator:
             "index": [s.index for s in samples],
             "supervised": supervised,
             "product_id": [s.product_id for s in samples],
-            "title": [s.title for s in samples],
-            "category": [s.category for s in samples],
-            "price": torch.tensor([s.price for s in samples], dtype=torch.float64),
+            "truth": [s.truth for s in samples],
             "target": targets,
             "image_path": [s.image_path for s in samples],
             "skipped_images": sum(s.image is None and not s.padding for s in samples),
@@ -87,7 +84,9 @@ class Phi3VCollator:
         loss = self._labelled(prompts, counts, targets, supervised)
         return {"loss": loss, "generate": generate, **pixels, "meta": meta}
 
-    def _labelled(self, prompts: list[str], counts: list[list[int]], targets: list[str], supervised: list[bool]):
+    def _labelled(
+        self, prompts: list[str], counts: list[list[int]], targets: list[str], supervised: list[bool]
+    ) -> Phi3VBatch:
         encoded = self.processor.tokenize(prompts, counts, targets, "right")
         encoded["labels"][~torch.tensor(supervised)] = IGNORE_INDEX
         return encoded

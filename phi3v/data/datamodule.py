@@ -1,13 +1,16 @@
 """ProductDataModule: a prepared catalogue as train/val/test loaders for Phi-3-V.
 
-The data config never knows the model: `connect(processor)` injects what batching needs (the
-tokenizer, num_crops) after both are built.
+It takes a `DataSpec` (the `data` node of conf/). The data config never knows the model:
+`connect(processor)` injects what batching needs (the tokenizer, num_crops) after both are built. Entry
+points ask it for a split's products (`split_products`, `truth`, and `run_products` for the split a
+recorded run made), never for its tables.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,108 +21,40 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from phi3v.modeling import Phi3VProcessor
-from phi3v.task import PromptTemplate
 
-from .catalogue import ColumnMap
 from .collate import Phi3VCollator
 from .dataset import ProductDataset, read_manifest
-from .download import DownloadSettings
 from .eval_sampler import EvalBatchSampler
-from .prepare import (
-    MANIFEST,
-    REPORT,
-    SYNTHETIC,
-    PrepareReport,
-    catalogue_signature,
-    default_data_dir,
-    prepare_catalogue,
-)
+from .manifest import MANIFEST, REPORT, PrepareReport, catalogue_signature, default_data_dir, prepare_catalogue
 from .sampler import LengthGroupedBatchSampler
-from .splits import SPLITS, assign_splits, check_fractions, limited_rows, write_splits
-from .synthetic import SyntheticSpec
+from .spec import DataSpec
+from .splits import SPLITS, assign_splits, limited_rows, run_split_rows, write_splits
 
 log = logging.getLogger(__name__)
 LENGTH_CHUNK = 4096  # rows counted per processor call: bounded memory for 100k-row catalogues
 
 
 class ProductDataModule(L.LightningDataModule):
-    """Image + title + category + price catalogues (Burberry, other DBQ brands, your own table).
+    """A catalogue (Burberry, other DBQ brands, your own table) as train/val/test loaders.
 
     Args:
-        source: "synthetic", a hub id, or a local table / saved dataset / image folder.
-        data_dir: where images and the manifest go; default `data/<name derived from source>`.
-        columns: which table columns hold image, title, category, price and id.
-        split: the table split to read from a hub or saved dataset.
-        val_fraction, test_fraction, split_seed: product-grouped split of the kept rows.
-        limit: use at most this many rows (chosen with split_seed) for quick runs.
-        prompt: question, answer template and price format.
-        batch_size, eval_batch_size: per-device batch sizes (train / val and test).
-        global_batch_size: samples per optimizer step over all devices; train.py derives
-            hardware.accumulate_grad_batches from it (None: accumulation as set there).
-        val_limit: products scored at each validation during training, the same ones every time (the
-            first of an order seeded by split_seed); None = the whole split. Validation outside
-            training (train.py runs one after fit when this is set) scores the whole split.
-        num_workers, pin_memory, persistent_workers: DataLoader settings (persistent workers survive
-            between epochs and evaluations; they are off without workers).
-        group_by_length: batch samples of similar token count (much less padding).
-        strict_images: an unreadable image fails the run (naming it) instead of being skipped.
-        max_pixels: decompression-bomb guard.
-        download, synthetic: settings of the downloader and of the synthetic catalogue.
-        output_dir: where the chosen splits are recorded (the run dir); None to skip.
+        spec: the catalogue, its split and its batching (`DataSpec`: the keys of `data` in conf/).
+        output_dir: where the chosen splits are recorded (the run dir: splits.json); None to skip.
     """
 
-    def __init__(
-        self,
-        source: str = SYNTHETIC,
-        data_dir: str | None = None,
-        columns: ColumnMap | None = None,
-        split: str = "train",
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split_seed: int = 0,
-        limit: int | None = None,
-        prompt: PromptTemplate | None = None,
-        batch_size: int = 4,
-        eval_batch_size: int = 8,
-        global_batch_size: int | None = None,
-        val_limit: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
-        group_by_length: bool = True,
-        strict_images: bool = False,
-        max_pixels: int = 64_000_000,
-        download: DownloadSettings | None = None,
-        synthetic: SyntheticSpec | None = None,
-        output_dir: str | None = None,
-    ):
+    def __init__(self, spec: DataSpec | None = None, output_dir: str | os.PathLike | None = None):
         super().__init__()
-        check_fractions(val_fraction, test_fraction)
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(
-                f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}"
-            )
-        for key, value in (("global_batch_size", global_batch_size), ("val_limit", val_limit)):
-            if value is not None and value < 1:
-                raise ValueError(f"data.{key} must be >= 1 or null, got {value}")
-        self.source = source
-        self.data_dir = Path(data_dir) if data_dir else default_data_dir(source)
-        self.columns = columns or ColumnMap()
-        self.split, self.limit = split, limit
-        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-        self.template = prompt or PromptTemplate()
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.global_batch_size, self.val_limit = global_batch_size, val_limit
+        self.spec = spec = spec or DataSpec()
+        self.data_dir = Path(spec.data_dir) if spec.data_dir else default_data_dir(spec.source)
+        self.template = spec.prompt
         self.loader_options = dict(
-            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
+            num_workers=spec.num_workers, pin_memory=spec.pin_memory,
+            persistent_workers=spec.persistent_workers and spec.num_workers > 0,
             # Each iterator over a loader draws its workers' base seed from this generator instead of torch's
             # global RNG, which a resumed run restores for LoRA dropout: creating the loaders then leaves the
             # restored state where the interrupted run had it, and dropout continues exactly.
-            generator=torch.Generator().manual_seed(split_seed),
+            generator=torch.Generator().manual_seed(spec.split_seed),
         )
-        self.group_by_length, self.strict_images, self.max_pixels = group_by_length, strict_images, max_pixels
-        self.download = download or DownloadSettings()
-        self.synthetic = synthetic or SyntheticSpec()
         self.output_dir = Path(output_dir) if output_dir else None
         self.processor: Phi3VProcessor | None = None
         self.datasets: dict[str, ProductDataset] = {}
@@ -137,9 +72,8 @@ class ProductDataModule(L.LightningDataModule):
         """Build the manifest unless an up-to-date one exists (Lightning calls this on one process)."""
         if self._manifest_is_current():
             return None
-        report = prepare_catalogue(
-            self.source, self.data_dir, self.columns, self.download, self.synthetic, self.split
-        )
+        spec = self.spec
+        report = prepare_catalogue(spec.source, self.data_dir, spec.columns, spec.download, spec.synthetic, spec.split)
         log.info(report.summary())
         return report
 
@@ -147,7 +81,7 @@ class ProductDataModule(L.LightningDataModule):
         report = self.data_dir / REPORT
         if not (self.data_dir / MANIFEST).is_file() or not report.is_file():
             return False
-        signature = catalogue_signature(self.source, self.columns, self.synthetic, self.split)
+        signature = catalogue_signature(self.spec.source, self.spec.columns, self.spec.synthetic, self.spec.split)
         return json.loads(report.read_text()).get("signature") == signature
 
     # ---- setting up ----------------------------------------------------------------------
@@ -157,18 +91,41 @@ class ProductDataModule(L.LightningDataModule):
         if self.datasets:
             return
         manifest = read_manifest(self.data_dir / MANIFEST)
-        manifest = manifest.take(limited_rows(manifest.num_rows, self.limit, self.split_seed))
+        manifest = manifest.take(limited_rows(manifest.num_rows, self.spec.limit, self.spec.split_seed))
         ids = manifest.column("product_id").to_pylist()
-        splits = assign_splits(ids, self.val_fraction, self.test_fraction, self.split_seed)
+        splits = assign_splits(ids, self.spec.val_fraction, self.spec.test_fraction, self.spec.split_seed)
         if self.output_dir is not None:
-            write_splits(self.output_dir / "splits.json", ids, splits)
+            write_splits(self.output_dir, ids, splits)
         for name in SPLITS:
             rows = np.flatnonzero(splits == name)
             table = manifest.take(rows)
-            self.datasets[name] = ProductDataset(table, self.data_dir, self.strict_images, self.max_pixels)
+            self.datasets[name] = self._dataset(table)
             self.lengths[name] = self.token_lengths(self.datasets[name])
         counts = {name: len(d) for name, d in self.datasets.items()}
-        log.info("data %s: %s", self.source, counts)
+        log.info("data %s: %s", self.spec.source, counts)
+
+    # ---- the products of a split ---------------------------------------------------------------
+    def split_products(self, split: str) -> ProductDataset:
+        """The products of `split` as this datamodule assigns them (data.val_fraction, test_fraction,
+        split_seed), in manifest order."""
+        self.setup()
+        return self.datasets[split]
+
+    def truth(self, split: str) -> dict[str, list]:
+        """The answer's fields of every product of `split`, as columns keyed by name (baselines)."""
+        return self.split_products(split).truth()
+
+    def run_products(self, split: str, run_dir: str | os.PathLike) -> tuple[ProductDataset, str]:
+        """This catalogue's products in `split` of the run recorded in `run_dir` (its splits.json), in
+        manifest order, or all of them when the run never saw any of its products; and a sentence
+        saying which. Needs the manifest (`prepare_data`), not `setup`."""
+        manifest = read_manifest(self.data_dir / MANIFEST)
+        rows, description = run_split_rows(manifest.column("product_id").to_pylist(), run_dir, split,
+                                           f"{self.spec.source} ({self.data_dir})")
+        return self._dataset(manifest.take(rows)), description
+
+    def _dataset(self, table) -> ProductDataset:
+        return ProductDataset(table, self.data_dir, self.spec.strict_images, self.spec.max_pixels)
 
     def token_lengths(self, dataset: ProductDataset) -> np.ndarray:
         """Exact token count of every sample (prompt + image + answer + <|end|>), as the collator
@@ -189,8 +146,8 @@ class ProductDataModule(L.LightningDataModule):
     # ---- loaders -------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         self.train_sampler = LengthGroupedBatchSampler(
-            self.lengths["train"], self.batch_size, shuffle=True, group_by_length=self.group_by_length,
-            seed=self.split_seed,
+            self.lengths["train"], self.spec.batch_size, shuffle=True, group_by_length=self.spec.group_by_length,
+            seed=self.spec.split_seed,
         )
         if self._restored_sampler is not None:  # resuming mid-epoch: skip the batches already trained
             self.train_sampler.load_state_dict(self._restored_sampler)
@@ -205,9 +162,9 @@ class ProductDataModule(L.LightningDataModule):
         """Each rank gets its share of the split, or of its `indices` (see EvalBatchSampler): equal batch
         counts on all ranks."""
         if len(self.datasets[split]) == 0:  # e.g. data.val_fraction=0: no batches
-            return DataLoader(self.datasets[split], batch_size=self.eval_batch_size)
+            return DataLoader(self.datasets[split], batch_size=self.spec.eval_batch_size)
         sampler = EvalBatchSampler(
-            self.lengths[split], self.eval_batch_size, group_by_length=self.group_by_length, indices=indices
+            self.lengths[split], self.spec.eval_batch_size, group_by_length=self.spec.group_by_length, indices=indices
         )
         return DataLoader(
             self.datasets[split], batch_sampler=sampler,
@@ -223,9 +180,10 @@ class ProductDataModule(L.LightningDataModule):
         """Val indices scored at each validation during training: the first `val_limit` of an order
         seeded by split_seed, so every validation scores the same products; None = all of them."""
         count = len(self.datasets["val"])
-        if self.val_limit is None or self.val_limit >= count:
+        limit = self.spec.val_limit
+        if limit is None or limit >= count:
             return None
-        return np.sort(np.random.default_rng(self.split_seed).permutation(count)[: self.val_limit])
+        return np.sort(np.random.default_rng(self.spec.split_seed).permutation(count)[:limit])
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test", "eval")

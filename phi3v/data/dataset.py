@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +21,9 @@ from .sampler import PaddingIndex
 
 log = logging.getLogger(__name__)
 
+# The fields of the answer, keyed by these names wherever they travel together (Sample.truth, the batch
+# meta, evaluation records, baselines).
+TRUTH_FIELDS = ("title", "category", "price")
 MANIFEST_COLUMNS = {
     "product_id": pa.string(),
     "title": pa.string(),
@@ -47,6 +51,11 @@ class Sample:
     image: Image.Image | None
     error: str | None = None
     padding: bool = False
+
+    @property
+    def truth(self) -> dict[str, Any]:
+        """The answer's fields keyed by name, as evaluation and prediction rows carry them."""
+        return {name: getattr(self, name) for name in TRUTH_FIELDS}
 
 
 def read_manifest(path: str | Path) -> pa.Table:
@@ -79,6 +88,10 @@ class ProductDataset(torch.utils.data.Dataset):
 
     def value(self, column: str, index: int):
         return self._columns[column][index].as_py()
+
+    def truth(self) -> dict[str, list]:
+        """The answer's fields of every row, as columns keyed by name (`TRUTH_FIELDS`), in row order."""
+        return {name: self._columns[name].to_pylist() for name in TRUTH_FIELDS}
 
     def image_file(self, index: int) -> Path:
         return self.data_dir / self.value("image_path", index)  # an absolute path stays absolute

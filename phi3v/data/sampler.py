@@ -4,7 +4,8 @@ A product photo becomes 750-2,500 image tokens (aspect ratio x num_crops) plus ~
 ~20% of every tensor. Sorting inside large random buckets keeps each step's samples similar in length while the order
 of steps stays random.
 
-Every rank builds the same plan from ``seed + epoch`` (no communication) and takes its own slice of each global batch,
+Every rank builds the same plan from ``seed + epoch`` (no communication) and takes its own slice of each world batch
+(one batch per rank; an optimizer step accumulates ``hardware.accumulate_grad_batches`` of them),
 so all ranks yield the same number of full batches (an unequal count would hang DDP's all-reduce).
 
 Lightning (2.6) integration:
@@ -110,10 +111,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     Per epoch: shuffle (seed + epoch); pad by wrapping around the permutation (``drop_last=False``, like
     DistributedSampler, but the repeats come as ``PaddingIndex`` so they can be left out of losses and metrics) or
-    cut the tail (``drop_last=True``); sort mega-buckets of ``bucket_size_multiplier`` global batches by length
-    (descending, stable); cut global batches of ``batch_size * num_replicas``; shuffle their order but put the one
+    cut the tail (``drop_last=True``); sort mega-buckets of ``bucket_size_multiplier`` world batches by length
+    (descending, stable); cut world batches of ``batch_size * num_replicas``; shuffle their order but put the one
     holding the longest sample first, so an out-of-memory batch fails at step 0 rather than hours
-    in; rank r takes the contiguous slice ``[r * batch_size, (r + 1) * batch_size)`` of each sorted global batch.
+    in; rank r takes the contiguous slice ``[r * batch_size, (r + 1) * batch_size)`` of each sorted world batch.
     The slowest rank (the one with the longest sample) sets the step time either way, and contiguous slices give the
     other ranks less padding than strided ones would. Without ``group_by_length`` the shuffled (or, with
     ``shuffle=False``, sequential) order is cut the same way, with no sorting and no longest-first.
@@ -135,19 +136,19 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         super().__init__()
         self.lengths = validated_lengths(lengths)
         self.batch_size = int_at_least("batch_size", batch_size)
-        # 50 global batches per bucket: big enough that sorted neighbours differ by a few tokens, small enough that a
+        # 50 world batches per bucket: big enough that sorted neighbours differ by a few tokens, small enough that a
         # bucket is still a random draw from the whole dataset (its lengths mix every aspect-ratio mode).
         self.bucket_size_multiplier = int_at_least("bucket_size_multiplier", bucket_size_multiplier)
         self.num_replicas, self.rank = replicas_and_rank(num_replicas, rank)
         self.seed = int_at_least("seed", seed, 0)
         self.shuffle, self.group_by_length, self.drop_last = shuffle, group_by_length, drop_last
-        self.global_batch_size = self.batch_size * self.num_replicas
+        self.world_batch_size = self.batch_size * self.num_replicas
         n = len(self.lengths)
-        self.num_batches = n // self.global_batch_size if drop_last else math.ceil(n / self.global_batch_size)
+        self.num_batches = n // self.world_batch_size if drop_last else math.ceil(n / self.world_batch_size)
         if self.num_batches == 0:
             raise ValueError(
                 f"drop_last=True with {n} lengths < batch_size * num_replicas = "
-                f"{self.global_batch_size} leaves no batch; lower batch_size or set drop_last=False"
+                f"{self.world_batch_size} leaves no batch; lower batch_size or set drop_last=False"
             )
         self.epoch = 0
         self._yielded = 0  # batches handed out in self.epoch (by the running or the last iterator)
@@ -164,27 +165,27 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if epoch != self.epoch:
             self.epoch, self._yielded, self._resume_from = epoch, 0, 0
 
-    def global_batches(self, epoch: int) -> np.ndarray:
+    def world_batches(self, epoch: int) -> np.ndarray:
         """The (num_batches, batch_size * num_replicas) plan of an epoch, identical on every rank."""
         return self._plan(epoch)[0]
 
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(plan, padding): the epoch's global batches and which of their slots repeat an earlier sample."""
+        """(plan, padding): the epoch's world batches and which of their slots repeat an earlier sample."""
         rng = np.random.default_rng(self.seed + epoch)
-        n, total = len(self.lengths), self.num_batches * self.global_batch_size
+        n, total = len(self.lengths), self.num_batches * self.world_batch_size
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         # np.resize repeats cyclically: wrap-around padding (even when the padding exceeds n) or the drop_last cut.
         order = np.resize(order, total)
         padding = np.arange(total) >= n  # the repeats; sorted along with their slots below
         if not self.group_by_length:
-            shape = (self.num_batches, self.global_batch_size)
+            shape = (self.num_batches, self.world_batch_size)
             return order.reshape(shape), padding.reshape(shape)
-        bucket = self.global_batch_size * self.bucket_size_multiplier  # a multiple of the global batch: no straddling
+        bucket = self.world_batch_size * self.bucket_size_multiplier  # a multiple of the world batch: no straddling
         for start in range(0, total, bucket):
             chunk = slice(start, start + bucket)
             by_length = np.argsort(-self.lengths[order[chunk]], kind="stable")
             order[chunk], padding[chunk] = order[chunk][by_length], padding[chunk][by_length]
-        batches = order.reshape(self.num_batches, self.global_batch_size)
+        batches = order.reshape(self.num_batches, self.world_batch_size)
         padding = padding.reshape(batches.shape)
         if self.shuffle:
             permutation = rng.permutation(self.num_batches)

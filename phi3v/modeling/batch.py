@@ -1,15 +1,17 @@
 """What `Phi3VForCausalLM.forward` takes: the batch contract between whoever builds batches (the data
 collator, the processor, predict) and the model.
 
-`model(**model_inputs(batch))` passes exactly the model's keys of a batch that also carries other
-things (`meta`). An evaluation batch holds the text twice, right-padded with labels under "loss" and
+`Phi3VBatch` is the model's keys; `CollatedBatch` is what a collator returns: those keys plus the
+builder's own `meta`, or for evaluation the text twice, right-padded with labels under "loss" and
 left-padded for generation under "generate", beside one `pixel_values` tensor used by both (pinned and
-copied to the device once); `eval_inputs(batch, use)` gives the model inputs of one use.
+copied to the device once). `model(**model_inputs(batch))` passes exactly the model's keys, and
+`eval_inputs(batch, use)` gives the model inputs of one use.
 """
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from collections.abc import Mapping
+from typing import Any, Literal, TypedDict
 
 import torch
 
@@ -25,12 +27,22 @@ class Phi3VBatch(TypedDict, total=False):
     labels: torch.Tensor  # (batch, length) -100 except answer tokens and <|end|>
 
 
-def model_inputs(batch: dict) -> Phi3VBatch:
+class CollatedBatch(Phi3VBatch, total=False):
+    """A collated batch (phi3v.data.collate.Phi3VCollator): a train or generate batch holds the model's
+    keys; an eval batch the text of each use under `loss` and `generate` beside `pixel_values` and
+    `image_sizes`. `meta` is the builder's (phi3v.data.collate.BatchMeta) and never reaches the model."""
+
+    loss: Phi3VBatch  # input_ids, attention_mask, labels: right-padded prompt + answer
+    generate: Phi3VBatch  # input_ids, attention_mask: left-padded prompts
+    meta: Mapping[str, Any]
+
+
+def model_inputs(batch: CollatedBatch) -> Phi3VBatch:
     """The keys `Phi3VForCausalLM.forward` takes."""
     return {key: batch[key] for key in MODEL_KEYS if key in batch}
 
 
-def eval_inputs(batch: dict, use: Literal["loss", "generate"]) -> Phi3VBatch:
+def eval_inputs(batch: CollatedBatch, use: Literal["loss", "generate"]) -> Phi3VBatch:
     """The model inputs of an eval batch for the teacher-forced loss (right-padded, with labels) or
     for generation (left-padded prompts): the text of `use` with the batch's one pixel tensor."""
     return model_inputs({**batch[use], **{key: batch[key] for key in PIXEL_KEYS}})

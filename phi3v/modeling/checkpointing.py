@@ -29,8 +29,8 @@ import torch
 from torch.autograd.graph import save_on_cpu
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-# model.spec.activation_checkpointing: off, every chosen layer recomputed whole, or the two above.
-CHECKPOINTING = (False, True, "selective", "offload")
+from .model_spec import CHECKPOINTING  # the modes of model.spec.activation_checkpointing
+
 # Matrix products whose inner dimension is at most this are recomputed (LoRA's B: rank -> out).
 THIN_PRODUCT = 64
 

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model_spec import KERNELS  # model.spec.kernels: null (PyTorch's) or one of these
 from .modeling import IGNORE_INDEX
 
-KERNELS = ("liger",)  # model.spec.kernels: null (PyTorch's) or one of these
 INSTALL_HINT = "pip install -e .[gpu]  (or: pip install liger-kernel)"
 
 

@@ -1,4 +1,9 @@
-"""Which base model and processor a run uses, and how to build them again later (export, predict)."""
+"""Which base model and processor a run uses, and how to build them again later (export, predict).
+
+`ModelSpec` is the schema of `model.spec` in conf/ (phi3v/config_schema.py registers the class itself), so
+this module imports no torch: composing a config answers a typo in about a second. `load_base_model` and
+`load_processor` import the model family when they are called.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,27 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from phi3v.modeling import Phi3VForCausalLM, Phi3VImageProcessor, Phi3VProcessor, build_tiny_model, load_tokenizer
-from phi3v.modeling.checkpointing import CHECKPOINTING, checkpoint_options
-from phi3v.modeling.kernels import KERNELS, apply_kernels
-from phi3v.modeling.presets import PRESETS, preset
-from phi3v.modeling.quantization import QUANTIZATIONS, quantize_decoder
-from phi3v.modeling.random_weights import build_random_model
+    from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 
 SPEC_FILE = "model_spec.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # torch's names (`torch_dtype`)
+QUANTIZATIONS = ("nf4", "int8")  # bitsandbytes' 4-bit NormalFloat and 8-bit LLM.int8 (phi3v.modeling.quantization)
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+# activation_checkpointing: off, every chosen layer recomputed whole, selective, offload (phi3v.modeling.checkpointing)
+CHECKPOINTING = (False, True, "selective", "offload")
+KERNELS = ("liger",)  # kernels: null (PyTorch's) or one of these (phi3v.modeling.kernels)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of one of `DTYPES`."""
+    import torch
+
+    return getattr(torch, name)
 
 
 @dataclass(frozen=True)
@@ -31,7 +45,8 @@ class ModelSpec:
         seed: initialisation seed of presets (ignored for pretrained weights).
         dtype: weights dtype: float32, bfloat16 or float16.
         attn_implementation: sdpa (default), eager or flash_attention_2.
-        num_crops: HD crops per image (16 for Phi-3-V, 4 for Phi-3.5-V); null = the snapshot's.
+        num_crops: HD crops per image; null = the base's own (its preprocessor_config.json: 16 for
+            Phi-3-V, 4 for Phi-3.5-V and the tiny preset).
         activation_checkpointing: recompute activations in backward instead of keeping them: less
             memory, slower steps. false; true (each chosen layer's whole forward again in backward:
             least memory; 0.98 s vs 0.71 s a step on the H200 at 16 crops x batch 4); selective (keep
@@ -64,7 +79,7 @@ class ModelSpec:
         problems = []
         if self.dtype not in DTYPES:
             problems.append(f"model.spec.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+        if self.attn_implementation not in ATTENTION:
             problems.append(
                 f"model.spec.attn_implementation must be sdpa, eager or flash_attention_2, got "
                 f"{self.attn_implementation!r}"
@@ -106,6 +121,8 @@ class ModelSpec:
 
     @property
     def is_preset(self) -> bool:
+        from phi3v.modeling.presets import PRESETS  # imports torch: only when a model is built or exported
+
         return self.name_or_path in PRESETS
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -127,21 +144,30 @@ def load_base_model(spec: ModelSpec, device: str | torch.device | None = None) -
     `configure_model`) is where the random presets' weights are allocated and initialised, so a 4B
     model is built on the GPU directly; pretrained weights load on the CPU and move with the trainer.
     """
+    import torch
+
+    from phi3v.modeling import Phi3VForCausalLM, build_tiny_model
+    from phi3v.modeling.checkpointing import checkpoint_options
+    from phi3v.modeling.kernels import apply_kernels
+    from phi3v.modeling.quantization import quantize_decoder
+    from phi3v.modeling.random_weights import build_random_model
+
+    dtype = torch_dtype(spec.dtype)
     device = torch.get_default_device() if device is None else device
     if spec.name_or_path == "tiny":
-        model = build_tiny_model(seed=spec.seed, dtype=DTYPES[spec.dtype])
+        model = build_tiny_model(seed=spec.seed, dtype=dtype)
         model.set_attn_implementation(spec.attn_implementation)
     elif spec.is_preset:
         model = build_random_model(  # quantized layer by layer as it is built: never whole in dtype
-            spec.name_or_path, seed=spec.seed, dtype=DTYPES[spec.dtype], device=device, quantization=spec.quantization
+            spec.name_or_path, seed=spec.seed, dtype=dtype, device=device, quantization=spec.quantization
         )
         model.set_attn_implementation(spec.attn_implementation)
     else:
         model = Phi3VForCausalLM.from_pretrained(
-            spec.name_or_path, dtype=DTYPES[spec.dtype], attn_implementation=spec.attn_implementation
+            spec.name_or_path, dtype=dtype, attn_implementation=spec.attn_implementation
         )
     if spec.quantization:  # layer by layer on CPU, before the model moves to its device
-        quantize_decoder(model, spec.quantization, DTYPES[spec.dtype])
+        quantize_decoder(model, spec.quantization, dtype)
     apply_kernels(model, spec.kernels)  # raises naming model.spec.kernels where they cannot run
     if spec.activation_checkpointing:
         options, offload = checkpoint_options(spec.activation_checkpointing)
@@ -153,6 +179,9 @@ def load_base_model(spec: ModelSpec, device: str | torch.device | None = None) -
 
 
 def load_processor(spec: ModelSpec) -> Phi3VProcessor:
+    from phi3v.modeling import Phi3VImageProcessor, Phi3VProcessor, load_tokenizer
+    from phi3v.modeling.presets import preset
+
     if not spec.is_preset:
         return Phi3VProcessor.from_pretrained(spec.name_or_path, num_crops=spec.num_crops)
     files = preset(spec.name_or_path)

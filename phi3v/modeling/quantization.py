@@ -23,7 +23,8 @@ from functools import cache
 import torch
 from torch import nn
 
-QUANTIZATIONS = ("nf4", "int8")
+from .model_spec import QUANTIZATIONS
+
 QUANTIZED_PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 # LLM.int8's outlier threshold: input features above it are multiplied in the compute dtype
 # (bitsandbytes' and transformers' default for 8-bit loading).

@@ -5,13 +5,18 @@ no pre-tokenizer). transformers 5's `LlamaTokenizer` (what `AutoTokenizer` picks
 `tokenizer_class: LlamaTokenizer`) rebuilds its own pipeline from that file and produces different
 ids after special tokens and for leading spaces. Loading the file verbatim as a fast tokenizer
 keeps the original pipeline, and with it the ids the checkpoints were trained on.
+
+The chat format needs no transformers: it is imported when a tokenizer is loaded, so the prompt
+template (phi3v.task) composes into the config without it.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Phi-3 chat format: `<|role|>\n{content}<|end|>\n` per message, then `<|assistant|>\n`.
 END_OF_TURN = "<|end|>"
@@ -19,6 +24,8 @@ END_OF_TURN = "<|end|>"
 
 def load_tokenizer(directory: str | os.PathLike) -> PreTrainedTokenizerBase:
     """The tokenizer of a local snapshot directory, its `tokenizer.json` used verbatim."""
+    from transformers import PreTrainedTokenizerFast
+
     if not os.path.isfile(os.path.join(directory, "tokenizer.json")):
         raise FileNotFoundError(
             f"{directory} has no tokenizer.json; phi3v needs the fast-tokenizer file of the checkpoint"

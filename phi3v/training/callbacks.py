@@ -14,7 +14,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from phi3v.inference import prediction_row, write_predictions
+from phi3v.inference import write_predictions
 
 from .reporting import price_scatter, wandb_prediction_table
 from .threads import INTERVAL_S, LoadMeter, start_line, threads_for
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class EvaluationReport(L.Callback):
-    """After each evaluation, on rank 0, from the records of all ranks: every answer in
+    """After each evaluation, on rank 0, from the records of all ranks (`module.results`): every answer in
     `predictions/<split>[_step<n>].csv` (`val_step<n>` during training, `val` for the validation of
     the whole split after it), a predicted-vs-true price scatter (PNG in `plots/`, and to W&B) and a
     W&B table of the first `evaluation.table_samples` samples (image, target, prediction, parsed
@@ -43,19 +43,16 @@ class EvaluationReport(L.Callback):
 
     @rank_zero_only
     def _report(self, trainer: L.Trainer, module: L.LightningModule, split: str, name: str) -> None:
-        records = module.eval_records[split]
-        if not records:
+        answers = [record.answer for record in module.results.records[split]]
+        if not answers:
             return
         self.plots.mkdir(parents=True, exist_ok=True)
         self.predictions.mkdir(parents=True, exist_ok=True)
-        true = [r["price"] for r in records]
-        predicted = [r["parsed"].price for r in records]
+        true = [a.truth["price"] for a in answers]
+        predicted = [a.parsed.price for a in answers]
         title = f"{split} step {trainer.global_step}"
         path = price_scatter(true, predicted, self.plots / f"{name}_price_scatter.png", title=title)
-        rows = [
-            prediction_row(r["product_id"], r["image_path"], r["target"], r["prediction"], r["parsed"], r["price"])
-            for r in records
-        ]
+        rows = [answer.row() for answer in answers]
         write_predictions(rows, self.predictions / f"{name}.csv")
         rows = rows[: module.evaluation.table_samples]
         for logger in trainer.loggers:

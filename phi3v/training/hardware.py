@@ -1,5 +1,6 @@
-"""What the hardware settings imply before a run starts: the training world, the gradient
-accumulation behind a fixed global batch, and which weight dtypes a mixed precision accepts."""
+"""What the hardware settings imply before a run starts: the training world, and which weight dtypes a
+mixed precision accepts. (The accumulation behind a fixed global batch is the data spec's:
+phi3v.data.spec.DataSpec.accumulation.)"""
 
 from __future__ import annotations
 
@@ -53,27 +54,3 @@ def world_size(accelerator: str, devices: int | str | list, num_nodes: int) -> i
     else:
         count = int(devices)
     return count * num_nodes
-
-
-def accumulation(global_batch_size: int | None, batch_size: int, world: int, num_nodes: int, configured: int) -> int:
-    """Batches accumulated per optimizer step: `configured` (hardware.accumulate_grad_batches), or with
-    data.global_batch_size set, global / (batch_size x world), so a recipe trains the same on 1 and 8 GPUs."""
-    if global_batch_size is None:
-        return configured
-    per_step = batch_size * world
-    if global_batch_size < 1 or global_batch_size % per_step:
-        fits = [b for b in range(batch_size, 0, -1) if global_batch_size % (b * world) == 0]
-        fix = f"set data.batch_size={fits[0]}" if fits and global_batch_size >= 1 else (
-            f"set data.global_batch_size to a multiple of {world} (devices x nodes)")
-        raise ValueError(
-            f"data.global_batch_size={global_batch_size} is not a multiple of data.batch_size x devices x "
-            f"hardware.num_nodes = {batch_size} x {world // num_nodes} x {num_nodes} = {per_step}: {fix} "
-            "(or data.global_batch_size=null to use hardware.accumulate_grad_batches)"
-        )
-    derived = global_batch_size // per_step
-    if configured not in (1, derived):
-        raise ValueError(
-            f"hardware.accumulate_grad_batches={configured} contradicts data.global_batch_size={global_batch_size} "
-            f"(which gives {derived} at data.batch_size={batch_size} on {world} devices): set only one of them"
-        )
-    return derived

@@ -1,12 +1,16 @@
-"""Experiment loggers. W&B works online, offline or not at all without ever blocking training."""
+"""Experiment loggers. W&B works online, offline or not at all without ever blocking training.
+
+Lightning is imported when a logger is built, so the config checks read `MODES` without it."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
@@ -48,6 +52,7 @@ def build_wandb_logger(
     the run's own summary); the run's name and link, and warnings, are still printed.
     """
     import wandb
+    from lightning.pytorch.loggers import WandbLogger
 
     save_dir = Path(save_dir)
     stage_wandb_files_in(save_dir / "wandb")
@@ -64,6 +69,8 @@ def build_wandb_logger(
 
 
 def build_csv_logger(save_dir: str | Path) -> CSVLogger:
+    from lightning.pytorch.loggers import CSVLogger
+
     return CSVLogger(save_dir=str(save_dir), name="csv", version="")
 
 

@@ -1,8 +1,7 @@
-"""LoRA on Phi-3-V with PEFT: which modules adapt, which train fully, everything else frozen."""
+"""LoRA on Phi-3-V with PEFT: which modules adapt, which train fully, everything else frozen
+(what to train: `LoraSpec`, phi3v/training/specs.py)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -12,66 +11,12 @@ from torch import nn
 
 from phi3v.modeling import Phi3VForCausalLM
 
-# The decoder's fused projections (attention qkv/o and MLP gate_up/down), as named in the checkpoints.
-DECODER_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+from .specs import FULLY_TRAINABLE, PROJECTOR, LoraSpec
+
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-PROJECTOR = "img_projection"
-# Modules that can be trained whole, by their full names: PEFT matches `modules_to_save` by name
-# suffix, and a bare "embed_tokens" would also catch `vision_embed_tokens` (the whole vision tower).
-FULLY_TRAINABLE = {
-    "lm_head": "lm_head",
-    "embed_tokens": "model.embed_tokens",
-    PROJECTOR: "model.vision_embed_tokens.img_projection",
-    "vision_tower": "model.vision_embed_tokens.img_processor",  # the whole CLIP (random tiny models)
-}
 # Parts of CLIP that never influence the features (they come from the second-to-last layer): kept
 # frozen even when the tower trains whole, so every trainable weight gets a gradient (DDP-safe).
 UNUSED_CLIP = ("post_layernorm",)
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """What is trained.
-
-    Args:
-        r: LoRA rank; 16-64 is what Phi-3-V fine-tunes use (higher = more capacity and memory).
-        alpha: LoRA scaling numerator (the update is scaled by alpha / r).
-        dropout: dropout on the LoRA input. 0 costs nothing (PEFT puts an identity there); above 0
-            each adapted layer runs one more pass over its input and keeps a 1-byte mask per input
-            value for backward (17,408 values per token and decoder layer on Phi-3-V: ~5.7 GB at
-            batch 4 x 2.5k tokens without checkpointing).
-        targets: decoder module names to adapt.
-        vision: also adapt the CLIP tower (attention + MLP of every layer that feeds the features;
-            the last CLIP layer never does, so it gets no adapter and no unused-parameter errors).
-        train_projector: train the image projection MLP fully (saved with the adapter).
-        modules_to_save: other modules trained fully and saved with the adapter: lm_head,
-            embed_tokens, vision_tower (useful for a randomly initialised model), img_projection.
-        enabled: False trains every parameter instead (only sensible for tiny models).
-    """
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    targets: tuple[str, ...] = DECODER_TARGETS
-    vision: bool = False
-    train_projector: bool = False
-    modules_to_save: tuple[str, ...] = field(default_factory=tuple)
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.r < 1:
-            problems.append(f"model.lora.r must be >= 1, got {self.r}")
-        if not 0 <= self.dropout < 1:
-            problems.append(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
-        unknown = sorted(set(self.targets) - set(DECODER_TARGETS))
-        if unknown:
-            problems.append(f"model.lora.targets {unknown} are not decoder modules (choose from {DECODER_TARGETS})")
-        extra = sorted(set(self.modules_to_save) - set(FULLY_TRAINABLE))
-        if extra:
-            problems.append(f"model.lora.modules_to_save {extra} unknown (choose from {sorted(FULLY_TRAINABLE)})")
-        if problems:
-            raise ValueError("\n".join(problems))
 
 
 def target_pattern(spec: LoraSpec, clip_layers: int) -> str:

@@ -5,6 +5,7 @@
 synchronised across DDP ranks, so they are compared in `update` and only numbers are stored, as tensor
 states that torchmetrics sums (`dist_reduce_fx="sum"`) or concatenates (`"cat"`) over ranks.
 
+`answer_metrics` scores one evaluation's records (those metrics, the price rank correlation and the loss).
 `Baselines` are the trivial models fitted on the training split (predict the mean or median training price
 and the most common training category); `baseline_metrics` scores them with the same metric.
 """
@@ -15,14 +16,18 @@ import difflib
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torchmetrics
 from torchmetrics.utilities import dim_zero_cat
 
 from phi3v.task import ParsedAnswer, price_error_pct
+
+if TYPE_CHECKING:
+    from .evaluation import EvalRecord
 
 METRIC_KEYS = (
     "price_mae",
@@ -179,6 +184,21 @@ class ProductMetrics(torchmetrics.Metric):
         return dim_zero_cat(self.apes).to(torch.float64)
 
 
+def answer_metrics(records: Sequence[EvalRecord]) -> dict[str, float]:
+    """The metrics of one evaluation: `ProductMetrics` of its parsed answers, `price_spearman` over the
+    answers with a parsed price, and `loss`, the teacher-forced loss per answer token (NaN without tokens)."""
+    answers = [record.answer for record in records]
+    metric = ProductMetrics(sync_on_compute=False)  # the records are already those of every rank
+    truth = {name: [a.truth[name] for a in answers] for name in ("price", "category", "title")}
+    metric.update([a.parsed for a in answers], truth["price"], truth["category"], truth["title"])
+    values = {key: float(value) for key, value in metric.compute().items()}
+    priced = [a for a in answers if a.parsed.price is not None]  # rank correlation over parsed prices
+    values["price_spearman"] = rank_correlation([a.parsed.price for a in priced], [a.truth["price"] for a in priced])
+    tokens = sum(record.tokens for record in records)
+    values["loss"] = math.fsum(record.loss_sum for record in records) / tokens if tokens else math.nan
+    return values
+
+
 def rank_correlation(predicted: Sequence[float], truth: Sequence[float]) -> float:
     """Spearman's rank correlation: the Pearson correlation of the two sequences' ranks, tied values
     sharing the mean of the ranks they span (so [5, 7, 7, 9] ranks 1, 2.5, 2.5, 4).
@@ -275,3 +295,11 @@ def baseline_metrics(
         scores[name] = {key: float(value) for key, value in metric.compute().items()}
         scores[name]["price_spearman"] = rank_correlation([a.price for a in answers], true_prices)
     return scores
+
+
+def split_baselines(truth: Mapping[str, Mapping[str, Sequence]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{split: `baseline_metrics`} of val and test, the baselines fitted on train. `truth` holds every split's
+    true fields as columns keyed by name (`ProductDataModule.truth`); an empty split is left out."""
+    fitted = Baselines.fit(truth["train"]["price"], truth["train"]["category"])
+    return {split: baseline_metrics(fitted, truth[split]["price"], truth[split]["category"], truth[split]["title"])
+            for split in ("val", "test") if len(truth[split]["price"])}

@@ -3,52 +3,38 @@
 The model is built in `configure_model` (so sharded strategies never hold it whole on every rank);
 only trainable parameters reach the optimizer and the checkpoints. Validation computes the
 teacher-forced loss and, more importantly, generates every answer greedily and scores the parsed
-title, category and price against the truth and against trivial baselines.
+title, category and price against the truth and against trivial baselines. What evaluation leaves is
+one typed result, `module.results` (phi3v.training.evaluation): the summary, callbacks and W&B read it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import resource
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
 import torch
 
-from phi3v.inference import greedy_answers
+from phi3v.inference import answered, greedy_answers
 from phi3v.modeling import Phi3VProcessor, training_attention_mask
 from phi3v.modeling.batch import eval_inputs, model_inputs
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.task import PromptTemplate
 
+from .evaluation import EvalRecord, EvaluationResult
 from .gathering import gather_records
-from .lora import LoraSpec, apply_lora, cast_lora_inputs, trainable_parameter_names
+from .lora import apply_lora, cast_lora_inputs, trainable_parameter_names
 from .losses import logits_window, per_sample_loss, supervised_tokens
-from .metrics import ProductMetrics, rank_correlation
+from .metrics import answer_metrics
 from .quantized import check_quantized_run
-from .sharding import ShardingSpec, full_tensor, shard_model
+from .sharding import full_tensor, shard_model
+from .specs import EvalSpec, LoraSpec, ShardingSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalSpec:
-    """Evaluation by generation.
-
-    Args:
-        max_new_tokens: answer budget; the default answer is ~25 tokens with the Phi-3 tokenizer.
-        table_samples: validation samples shown in the prediction table (fixed: the first ones).
-        max_nonfinite_steps: consecutive non-finite losses tolerated (each step skipped) before stopping.
-    """
-
-    max_new_tokens: int = 48
-    table_samples: int = 16
-    max_nonfinite_steps: int = 5
 
 
 class Phi3VLitModule(L.LightningModule):
@@ -70,14 +56,12 @@ class Phi3VLitModule(L.LightningModule):
         self.processor, self.template = processor, template
         self.evaluation = evaluation or EvalSpec()
         self.sharding = sharding or ShardingSpec()  # used when the strategy provides a device mesh (fsdp)
-        # {"val": {"train_mean": {metric: value}, ...}, "test": ...}: constant predictions on the
-        # same split, computed once from the data (see phi3v.training.metrics.baseline_metrics).
-        self.baseline_scores = baseline_scores or {}
-        # every evaluation's metrics and loss, in order: the end-of-run summary prints the learning curve
-        self.history: dict[str, list[dict[str, float]]] = {"val": [], "test": []}
+        # every evaluation's metrics and loss (the summary's learning curve), the latest records of each
+        # split, and the baselines: {"val": {"train_mean": {metric: value}, ...}, "test": ...}, constant
+        # predictions on the same split computed once from the data (phi3v.training.metrics.baseline_metrics)
+        self.results = EvaluationResult(baselines=baseline_scores or {})
         self.model = None
-        self._records: dict[str, list[dict]] = {"val": [], "test": []}  # this rank's, during an evaluation
-        self.eval_records: dict[str, list[dict]] = {"val": [], "test": []}  # all ranks' of the last one, by index
+        self._records: dict[str, list[EvalRecord]] = {"val": [], "test": []}  # this rank's, during an evaluation
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.strict_loading = False  # checkpoints hold only the trainable weights (checked on load)
@@ -96,12 +80,6 @@ class Phi3VLitModule(L.LightningModule):
         if self.device_mesh is not None:  # FullyShardedStrategy: shard over its data-parallel ranks
             shard_model(model, self.device_mesh["data_parallel"], self.sharding)
         self.model = model
-
-    @property
-    def last_scores(self) -> dict[str, dict[str, float]]:
-        """{split: the metrics of its latest evaluation (no loss)} for every evaluated split."""
-        return {split: {key: value for key, value in evaluations[-1].items() if key != "loss"}
-                for split, evaluations in self.history.items() if evaluations}
 
     def trainable_names(self) -> list[str]:
         return trainable_parameter_names(self)
@@ -217,20 +195,12 @@ class Phi3VLitModule(L.LightningModule):
         output = self.model(**teacher_forced(inputs, labels), use_cache=False, logits_to_keep=window)
         loss_sums, tokens = per_sample_loss(output.logits, labels[:, -window:])
         del output
-        answers = greedy_answers(
+        predictions = greedy_answers(
             self.model, self.processor, eval_inputs(batch, "generate"), self.evaluation.max_new_tokens,
             synced=self._sharded,
         )
-        for i, answer in enumerate(answers):
-            if not meta["supervised"][i]:  # unreadable image or a padding repeat
-                continue
-            self._records[split].append(
-                {"index": meta["index"][i], "loss_sum": float(loss_sums[i]), "tokens": int(tokens[i]),
-                 "product_id": meta["product_id"][i], "image_path": meta["image_path"][i],
-                 "target": meta["target"][i], "prediction": answer,
-                 "parsed": self.template.parse(answer), "price": float(meta["price"][i]),
-                 "category": meta["category"][i], "title": meta["title"][i]}
-            )
+        for i, answer in answered(meta, predictions, self.template):  # unreadable images, padding repeats: none
+            self._records[split].append(EvalRecord(meta["index"][i], answer, float(loss_sums[i]), int(tokens[i])))
 
     @property
     def _sharded(self) -> bool:
@@ -257,24 +227,17 @@ class Phi3VLitModule(L.LightningModule):
         self.log(f"{split}/seconds", seconds, sync_dist=True, reduce_fx="max")
         records = gather_records(self._records[split], self.trainer.world_size)
         self._records[split] = []
-        self.eval_records[split] = records
         if not records:
+            self.results = self.results.unscored(split)
             return
-        metric = ProductMetrics(sync_on_compute=False)  # the records are already those of every rank
-        metric.update([r["parsed"] for r in records], [r["price"] for r in records],
-                      [r["category"] for r in records], [r["title"] for r in records])
-        values = {key: float(value) for key, value in metric.compute().items()}
-        priced = [r for r in records if r["parsed"].price is not None]  # rank correlation over parsed prices
-        values["price_spearman"] = rank_correlation([r["parsed"].price for r in priced], [r["price"] for r in priced])
-        tokens = sum(r["tokens"] for r in records)
-        values["loss"] = math.fsum(r["loss_sum"] for r in records) / tokens if tokens else math.nan
+        values = answer_metrics(records)
         # identical on every rank already; sync_dist only keeps Lightning's distributed checks satisfied
         for key, value in values.items():
             self.log(f"{split}/{key}", value, sync_dist=True)
-        for name, scores in self.baseline_scores.get(split, {}).items():
+        for name, scores in self.results.baselines.get(split, {}).items():
             for key, value in scores.items():
                 self.log(f"{split}/{name}/{key}", float(value), sync_dist=True)
-        self.history[split].append(values)
+        self.results = self.results.added(split, records, values)
 
     # ---- checkpoints: trainable weights + RNG state -----------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

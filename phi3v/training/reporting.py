@@ -12,11 +12,12 @@ import math
 import operator
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from .evaluation import SplitResult
 
 # Direction of each metric for `beats_baselines`; metrics not listed (e.g. `count`) are not compared.
 LOWER_IS_BETTER = frozenset({"price_mae", "price_mape", "price_mape_parsed", "price_median_ape"})
@@ -166,25 +167,6 @@ def summary_table(
 
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{float(value):.4f}"
-
-
-@dataclass(frozen=True)
-class SplitResult:
-    """What the end-of-run summary says about one evaluated split.
-
-    Args:
-        scores: the model's metrics (`ProductMetrics` keys plus `price_spearman`).
-        baselines: {baseline name: its metrics} on the same products.
-        distinct_answers: how many different answer strings the model generated (a model that ignores
-            the photo repeats a few canned answers).
-        history: the metrics (and loss) of each evaluation of this split, in order: the summary prints
-            its `CURVE_KEYS` as the learning curve.
-    """
-
-    scores: Mapping[str, float]
-    baselines: Mapping[str, Mapping[str, float]]
-    distinct_answers: int
-    history: Sequence[Mapping[str, float]] = field(default_factory=tuple)
 
 
 def split_verdict(scores: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> tuple[bool | None, str]:

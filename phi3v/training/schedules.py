@@ -1,11 +1,17 @@
-"""Learning-rate schedules with linear warmup, stepped every optimizer step."""
+"""Learning-rate schedules with linear warmup, stepped every optimizer step.
+
+`WarmupSchedule` is at once the schedule and the schema of `scheduler` in conf/ (phi3v/config_schema.py
+registers the class): torch is imported only when a schedule is built.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
 
 KINDS = ("cosine", "linear", "constant")
 
@@ -21,24 +27,32 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str, min_lr_
     return min_lr_ratio + (1 - min_lr_ratio) * decay
 
 
-def warmup_schedule(
-    optimizer: Optimizer,
-    total_steps: int,
-    kind: str = "cosine",
-    warmup_ratio: float = 0.05,
-    min_lr_ratio: float = 0.1,
-) -> dict:
-    """A Lightning lr-scheduler config. `total_steps` comes from the trainer (estimated_stepping_batches).
+@dataclass(frozen=True)
+class WarmupSchedule:
+    """Linear warmup, then a decay; called with the optimizer and the run's number of optimizer steps
+    (the trainer's estimated_stepping_batches), it gives Lightning's lr-scheduler config.
 
     Args:
         kind: cosine | linear | constant (after the warmup).
         warmup_ratio: share of the steps spent warming up (5% is common for LoRA fine-tunes).
         min_lr_ratio: the lr decays to this share of the peak, not to zero.
     """
-    if kind not in KINDS:
-        raise ValueError(f"scheduler.kind must be one of {KINDS}, got {kind!r}")
-    if not 0 <= warmup_ratio < 1:
-        raise ValueError(f"scheduler.warmup_ratio must be in [0, 1), got {warmup_ratio}")
-    warmup = max(1, round(warmup_ratio * total_steps)) if warmup_ratio > 0 else 0
-    scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup, kind, min_lr_ratio))
-    return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+
+    kind: str = "cosine"
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"scheduler.kind must be one of {KINDS}, got {self.kind!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"scheduler.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def __call__(self, optimizer: Optimizer, total_steps: int) -> dict:
+        from torch.optim.lr_scheduler import LambdaLR
+
+        warmup = max(1, round(self.warmup_ratio * total_steps)) if self.warmup_ratio > 0 else 0
+        scheduler = LambdaLR(
+            optimizer, lambda step: lr_factor(step, total_steps, warmup, self.kind, self.min_lr_ratio)
+        )
+        return {"scheduler": scheduler, "interval": "step", "frequency": 1}

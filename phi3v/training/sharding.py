@@ -10,38 +10,13 @@ directly, which would skip the inner module's FSDP hooks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from phi3v.modeling.model_spec import DTYPES
+from phi3v.modeling.model_spec import torch_dtype
 
 from .lora import trainable_parameter_names
-
-
-@dataclass(frozen=True)
-class ShardingSpec:
-    """How FSDP shards the model (hardware.fsdp in conf/).
-
-    Args:
-        reshard_after_forward: free each layer's gathered weights after its forward and gather them
-            again in backward (ZeRO-3: least memory). False keeps them until backward (faster, more memory).
-        param_dtype: dtype weights are gathered and computed in (bfloat16 halves the all-gather
-            traffic); None keeps the stored dtype. train.py fills it from hardware.precision.
-        reduce_dtype: dtype gradients are averaged in across ranks; float32 avoids bf16 rounding
-            in the sum.
-    """
-
-    reshard_after_forward: bool = True
-    param_dtype: str | None = None
-    reduce_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        for key in ("param_dtype", "reduce_dtype"):
-            value = getattr(self, key)
-            if value is not None and value not in DTYPES:
-                raise ValueError(f"hardware.fsdp.{key} must be one of {sorted(DTYPES)} or null, got {value!r}")
+from .specs import ShardingSpec
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
@@ -60,7 +35,8 @@ def shard_model(model: nn.Module, mesh, spec: ShardingSpec) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     policy = MixedPrecisionPolicy(
-        param_dtype=DTYPES[spec.param_dtype] if spec.param_dtype else None, reduce_dtype=DTYPES[spec.reduce_dtype]
+        param_dtype=torch_dtype(spec.param_dtype) if spec.param_dtype else None,
+        reduce_dtype=torch_dtype(spec.reduce_dtype),
     )
     for unit in shard_units(model):
         fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=spec.reshard_after_forward)

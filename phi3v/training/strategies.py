@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,25 +18,7 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 
 from .lora import trainable_parameter_names
-
-STRATEGIES = ("auto", "ddp", "fsdp")
-
-
-@dataclass(frozen=True)
-class DDPSettings:
-    """DDP options (hardware.ddp in conf/).
-
-    Args:
-        find_unused_parameters: search the graph for weights that got no gradient after every
-            backward. Not needed: every trainable weight is used in every step (the unused last
-            CLIP layer is frozen, see lora.UNUSED_CLIP); True only costs time.
-        gradient_as_bucket_view: gradients live in DDP's all-reduce buckets: one copy less memory.
-        static_graph: tell DDP the graph never changes (lets it skip per-step bookkeeping).
-    """
-
-    find_unused_parameters: bool = False
-    gradient_as_bucket_view: bool = True
-    static_graph: bool = False
+from .specs import STRATEGIES, DDPSettings
 
 
 def build_strategy(name: str, ddp: DDPSettings, timeout_minutes: int = 30) -> str | Strategy:

@@ -6,7 +6,7 @@ Exports are written into a hidden sibling directory and renamed into place, so a
 a half-written export where a loader would find it. The published directory and its files get the modes
 the user's umask gives new ones (0755/0644 under the usual 022), so a server running as another user can
 read them (tempfile's staging directory is 0700 and transformers writes model.safetensors 0600).
-Every export carries a model card (README.md, training/model_card.py).
+Every export carries a model card (README.md, shipping/model_card.py).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from safetensors import safe_open
 from phi3v.inference import ADAPTER_WEIGHTS, PROMPT_FILE, load_for_inference
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.modeling.model_spec import SPEC_FILE, ModelSpec
+from phi3v.shipping.model_card import CardFacts, RunResults, write_model_card
+from phi3v.shipping.snapshot_files import carry_snapshot_files, loads_with_remote_code
 from phi3v.task import PromptTemplate
-from phi3v.training.model_card import CardFacts, RunResults, write_model_card
-from phi3v.training.snapshot_files import carry_snapshot_files, loads_with_remote_code
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from .dataset import MANIFEST_COLUMNS
 from .download import DownloadItem, DownloadSettings, download_images
 from .images import ImageRejected, inspect_image_bytes
 from .sources import TABLE_SUFFIXES, read_table
+from .spec import SYNTHETIC
 from .synthetic import SyntheticSpec, generate_catalogue
 
 log = logging.getLogger(__name__)
 
 MANIFEST, DROPPED, REPORT = "manifest.parquet", "dropped.parquet", "report.json"
-SYNTHETIC = "synthetic"
 
 
 @dataclass

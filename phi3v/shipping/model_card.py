@@ -19,8 +19,8 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from phi3v.modeling.model_spec import ModelSpec
+from phi3v.shipping.artifacts import json_safe
 from phi3v.task import PromptTemplate
-from phi3v.training.artifacts import json_safe
 
 CARD_FILE = "README.md"
 RESULTS_FILE = "metrics.json"

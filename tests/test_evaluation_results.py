@@ -1,0 +1,81 @@
+"""Tier 2: the typed evaluation records and the one result the module exposes (phi3v.training.evaluation),
+the answers built from a collated batch (phi3v.inference.answered) and the metrics of one evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from phi3v.inference import Answer, answered, prediction_row
+from phi3v.task import ParsedAnswer, PromptTemplate
+from phi3v.training.evaluation import EvalRecord, EvaluationResult, SplitResult
+from phi3v.training.metrics import answer_metrics
+
+pytestmark = pytest.mark.unit
+
+TEMPLATE = PromptTemplate()
+
+
+def record(index: int, prediction: str, truth: tuple[str, str, float], loss_sum: float = 1.0, tokens: int = 2):
+    title, category, price = truth
+    answer = Answer(f"p{index}", (f"{index}.jpg", f"{index}b.jpg"), TEMPLATE.target(title, category, price),
+                    prediction, TEMPLATE.parse(prediction), {"title": title, "category": category, "price": price})
+    return EvalRecord(index, answer, loss_sum, tokens)
+
+
+RECORDS = [
+    record(0, "Product: Scarf, Category: Scarves, Full Price: 110.0", ("Scarf", "Scarves", 100.0), 3.0, 4),
+    record(1, "Product: Coat, Category: Bags, Full Price: 150.0", ("Coat", "Coats", 200.0), 1.0, 2),
+    record(2, "no idea", ("Belt", "Belts", 50.0), 0.5, 2),
+]
+
+
+def test_a_records_answer_row_is_the_prediction_row_of_its_first_photo_and_true_price():
+    answer = RECORDS[1].answer
+    assert answer.row() == prediction_row("p1", "1.jpg", answer.target, answer.prediction,
+                                          ParsedAnswer("Coat", "Bags", 150.0), 200.0)
+    assert answer.row()["price_error_pct"] == -25.0
+
+
+def test_answered_keeps_the_supervised_rows_with_their_truth_and_parsed_fields():
+    meta = {"supervised": [True, False, True], "product_id": ["a", "b", "c"], "image_path": ["a.jpg", "b.jpg", "c.jpg"],
+            "target": ["ta", "tb", "tc"],
+            "truth": [{"title": "A", "category": "X", "price": 1.0}, {"title": "B", "category": "Y", "price": 2.0},
+                      {"title": "C", "category": "Z", "price": 3.0}]}
+    predictions = ["Product: A, Category: X, Full Price: 1.5", "skipped", "Full Price: 7"]
+    got = answered(meta, predictions, TEMPLATE)
+    assert [i for i, _ in got] == [0, 2]  # row 1 is an unreadable image or a padding repeat
+    assert got[0][1] == Answer("a", ("a.jpg",), "ta", predictions[0], ParsedAnswer("A", "X", 1.5),
+                               {"title": "A", "category": "X", "price": 1.0})
+    assert got[1][1].parsed == ParsedAnswer(None, None, 7.0) and got[1][1].truth["price"] == 3.0
+
+
+def test_answer_metrics_score_the_parsed_fields_the_price_rank_and_the_token_mean_loss():
+    values = answer_metrics(RECORDS)
+    assert values["count"] == 3 and values["parse_rate"] == pytest.approx(2 / 3)
+    assert values["price_mape_parsed"] == pytest.approx((10 + 25) / 2)  # 110 vs 100, 150 vs 200
+    assert values["price_mape"] == pytest.approx((10 + 25 + 100) / 3)  # the unparsed answer counts 100%
+    assert values["category_accuracy"] == pytest.approx(1 / 3) and values["title_exact_match"] == pytest.approx(2 / 3)
+    assert values["price_spearman"] == 1.0  # the two parsed prices are in the true order
+    assert values["loss"] == pytest.approx((3.0 + 1.0 + 0.5) / (4 + 2 + 2))
+    assert list(values)[-2:] == ["price_spearman", "loss"]  # logged after the ProductMetrics keys
+    assert math.isnan(answer_metrics([record(0, "x", ("A", "B", 1.0), 0.0, 0)])["loss"])  # no answer tokens
+
+
+def test_the_result_keeps_every_evaluations_metrics_and_the_latest_records():
+    baselines = {"val": {"train_mean": {"price_mape": 50.0}}, "test": {"train_mean": {"price_mape": 40.0}}}
+    start = EvaluationResult(baselines=baselines)
+    assert start.scores == {} and start.splits() == {} and start.records == {"val": (), "test": ()}
+    first = start.added("val", RECORDS[:2], {"price_mape": 30.0, "loss": 2.0})
+    second = first.added("val", RECORDS, {"price_mape": 20.0, "loss": 1.0})
+    assert start.history == {"val": (), "test": ()}  # frozen: `added` returns a new result
+    assert second.history["val"] == ({"price_mape": 30.0, "loss": 2.0}, {"price_mape": 20.0, "loss": 1.0})
+    assert second.records["val"] == tuple(RECORDS) and second.scores == {"val": {"price_mape": 20.0}}
+    assert second.splits() == {"val": SplitResult({"price_mape": 20.0}, baselines["val"], distinct_answers=3,
+                                                  history=second.history["val"])}
+    tested = second.added("test", [RECORDS[0], RECORDS[0]], {"price_mape": 10.0, "loss": 0.5})
+    assert list(tested.splits()) == ["val", "test"] and tested.splits()["test"].distinct_answers == 1
+    assert tested.splits()["test"].baselines == baselines["test"]
+    empty = tested.unscored("val")  # an evaluation that scored nothing: no stale records, the history stays
+    assert empty.records["val"] == () and empty.history == tested.history and empty.scores == tested.scores
