@@ -36,7 +36,7 @@ $(TORCH_STAMP): FORCE | $(PY)
 FORCE:
 
 $(STAMP): $(TORCH_STAMP) pyproject.toml setup.py phi3v/modeling/_hd_canvas.c
-	$(PIP) install --quiet -e ".[dev,qlora]"
+	$(PIP) install --quiet -e ".[dev,qlora,app]"
 # W&B's sweep engine (tests/test_sweep.py). It declares numpy<2, yet works with numpy 2; a plain install would
 # downgrade numpy and break pandas. Its real dependencies come with the dev extra (pyproject.toml).
 	$(PIP) install --quiet --no-deps "sweeps==0.3.0"

@@ -38,13 +38,13 @@ def make(venv: Path, *arguments: str) -> list[str]:
 
 def test_a_changed_torch_spec_reinstalls_torch_and_an_unchanged_one_does_nothing(venv):
     assert make(venv, "install") == [
-        "-m pip install --quiet torch==2.13.0", "-m pip install --quiet -e .[dev,qlora]",
+        "-m pip install --quiet torch==2.13.0", "-m pip install --quiet -e .[dev,qlora,app]",
         "-m pip install --quiet --no-deps sweeps==0.3.0",
     ]
     assert make(venv, "install") == []  # installed, same request
     assert make(venv, "install", "TORCH_SPEC=torch") == [
         "-m pip install --quiet --force-reinstall --no-deps torch", "-m pip install --quiet torch",
-        "-m pip install --quiet -e .[dev,qlora]", "-m pip install --quiet --no-deps sweeps==0.3.0",
+        "-m pip install --quiet -e .[dev,qlora,app]", "-m pip install --quiet --no-deps sweeps==0.3.0",
     ]
     assert (venv / ".torch-spec").read_text().strip() == "torch"
 
