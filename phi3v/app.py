@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
 import hydra
@@ -120,6 +121,19 @@ def run(cfg: DictConfig) -> None:
         host, port = sock.getsockname()[:2]
         print("\n".join(start_lines(predictor.source, host, port, token)), flush=True)
         serve(server, sock)
+    if state.workload.generating:
+        exit_during_generation(cfg.drain_timeout_s)
+
+
+def exit_during_generation(drain_timeout_s: float) -> None:
+    """A generation outlived the drain: exit 0 now, without waiting for it. (Its daemon thread must
+    not be running torch code while the interpreter finalises: that aborts the process.)"""
+    log.warning("a generation was still running %g s after the stop (drain_timeout_s): exiting without it",
+                drain_timeout_s)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @hydra.main(config_path="../conf", config_name="app", version_base="1.3")

@@ -185,17 +185,21 @@ def test_connections_beyond_the_limit_get_503(predictor):
 @pytest.fixture
 def held_generation(predictor, monkeypatch):
     """generate() waits until the test sets the event; how many generations have started."""
-    release, started = threading.Event(), []
+    release, started, finished = threading.Event(), [], []
     original = predictor.generate
 
     def held(inputs):
         started.append(time.monotonic())
         release.wait(60)
-        return original(inputs)
+        try:
+            return original(inputs)
+        finally:
+            finished.append(time.monotonic())
 
     monkeypatch.setattr(predictor, "generate", held)
     yield release, started
-    release.set()
+    release.set()  # (a failed test left them waiting:) torch must not be running when the interpreter exits
+    wait_until(lambda: len(finished) == len(started), 60)
 
 
 def post_in_background(port: int, count: int, photo: bytes = PHOTO) -> tuple[list, list[threading.Thread]]:

@@ -138,3 +138,24 @@ def test_sigterm_finishes_the_running_photo_answers_the_waiting_ones_and_exits_0
             assert body == {"error": "The demo is shutting down. Try again in a minute."}
     log = "".join(app.lines)
     assert "Traceback" not in log and "SIGTERM: the server has shut down" in log
+
+
+@pytest.mark.slow
+def test_a_generation_that_outlives_the_drain_time_is_answered_503_and_the_process_exits_0():
+    app = App("preset=tiny", "max_new_tokens=600", "drain_timeout_s=0.2")  # ~600 tokens: seconds of generation
+    try:
+        results: list = []
+        sender = threading.Thread(target=post, args=(app.port, encoded(product_photo("navy")), results, 60))
+        sender.start()
+        time.sleep(1.0)  # generating
+        code, seconds = app.stop(signal.SIGTERM, 30)
+        sender.join(30)
+    finally:
+        if app.process.poll() is None:
+            app.process.kill()
+    assert code == 0 and seconds < 10, (code, "".join(app.lines[-20:]))
+    stopped = "The demo stopped before your photo's answer was ready. Try again in a minute."
+    assert results == [(503, {"error": stopped})]
+    log = "".join(app.lines)
+    assert "a generation was still running 0.2 s after the stop (drain_timeout_s): exiting without it" in log
+    assert "Traceback" not in log

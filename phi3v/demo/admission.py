@@ -107,6 +107,7 @@ class ModelThread:
     """One daemon thread that runs the model's calls in order; `await run(fn, *args)` from the loop."""
 
     def __init__(self):
+        self.busy = False  # a call is running
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._work, name="phi3v-model", daemon=True).start()
 
@@ -119,10 +120,13 @@ class ModelThread:
     def _work(self) -> None:
         while True:
             loop, future, function, args = self._jobs.get()
+            self.busy = True
             try:
                 result, error = function(*args), None
             except BaseException as problem:  # handed to the waiting request, which reports it
                 result, error = None, problem
+            finally:
+                self.busy = False
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, future, result, error)
 
@@ -190,6 +194,11 @@ class Workload:
         except Closed:
             raise Unavailable("The demo is shutting down. Try again in a minute.", 60) from None
         return self.predictor.parsed(text, time.perf_counter() - start - queued, queued)
+
+    @property
+    def generating(self) -> bool:
+        """A generation is running (after a drain: one that outlived drain_timeout_s)."""
+        return self._thread.busy
 
     def drain(self) -> None:
         """Shutting down: the running generation finishes, every photo still waiting gets 503 now."""

@@ -20,6 +20,7 @@ rules are phi3v/demo/uploads.py, the scheduling of predictions phi3v/demo/admiss
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from http import HTTPStatus
@@ -85,6 +86,9 @@ def answered(route):
             return error(HTTPStatus.BAD_REQUEST, str(problem))
         except Unavailable as busy:
             return error(HTTPStatus.SERVICE_UNAVAILABLE, str(busy), {"Retry-After": str(busy.retry_after_s)})
+        except asyncio.CancelledError:  # uvicorn gave up waiting at shutdown (drain_timeout_s): say so, then stop
+            return error(HTTPStatus.SERVICE_UNAVAILABLE, "The demo stopped before your photo's answer was ready. "
+                         "Try again in a minute.", {"Retry-After": "60"})
         except ClientGone:
             log.info("%s left before sending the whole photo", request.client.host if request.client else "a client")
             return Response(status_code=HTTPStatus.BAD_REQUEST)  # nobody reads it; uvicorn drops it
