@@ -98,3 +98,15 @@ def test_where_a_browser_is_required_its_absence_fails_the_test(tmp_path):
     assert "1 failed" in done.stdout
     assert f"PHI3V_CHROMIUM={tmp_path / 'nowhere'} is not an executable file" in done.stdout
     assert "(PHI3V_REQUIRE_BROWSER is set)" in done.stdout
+
+
+def test_ci_runs_make_test_with_the_browser_required(tmp_path):
+    """.ci/run exports PHI3V_REQUIRE_BROWSER=1 for `make test` (here a fake make that records it; with
+    PHI3V_CHROMIUM set, .ci/run has a browser and installs nothing)."""
+    fake = executable(tmp_path / "bin" / "make")
+    fake.write_text(f'#!/bin/sh\necho "$@ PHI3V_REQUIRE_BROWSER=$PHI3V_REQUIRE_BROWSER" > {tmp_path / "made"}\n')
+    environment = {"PATH": f"{fake.parent}:/usr/bin:/bin", "PHI3V_CHROMIUM": sys.executable, "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(REPO / ".ci" / "run")], env=environment, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "made").read_text() == "test PHI3V_REQUIRE_BROWSER=1\n"
