@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser import find_chromium, missing_reason, required
+from browser import HOW_TO_GET_ONE, find_chromium, missing_reason, required
 
 pytestmark = pytest.mark.e2e
 
@@ -73,31 +73,37 @@ def answer_shown(page) -> dict[str, str]:
             for key in ("answer-text", "answer-title", "answer-category", "answer-price", "latency", "status")}
 
 
+def does_not_start(binary: Path, problem: Exception) -> str:
+    first_line = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+    return (f"{binary} does not start ({first_line}): install its system libraries (`sudo .venv/bin/python -m "
+            f"playwright install-deps chromium`) or {HOW_TO_GET_ONE}")
+
+
 @pytest.mark.slow
 def test_upload_a_photo_in_chromium_and_read_the_answer(tmp_path):
     binary = chromium()
-    from demo_run import PRODUCTS, build_demo_run, product_photo  # torch: imported once a browser is there
     from playwright.sync_api import Error, expect, sync_playwright
 
-    run = build_demo_run(tmp_path / "demo")
-    photo = tmp_path / "navy.png"
-    product_photo("navy").save(photo)
-    not_a_photo = tmp_path / "notes.txt"
-    not_a_photo.write_text("a shopping list, not a photo")
-    too_big = tmp_path / "huge.jpg"
-    too_big.write_bytes(b"\xff\xd8\xff" + bytes(1_100_000))  # over max_upload_mb=1: the browser refuses it
-    app, url = start_app(f"adapter={run / 'adapter'}", "max_new_tokens=24", "max_upload_mb=1")
     requests, failures = [], []
-    try:
-        with sync_playwright() as playwright:
-            try:
-                browser = playwright.chromium.launch_persistent_context(
-                    str(tmp_path / "profile"), executable_path=str(binary), headless=True, args=BROWSER_ARGS,
-                    viewport={"width": 1280, "height": 860},
-                )
-            except Error as problem:  # e.g. a Playwright download without the system libraries it needs
-                first_line = str(problem).splitlines()[0]
-                unavailable(f"{binary} does not start ({first_line}): {missing_reason(find_chromium())}")
+    with sync_playwright() as playwright:
+        try:  # first: a browser that does not start is found out before the model is built
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=str(binary), headless=True, args=BROWSER_ARGS,
+                viewport={"width": 1280, "height": 860},
+            )
+        except Error as problem:  # e.g. a Playwright download without the system libraries it needs
+            unavailable(does_not_start(binary, problem))
+        try:
+            from demo_run import PRODUCTS, build_demo_run, product_photo  # torch: only once a browser runs
+
+            run = build_demo_run(tmp_path / "demo")
+            photo = tmp_path / "navy.png"
+            product_photo("navy").save(photo)
+            not_a_photo = tmp_path / "notes.txt"
+            not_a_photo.write_text("a shopping list, not a photo")
+            too_big = tmp_path / "huge.jpg"
+            too_big.write_bytes(b"\xff\xd8\xff" + bytes(1_100_000))  # over max_upload_mb=1: the browser refuses it
+            app, url = start_app(f"adapter={run / 'adapter'}", "max_new_tokens=24", "max_upload_mb=1")
             try:
                 page = browser.new_page()
                 page.on("request", lambda request: requests.append(request.url))
@@ -130,14 +136,14 @@ def test_upload_a_photo_in_chromium_and_read_the_answer(tmp_path):
                 gallery = page.locator("#gallery").bounding_box()
                 page_width = page.evaluate("document.documentElement.scrollWidth")
                 page.screenshot(path=str(tmp_path / "app-420.png"), full_page=True)
+                # The page shows what the server answers for these bytes (greedy decoding: deterministic).
+                expected = json.loads(urllib.request.urlopen(urllib.request.Request(
+                    f"{url}/api/predict", data=photo.read_bytes(), method="POST"), timeout=60).read())
             finally:
-                browser.close()
-        # The page shows what the server answers for these bytes (greedy decoding: deterministic).
-        expected = json.loads(urllib.request.urlopen(urllib.request.Request(
-            f"{url}/api/predict", data=photo.read_bytes(), method="POST"), timeout=60).read())
-    finally:
-        app.terminate()
-        app.wait(30)
+                app.terminate()
+                app.wait(30)
+        finally:
+            browser.close()
     assert shown["answer-text"] == expected["text"].strip() and expected["text"].strip()
     assert shown["answer-title"] == (expected["title"] or "(not found)")
     assert shown["answer-category"] == (expected["category"] or "(not found)")

@@ -100,6 +100,16 @@ def test_where_a_browser_is_required_its_absence_fails_the_test(tmp_path):
     assert "(PHI3V_REQUIRE_BROWSER is set)" in done.stdout
 
 
+
+@pytest.mark.e2e
+def test_a_browser_that_does_not_start_is_skipped_quoting_why(tmp_path):
+    broken = executable(tmp_path / "broken" / "chrome")
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries: libnss3.so' >&2\nexit 127\n")
+    done = run_browser_test(tmp_path, PHI3V_CHROMIUM=str(broken))
+    assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+    assert f"{broken} does not start (" in done.stdout and "playwright install-deps chromium" in done.stdout
+
+
 def test_ci_runs_make_test_with_the_browser_required(tmp_path):
     """.ci/run exports PHI3V_REQUIRE_BROWSER=1 for `make test` (here a fake make that records it; with
     PHI3V_CHROMIUM set, .ci/run has a browser and installs nothing)."""
