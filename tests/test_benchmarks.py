@@ -62,3 +62,14 @@ def test_gpu_benchmark_checkpoints_every_nth_layer_and_compiles_each_layer(tmp_p
     (cell,) = json.loads((tmp_path / "gpu.json").read_text())["cells"]
     assert (cell["checkpointing"], cell["compiled"], cell["note"]) == (2, True, "") and cell["step_s"] > 0
     assert "| lora | 1 | 1 | every 2 | sdpa +compile | 339 |" in (tmp_path / "gpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_app_probes_run_against_the_app(tmp_path):
+    """benchmarks/app_probes.py (the web demo under hostile clients), its quick groups only."""
+    run("app_probes.py", "--only", "paths,words", "--out", str(tmp_path / "probes.md"), "--log",
+        str(tmp_path / "app.log"), "--", "preset=tiny", "max_new_tokens=2")
+    rows = (tmp_path / "probes.md").read_text().splitlines()
+    assert rows[0] == "| probe | result | time (s) | server still answering |" and len(rows) == 2 + 12
+    assert rows[2].startswith("| GET /../../etc/passwd | 404 Not Found") and rows[2].endswith(" s) |")
+    assert "| POST multipart (curl -F) | 200 {" in rows[-1]
