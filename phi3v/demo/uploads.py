@@ -4,7 +4,10 @@ uvicorn (h11) parses HTTP: a malformed request line, header or Content-Length is
 the app sees it, and a request head larger than 16 KB too. What HTTP servers leave to the application,
 we own here: the body must arrive within `body_timeout_s` (408 otherwise, the connection closed),
 and hold at most `max_upload_mb` (413: refused from its Content-Length before a byte is read, or as
-soon as a chunked body has streamed past the limit). A multipart form (`curl -F photo=@shoe.jpg`) is
+soon as a chunked body has streamed past the limit). After a 413 the connection stays open while
+uvicorn reads and drops the rest of the body, so that a client still sending it gets the answer
+instead of a reset; the head deadline (phi3v/demo/serving.py) closes it if that takes longer than
+`header_timeout_s`. A multipart form (`curl -F photo=@shoe.jpg`) is
 read whole under the same limits, then parsed by Starlette (python-multipart); any other body, whatever
 its Content-Type (`curl --data-binary @shoe.jpg` says application/x-www-form-urlencoded), is the photo.
 """
@@ -44,7 +47,7 @@ async def read_photo(request: Request, max_bytes: int, timeout_s: float) -> byte
     limit = f"the limit is {max_bytes / 1e6:g} MB"
     if declared is not None and int(declared) > max_bytes:
         raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                      f"The file is {megabytes(int(declared))}; {limit}. Send a smaller photo.", close=True)
+                      f"The file is {megabytes(int(declared))}; {limit}. Send a smaller photo.")
     chunks, received = [], 0
     try:
         with anyio.fail_after(timeout_s):
@@ -52,8 +55,7 @@ async def read_photo(request: Request, max_bytes: int, timeout_s: float) -> byte
                 received += len(chunk)
                 if received > max_bytes:
                     raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                  f"The file is larger than {megabytes(max_bytes)}; {limit}. Send a smaller photo.",
-                                  close=True)
+                                  f"The file is larger than {megabytes(max_bytes)}; {limit}. Send a smaller photo.")
                 chunks.append(chunk)
     except TimeoutError:
         expected = f" of {megabytes(int(declared))}" if declared is not None else ""
