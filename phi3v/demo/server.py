@@ -99,60 +99,76 @@ def answered(route):
     return endpoint
 
 
+def demo(request: Request) -> DemoState:
+    return request.app.state.demo
+
+
+@answered
+async def page(request: Request) -> Response:
+    return Response(asset("page.html"), media_type="text/html; charset=utf-8", headers=NO_STORE)
+
+
+async def favicon(request: Request) -> Response:
+    return Response(asset("favicon.svg"), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
+@answered
+async def info(request: Request) -> Response:
+    return JSONResponse(demo(request).info(), headers=NO_STORE)
+
+
+@answered
+async def gallery(request: Request) -> Response:
+    return JSONResponse([item.as_json(i) for i, item in enumerate(demo(request).gallery)], headers=NO_STORE)
+
+
+@answered
+async def gallery_file(request: Request) -> Response:
+    items, index, kind = demo(request).gallery, request.path_params["index"], request.path_params["kind"]
+    if index >= len(items) or kind not in ("thumbnail", "photo"):
+        raise Refused(HTTPStatus.NOT_FOUND, f"There is no {kind} of gallery product {index} "
+                      f"(the gallery has {len(items)} products, numbered from 0).")
+    path = items[index].image_path
+    try:
+        if kind == "thumbnail":
+            return Response(await run_in_threadpool(thumbnail_jpeg, path), media_type="image/jpeg")
+        return Response(await run_in_threadpool(path.read_bytes), media_type="application/octet-stream")
+    except (OSError, ImageRejected) as problem:
+        log.warning("gallery product %d: %s", index, problem)
+        raise Refused(HTTPStatus.NOT_FOUND, f"The photo of gallery product {index} cannot be read on the "
+                      "server (the server log says why).") from problem
+
+
+@answered
+async def predict(request: Request) -> Response:
+    state = demo(request)
+    with state.workload.admitted():
+        data = await read_photo(request, state.limits.max_upload_bytes, state.limits.body_timeout_s)
+        answer = await state.workload.answer(data)
+    return JSONResponse(answer.__dict__, headers=NO_STORE)
+
+
+async def not_found(request: Request, problem: HTTPException) -> Response:
+    """Starlette's 404 and 405, as sentences."""
+    if problem.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        return error(problem.status_code, f"{request.method} is not accepted at {request.url.path}.",
+                     dict(problem.headers or {}))
+    return error(problem.status_code, f"There is no page at {request.url.path}.")
+
+
+ROUTES = [
+    Route("/", page), Route("/favicon.svg", favicon), Route("/favicon.ico", favicon),
+    Route("/api/info", info), Route("/api/gallery", gallery),
+    Route("/gallery/{index:int}/{kind}", gallery_file), Route("/api/predict", predict, methods=["POST"]),
+]
+
+
 def build_app(state: DemoState, token: str | None = None) -> Starlette:
     """The ASGI app; with `token`, every request but the favicon's must carry it (phi3v/demo/access.py)."""
-
-    @answered
-    async def page(request: Request) -> Response:
-        return Response(asset("page.html"), media_type="text/html; charset=utf-8", headers=NO_STORE)
-
-    async def favicon(request: Request) -> Response:
-        return Response(asset("favicon.svg"), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
-
-    @answered
-    async def info(request: Request) -> Response:
-        return JSONResponse(state.info(), headers=NO_STORE)
-
-    @answered
-    async def gallery(request: Request) -> Response:
-        return JSONResponse([item.as_json(i) for i, item in enumerate(state.gallery)], headers=NO_STORE)
-
-    @answered
-    async def gallery_file(request: Request) -> Response:
-        index, kind = request.path_params["index"], request.path_params["kind"]
-        if index >= len(state.gallery) or kind not in ("thumbnail", "photo"):
-            raise Refused(HTTPStatus.NOT_FOUND, f"There is no {kind} of gallery product {index} "
-                          f"(the gallery has {len(state.gallery)} products, numbered from 0).")
-        path = state.gallery[index].image_path
-        try:
-            if kind == "thumbnail":
-                return Response(await run_in_threadpool(thumbnail_jpeg, path), media_type="image/jpeg")
-            return Response(await run_in_threadpool(path.read_bytes), media_type="application/octet-stream")
-        except (OSError, ImageRejected) as problem:
-            log.warning("gallery product %d: %s", index, problem)
-            raise Refused(HTTPStatus.NOT_FOUND, f"The photo of gallery product {index} cannot be read on the "
-                          "server (the server log says why).") from problem
-
-    @answered
-    async def predict(request: Request) -> Response:
-        with state.workload.admitted():
-            data = await read_photo(request, state.limits.max_upload_bytes, state.limits.body_timeout_s)
-            answer = await state.workload.answer(data)
-        return JSONResponse(answer.__dict__, headers=NO_STORE)
-
-    async def not_found(request: Request, problem: HTTPException) -> Response:
-        if problem.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
-            return error(problem.status_code, f"{request.method} is not accepted at {request.url.path}.",
-                         dict(problem.headers or {}))
-        return error(problem.status_code, f"There is no page at {request.url.path}.")
-
-    routes = [
-        Route("/", page), Route("/favicon.svg", favicon), Route("/favicon.ico", favicon),
-        Route("/api/info", info), Route("/api/gallery", gallery),
-        Route("/gallery/{index:int}/{kind}", gallery_file), Route("/api/predict", predict, methods=["POST"]),
-    ]
     middleware = [Middleware(TokenGate, token=token)] if token else []
-    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: not_found})
+    app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers={HTTPException: not_found})
+    app.state.demo = state
+    return app
 
 
 @functools.cache
