@@ -74,7 +74,9 @@ def run_browser_test(tmp_path: Path, **environ: str) -> subprocess.CompletedProc
     bare = tmp_path / "bin"
     bare.mkdir(exist_ok=True)
     (bare / "python").symlink_to(sys.executable) if not (bare / "python").exists() else None
-    clean = {k: v for k, v in os.environ.items() if k not in ("PHI3V_CHROMIUM", "PHI3V_REQUIRE_BROWSER")}
+    # PYTEST_ADDOPTS of the outer run could name this very module: the inner pytest would start it again, forever.
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("PHI3V_CHROMIUM", "PHI3V_REQUIRE_BROWSER", "PYTEST_ADDOPTS")}
     environment = {**clean, "PATH": str(bare), "PLAYWRIGHT_BROWSERS_PATH": str(tmp_path / "no-downloads"),
                    "OMP_NUM_THREADS": "1", **environ}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", "--noconftest",
