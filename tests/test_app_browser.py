@@ -52,7 +52,7 @@ def chromium() -> Path:
 
 
 def start_app(*args: str) -> tuple[subprocess.Popen, str]:
-    """`python -m phi3v.app ... port=0`, and its URL once it serves (printed on its first line)."""
+    """`python -m phi3v.app ... port=0`, and its URL once it serves (the line with " on http://")."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "phi3v.app", "host=127.0.0.1", "port=0", *args], cwd=REPO,
                                env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
