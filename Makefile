@@ -11,12 +11,14 @@ PIP    := $(PY) -m pip
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP       := $(VENV)/.installed
+# Playwright's browser download was tried (tests/browser.py --install): `make test` tries it once, `make browser` again.
+BROWSER_STAMP := $(VENV)/.browser-tried
 # The torch request last installed: a changed TORCH_SPEC or TORCH_INDEX rewrites it, and the rule
 # below reinstalls torch (FORCE makes make look at it every time; the file changes only on a change).
 TORCH_STAMP := $(VENV)/.torch-spec
 TORCH_WANT  := $(strip $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)))
 
-.PHONY: install install-gpu train test test-fast lint bench clean FORCE
+.PHONY: install install-gpu browser train test test-fast lint bench clean FORCE
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +38,7 @@ $(TORCH_STAMP): FORCE | $(PY)
 FORCE:
 
 $(STAMP): $(TORCH_STAMP) pyproject.toml setup.py phi3v/modeling/_hd_canvas.c
-	$(PIP) install --quiet -e ".[dev,qlora]"
+	$(PIP) install --quiet -e ".[dev,qlora,app]"
 # W&B's sweep engine (tests/test_sweep.py). It declares numpy<2, yet works with numpy 2; a plain install would
 # downgrade numpy and break pandas. Its real dependencies come with the dev extra (pyproject.toml).
 	$(PIP) install --quiet --no-deps "sweeps==0.3.0"
@@ -52,8 +54,20 @@ install-gpu:
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-test: $(STAMP)
+# The browser test (tests/test_app_browser.py) drives the chromium tests/browser.py finds: PHI3V_CHROMIUM, then
+# chromium/google-chrome on PATH, then Playwright's own download. When there is none, that download is tried once
+# (user-level, never root; where it is blocked it fails in seconds) and the test is skipped, saying how to get one.
+test: $(STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -q
+
+$(BROWSER_STAMP): | $(STAMP)
+	$(PY) tests/browser.py --install
+	@touch $@
+
+# Try Playwright's chromium download again (e.g. now that the network allows it).
+browser: $(STAMP)
+	$(PY) tests/browser.py --install
+	@touch $(BROWSER_STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

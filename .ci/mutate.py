@@ -54,6 +54,8 @@ UNITS = "tests/test_training_units.py"
 THREADS = "tests/test_threads.py"
 CHECKPOINTING = "tests/test_attention_and_checkpointing.py"
 KERNELS = "tests/test_kernels.py"
+APP_PROTOCOL = "tests/test_app_protocol.py"
+BROWSER_POLICY = "tests/test_browser_policy.py"
 MUTATIONS: list[Mutation] = [
     # ---- the six breaks of issue 13 ------------------------------------------------------------------------
     m("resume", "phi3v/training/module.py",
@@ -636,6 +638,91 @@ MUTATIONS: list[Mutation] = [
       'return exported <= best if monitor_mode == "min" else exported >= best',
       'return exported < best if monitor_mode == "min" else exported >= best',
       "tests/test_artifacts.py"),
+    # ---- web demo server (issue 20) and browser policy (issue 19) --------------------------------------------
+    m("web demo", "phi3v/demo/uploads.py",
+      "with anyio.fail_after(timeout_s):", "with anyio.fail_after(None):  # a body may take forever",
+      APP_PROTOCOL, "-k", "shorter_than_its_content_length"),
+    m("web demo", "phi3v/demo/uploads.py",
+      "if declared is not None and int(declared) > max_bytes:", "if False:  # the size is found out by reading",
+      APP_PROTOCOL, "-k", "refused_before_it_is_sent"),
+    m("web demo", "phi3v/demo/uploads.py",
+      "if received > max_bytes:", "if False:  # a chunked body is not counted",
+      APP_PROTOCOL, "-k", "chunked"),
+    m("web demo", "phi3v/demo/uploads.py",
+      'if request.headers.get("content-type", "").lower().startswith(MULTIPART):', "if False:  # forms are photos",
+      "tests/test_app.py", "-k", "form"),
+    m("web demo", "phi3v/demo/serving.py",
+      "if not answering and not self.transport.is_closing():", "if False:  # no deadline for a request's head",
+      APP_PROTOCOL, "-k", "head_that_does_not_arrive or rest_of_a_refused_body"),
+    m("web demo", "phi3v/demo/serving.py",
+      "limit_concurrency=limits.max_connections + 1,", "limit_concurrency=None,",
+      APP_PROTOCOL, "-k", "beyond_the_limit"),
+    m("web demo", "phi3v/demo/serving.py",
+      "self.on_drain()", "pass  # waiting photos wait for the drain timeout",
+      APP_PROTOCOL, "-k", "shutdown"),
+    m("web demo", "phi3v/demo/serving.py",
+      "previous = {sig: signal.signal(sig, _already_handled) for sig in (signal.SIGINT, signal.SIGTERM)}",
+      "previous = {}  # uvicorn's re-raised SIGTERM ends the process with 143",
+      "tests/test_app_server.py", "-k", "sigterm", slow=True),
+    m("web demo", "phi3v/demo/admission.py",
+      "async with self._decoding.holding(pixels):", "async with self._decoding.holding(0):  # no pixel budget",
+      APP_PROTOCOL, "-k", "budget"),
+    m("web demo", "phi3v/demo/admission.py",
+      "async with self._decoding.holding(pixels):", "async with self._decoding.holding(0):  # no pixel budget",
+      "tests/test_app_server.py", "-k", "40_megapixels", slow=True),
+    m("web demo", "phi3v/demo/admission.py",
+      "if pixels >= TRIM_PIXELS:  # the decoded photo is freed now; give its memory back first",
+      "if False:  # freed memory stays in each worker thread's arena",
+      "tests/test_app_server.py", "-k", "40_megapixels", slow=True),
+    m("web demo", "phi3v/demo/admission.py",
+      "if self.in_flight >= self.max_queue:", "if False:  # no queue limit",
+      APP_PROTOCOL, "-k", "beyond_the_queue"),
+    m("web demo", "phi3v/demo/admission.py",
+      "if amount <= self.free:", "if amount <= self.free and not self._waiters:  # strictly first come first served",
+      APP_PROTOCOL, "-k", "capacity"),
+    m("web demo", "phi3v/demo/server.py",
+      'return error(HTTPStatus.SERVICE_UNAVAILABLE, str(busy), {"Retry-After": str(busy.retry_after_s)})',
+      "return error(HTTPStatus.SERVICE_UNAVAILABLE, str(busy))  # no Retry-After",
+      APP_PROTOCOL, "-k", "beyond_the_queue"),
+    m("web demo", "phi3v/demo/access.py",
+      'if self._matches(request.cookies.get(COOKIE)) or self._matches(_bearer(request.headers.get("authorization"))):',
+      "if True:  # the token is never checked",
+      APP_PROTOCOL, "-k", "token"),
+    m("web demo", "phi3v/demo/access.py",
+      "if not is_loopback(host):", "if False:  # no warning off loopback",
+      "tests/test_app.py", "-k", "off_loopback"),
+    m("web demo", "phi3v/app.py",
+      "if loopback or directory is None:", "if True:  # absolute paths off loopback too",
+      "tests/test_app.py", "-k", "off_loopback"),
+    m("web demo", "phi3v/demo/predictor.py",
+      'found = re.search(r"(\\d+) pixels", detail)', "found = None  # the size is not said",
+      "tests/test_app.py", "-k", "users_terms"),
+    m("web demo", "phi3v/demo/page.html",
+      "clearAnswer();", "$(\"error\").textContent = \"\";  // the previous answer stays",
+      "tests/test_app_browser.py", slow=True),
+    m("web demo", "phi3v/demo/page.html",
+      "main { grid-template-columns: 1fr; padding: 12px; gap: 12px; }", "main { padding: 12px; gap: 12px; }",
+      "tests/test_app_browser.py", slow=True),
+    m("web demo", "phi3v/app.py",
+      "if state.workload.generating:", "if False:  # the interpreter exits under a running generation",
+      "tests/test_app_server.py", "-k", "outlives", slow=True),
+    m("web demo", "phi3v/demo/server.py",
+      "except asyncio.CancelledError:  # uvicorn gave up waiting at shutdown (drain_timeout_s): say so, then stop",
+      "except ZeroDivisionError:  # a photo cancelled at shutdown gets no answer",
+      "tests/test_app_server.py", "-k", "outlives", slow=True),
+    m("browser", "tests/browser.py",
+      'return Found(None, f"{ENV_BINARY}={chosen} is not an executable file")',
+      "pass  # a wrong PHI3V_CHROMIUM is ignored",
+      BROWSER_POLICY),
+    m("browser", "tests/test_app_browser.py",
+      "if required():", "if False:  # CI skips it too",
+      BROWSER_POLICY, "-k", "required"),
+    m("browser", ".ci/run",
+      "export PHI3V_REQUIRE_BROWSER=1", "true  # CI may skip the browser test",
+      BROWSER_POLICY, "-k", "ci_runs"),
+    m("browser", "Makefile",
+      "@touch $@", "@true  # the download is tried on every make test",
+      "tests/test_makefile.py"),
 ]
 
 
@@ -673,7 +760,7 @@ def run(mutation: Mutation, timeout: float) -> tuple[str, float]:
     if located is None:
         return "stale", 0.0
     path, original, mutated = located
-    if not compiles(mutated):
+    if path.suffix == ".py" and not compiles(mutated):  # the page, the Makefile, .ci/run: not Python
         return "error", 0.0
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests]

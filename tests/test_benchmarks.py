@@ -194,3 +194,14 @@ def test_gpu_check_figures_and_verdicts_follow_the_recipes_cadence_and_the_targe
         "reserved, 0.500 s a step)",
         "- validation share target <= 5%: NOT met: 6.2% (a validation 20.0 s per 300 batches of 1.000 s)"]
     assert gpu_check.verdicts([], None)[-1] == "- validation share target 5%: not measured"
+
+
+@pytest.mark.slow
+def test_app_probes_run_against_the_app(tmp_path):
+    """benchmarks/app_probes.py (the web demo under hostile clients), its quick groups only."""
+    run("app_probes.py", "--only", "paths,words", "--out", str(tmp_path / "probes.md"), "--log",
+        str(tmp_path / "app.log"), "--", "preset=tiny", "max_new_tokens=2")
+    rows = (tmp_path / "probes.md").read_text().splitlines()
+    assert rows[0] == "| probe | result | time (s) | server still answering |" and len(rows) == 2 + 12
+    assert rows[2].startswith("| GET /../../etc/passwd | 404 Not Found") and rows[2].endswith(" s) |")
+    assert "| POST multipart (curl -F) | 200 {" in rows[-1]

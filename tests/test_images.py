@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phi3v.data.images import REASONS, ImageRejected, inspect_image_bytes, load_product_image
+from phi3v.data.images import REASONS, ImageRejected, image_size, inspect_image_bytes, load_product_image
 
 pytestmark = pytest.mark.unit
 
@@ -204,6 +204,29 @@ def test_bad_bytes_are_rejected_with_their_reason(name):
     assert caught.value.reason == reason
     assert caught.value.detail
     assert reason in REASONS
+
+
+# What decoding rejects only once it reads the pixels (the header is fine) or after the header (modes).
+DECODE_ONLY = {"truncated_jpeg", "truncated_png", "unconvertible_float"}
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_the_header_alone_rejects_what_it_can_with_the_same_reason(name):
+    data, reason = REJECTED[name]
+    if name in DECODE_ONLY:
+        assert image_size(data) == Image.open(io.BytesIO(data)).size
+        return
+    with pytest.raises(ImageRejected) as caught:
+        image_size(data)
+    assert caught.value.reason == reason
+
+
+def test_the_header_gives_the_stored_size_and_the_same_pixel_limit():
+    assert image_size(exif_rotated_jpeg()) == (48, 20)  # stored, not upright: the pixel count is the same
+    data = good_images()["jpeg"][0]  # 40 x 30
+    assert image_size(data, max_pixels=1200) == (40, 30)
+    with pytest.raises(ImageRejected, match="too_many_pixels: 40x30 = 1200 pixels > 1199"):
+        image_size(data, max_pixels=1199)
 
 
 @pytest.mark.parametrize("name", ["html", "truncated_jpeg", "bomb_pillow_error", "svg", "empty"])

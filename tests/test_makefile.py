@@ -1,5 +1,6 @@
 """Tier 1: the install logic of the Makefile, run with a fake Python that records what pip would do
-(no download): a changed TORCH_SPEC or TORCH_INDEX reinstalls torch, an unchanged one does nothing."""
+(no download): a changed TORCH_SPEC or TORCH_INDEX reinstalls torch, an unchanged one does nothing;
+the browser download is tried once by `make test` and again by `make browser`."""
 
 from __future__ import annotations
 
@@ -38,13 +39,13 @@ def make(venv: Path, *arguments: str) -> list[str]:
 
 def test_a_changed_torch_spec_reinstalls_torch_and_an_unchanged_one_does_nothing(venv):
     assert make(venv, "install") == [
-        "-m pip install --quiet torch==2.13.0", "-m pip install --quiet -e .[dev,qlora]",
+        "-m pip install --quiet torch==2.13.0", "-m pip install --quiet -e .[dev,qlora,app]",
         "-m pip install --quiet --no-deps sweeps==0.3.0",
     ]
     assert make(venv, "install") == []  # installed, same request
     assert make(venv, "install", "TORCH_SPEC=torch") == [
         "-m pip install --quiet --force-reinstall --no-deps torch", "-m pip install --quiet torch",
-        "-m pip install --quiet -e .[dev,qlora]", "-m pip install --quiet --no-deps sweeps==0.3.0",
+        "-m pip install --quiet -e .[dev,qlora,app]", "-m pip install --quiet --no-deps sweeps==0.3.0",
     ]
     assert (venv / ".torch-spec").read_text().strip() == "torch"
 
@@ -63,3 +64,13 @@ def test_no_registry_host_is_hard_coded_as_a_default():
     text = (REPO / "Makefile").read_text()
     assert "TORCH_INDEX ?=\n" in text  # empty: the machine's pip configuration decides
     assert not [line for line in text.splitlines() if "http" in line and not line.lstrip().startswith("#")]
+
+
+def test_make_test_tries_the_browser_download_once_and_make_browser_again(venv):
+    install = ["-m pip install --quiet torch==2.13.0", "-m pip install --quiet -e .[dev,qlora,app]",
+               "-m pip install --quiet --no-deps sweeps==0.3.0"]
+    assert make(venv, "test") == [*install, "tests/browser.py --install", "-m pytest -q"]
+    assert make(venv, "test") == ["-m pytest -q"]  # tried already: not on every run
+    assert make(venv, "browser") == ["tests/browser.py --install"]
+    assert make(venv, "test") == ["-m pytest -q"]
+    assert make(venv, "test-fast") == ['-m pytest -q -m not slow']

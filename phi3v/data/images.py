@@ -125,6 +125,20 @@ def decode_product_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Ima
     return _to_rgb(_upright(_decode(data, max_pixels)[0]))
 
 
+def image_size(data: bytes, max_pixels: int = 64_000_000) -> tuple[int, int]:
+    """(width, height) read from the header alone, no pixel decoded: what decoding will cost.
+
+    Raises ImageRejected for everything `decode_product_image` refuses before decoding (empty, not an
+    image, unsupported format, zero size, too many pixels); a cut-off pixel stream shows only when decoding.
+    """
+    if not data:
+        raise ImageRejected("empty", "0 bytes")
+    _reject_text_formats(data)
+    with _open_header(data, max_pixels) as image:
+        _check_pixels(image.size, max_pixels)
+        return image.size
+
+
 def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     """The image with its first frame fully decoded, and its lower-case format name."""
     if not data:

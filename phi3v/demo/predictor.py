@@ -3,25 +3,29 @@
 The only module of the demo that touches inference code (phi3v.inference: export loading, greedy
 decoding; phi3v.task: parsing).
 
-One `Predictor` serves every request of the process: the photo is decoded and preprocessed in the
-request's thread, then generation runs under a lock, one at a time. Serialising costs throughput on
-a GPU that could batch, but it keeps peak memory that of one request and every answer exactly what
-`phi3v.predict image=...` prints for the same photo (greedy decoding, no padding).
+A request goes through three steps, which the server schedules (phi3v/demo/admission.py):
+`pixels` reads the image header (cheap: what decoding will cost), `prepare` decodes the photo and
+builds the model inputs (memory ~ the pixel count; may run in several threads at once), `generate`
+runs the model (one at a time: serialising costs throughput on a GPU that could batch, but it keeps
+peak memory that of one generation and every answer exactly what `phi3v.predict image=...` prints for
+the same photo: greedy decoding, no padding). `answer` chains the three, for scripts and tests.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 
-from phi3v.data.images import REASONS, ImageRejected, decode_product_image
+from phi3v.data.images import ImageRejected, decode_product_image, image_size
 from phi3v.inference import greedy_answers, load_for_inference, load_untrained, pick_device
 from phi3v.task import PromptTemplate
 
 log = logging.getLogger(__name__)
+FORMATS = "JPEG, PNG, WebP or GIF"  # what to suggest (phi3v.data.images.ACCEPTED_FORMATS accepts more)
 
 
 class BadUpload(Exception):
@@ -37,7 +41,7 @@ class Answer:
     category: str | None
     price: float | None
     latency_s: float  # decoding the photo, preprocessing and generation
-    queued_s: float  # waiting for other users' generations to finish
+    queued_s: float  # waiting for other users' photos (decoding budget, generations before this one)
 
 
 class Predictor:
@@ -60,33 +64,70 @@ class Predictor:
         self.source = source
         self.max_new_tokens = max_new_tokens
         self.max_pixels = max_pixels
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # `answer` only: the server serialises `generate` itself
 
-    def answer(self, data: bytes) -> Answer:
-        """The model's answer for an encoded photo. Raises BadUpload when the bytes are not a usable image."""
-        start = time.perf_counter()
+    def pixels(self, data: bytes) -> int:
+        """width * height from the photo's header (nothing decoded). Raises BadUpload."""
+        try:
+            width, height = image_size(data, self.max_pixels)
+        except ImageRejected as rejected:
+            raise BadUpload(upload_message(rejected, self.max_pixels)) from rejected
+        return width * height
+
+    def prepare(self, data: bytes) -> dict:
+        """The model inputs for an encoded photo (decoded, EXIF-rotated, preprocessed). Raises BadUpload."""
         try:
             image = decode_product_image(data, self.max_pixels)
         except ImageRejected as rejected:
-            raise BadUpload(upload_message(rejected)) from rejected
-        inputs = self.processor(self.template.prompt(), [image], padding_side="left")
+            raise BadUpload(upload_message(rejected, self.max_pixels)) from rejected
+        return self.processor(self.template.prompt(), [image], padding_side="left")
+
+    def generate(self, inputs: dict) -> str:
+        """The model's answer text. Not thread-safe: one call at a time."""
+        return greedy_answers(self.model, self.processor, inputs, self.max_new_tokens)[0]
+
+    def parsed(self, text: str, latency_s: float, queued_s: float) -> Answer:
+        fields = self.template.parse(text)
+        return Answer(text, fields.title, fields.category, fields.price, round(latency_s, 3), round(queued_s, 3))
+
+    def answer(self, data: bytes) -> Answer:
+        """The model's answer for an encoded photo, in the calling thread. Raises BadUpload."""
+        start = time.perf_counter()
+        self.pixels(data)
+        inputs = self.prepare(data)
         waiting = time.perf_counter()
         with self._lock:
             queued = time.perf_counter() - waiting
-            text = greedy_answers(self.model, self.processor, inputs, self.max_new_tokens)[0]
-        parsed = self.template.parse(text)
-        latency = time.perf_counter() - start - queued
-        return Answer(text, parsed.title, parsed.category, parsed.price, round(latency, 3), round(queued, 3))
+            text = self.generate(inputs)
+        return self.parsed(text, time.perf_counter() - start - queued, queued)
 
 
-def upload_message(rejected: ImageRejected) -> str:
-    """One sentence for the uploader: what is wrong and what to send instead."""
-    if rejected.reason == "too_many_pixels":
-        return f"This image has too many pixels to decode safely ({rejected.detail}). Send a smaller photo."
-    if rejected.reason == "empty":
+def upload_message(rejected: ImageRejected, max_pixels: int) -> str:
+    """One sentence for the uploader: what is wrong with the file, which limit, what to send instead."""
+    reason, detail = rejected.reason, rejected.detail
+    if reason == "empty":
         return "The file is empty (0 bytes). Choose a photo."
-    meaning = REASONS.get(rejected.reason, rejected.reason)
-    return f"This file cannot be used as a photo: {meaning} ({rejected.detail}). Send a JPEG, PNG, WebP or GIF."
+    if reason == "not_an_image":
+        return f"This file is not a photo (it is text, a web page or another kind of file). Send a {FORMATS} photo."
+    if reason == "unsupported_format":  # detail: "<name> is not accepted", the name as users know it
+        name = detail.removesuffix(" is not accepted")
+        return f"This is a {name} file, which the demo cannot read. Convert it to {FORMATS} and send it again."
+    if reason == "too_many_pixels":
+        return pixels_message(detail, max_pixels)
+    if reason == "zero_size":
+        return "This image says it is 0 pixels wide or high: there is nothing to look at. Send another photo."
+    if reason == "unconvertible":
+        return f"This image's colours cannot be read as an ordinary photo. Save it as {FORMATS} and send it again."
+    return "This image file is damaged or cut off: its pixels cannot be decoded. Send the complete photo again."
+
+
+def pixels_message(detail: str, max_pixels: int) -> str:
+    """Both our check and Pillow's own bomb guard write the pixel count as "<n> pixels" in the detail
+    ("4000x3000 = 12000000 pixels > ...", "Image size (180000000 pixels) exceeds limit of ...")."""
+    found = re.search(r"(\d+) pixels", detail)
+    size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "more pixels than that"
+    return (f"This image is too large to read: {size}; the limit is {max_pixels / 1e6:g} megapixels. "
+            "Resize it (a few megapixels are plenty) and send it again.")
 
 
 def load_predictor(

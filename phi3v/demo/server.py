@@ -1,161 +1,176 @@
-"""The demo's HTTP server: one self-contained page and a small JSON API, on Python's standard library.
+"""The demo's web app: one self-contained page and a small JSON API (Starlette; served by uvicorn,
+see phi3v/demo/serving.py).
 
 Routes
   GET  /                        the page (page.html: inline CSS and JS, no external URL of any kind)
+  GET  /favicon.svg, .ico       the icon (page.html links the SVG)
   GET  /api/info                what model answers, its prompt, the gallery size and split counts
   GET  /api/gallery             the run's test products: true vs predicted fields
   GET  /gallery/<i>/thumbnail   a small JPEG of gallery product i
   GET  /gallery/<i>/photo       its photo as stored (the page posts it to /api/predict when picked)
-  POST /api/predict             body = the raw bytes of a photo -> {text, title, category, price, latency_s, ...}
+  POST /api/predict             the photo as the raw body, or as the one file of a multipart form
+                                -> {text, title, category, price, latency_s, queued_s}
 
-Every error is a JSON `{"error": "..."}` with a 4xx/5xx status and a sentence for the user; an
-unexpected failure is logged with its traceback on the server and reported as "internal error" only.
-Requests are served by a thread each (ThreadingHTTPServer); the Predictor serialises generation.
+Every error is a JSON `{"error": "..."}` with a 4xx/5xx status and a sentence for the user (what is
+wrong, which limit, what to do); a 503 carries Retry-After. An unexpected failure is logged with its
+traceback on the server and reported as "internal error" only. Starlette owns routing (only these
+paths exist: `..`, encoded or not, and any other path are a 404) and the form parsing; the upload
+rules are phi3v/demo/uploads.py, the scheduling of predictions phi3v/demo/admission.py.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import functools
 import logging
-import re
-from functools import lru_cache
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from phi3v.data.images import ImageRejected
+from phi3v.demo.access import TokenGate
+from phi3v.demo.admission import Unavailable, Workload
 from phi3v.demo.gallery import GalleryItem, thumbnail_jpeg
+from phi3v.demo.limits import ServerLimits
 from phi3v.demo.predictor import BadUpload, Predictor
+from phi3v.demo.uploads import ClientGone, Refused, read_photo
 
 log = logging.getLogger(__name__)
-DISCARD_LIMIT = 512_000_000  # bytes of a refused upload still read (and dropped) to reply cleanly
-_GALLERY_ROUTE = re.compile(r"^/gallery/(\d+)/(thumbnail|photo)$")
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 class DemoState:
-    """What every request reads: the predictor, the gallery and the upload limit (bytes)."""
+    """What every request reads: the predictor, the gallery and what /api/info says.
+
+    Args:
+        model_name: how /api/info names the model (the app passes no absolute path off loopback).
+    """
 
     def __init__(self, predictor: Predictor, gallery: list[GalleryItem], counts: dict[str, int],
-                 max_upload_bytes: int = 20_000_000):
+                 limits: ServerLimits, model_name: str | None = None):
         self.predictor = predictor
         self.gallery = gallery
         self.counts = counts
-        self.max_upload_bytes = max_upload_bytes
+        self.limits = limits
+        self.model_name = model_name or predictor.source
+        self.workload = Workload(predictor, limits.max_queue, limits.decode_pixels)
 
     def info(self) -> dict:
         template = self.predictor.template
-        return {"model": self.predictor.source, "question": template.question, "answer_format": template.answer,
+        return {"model": self.model_name, "question": template.question, "answer_format": template.answer,
                 "gallery_size": len(self.gallery), "split_counts": self.counts,
-                "max_upload_mb": self.max_upload_bytes / 1e6}
+                "max_upload_mb": self.limits.max_upload_mb, "max_megapixels": self.predictor.max_pixels / 1e6}
 
 
-class Failure(Exception):
-    """A request that gets an error status and a message for the user."""
-
-    def __init__(self, status: HTTPStatus, message: str):
-        super().__init__(message)
-        self.status = status
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status, {**NO_STORE, **(headers or {})})
 
 
-class DemoHandler(BaseHTTPRequestHandler):
-    state: DemoState  # set on the subclass made by `make_server`
-    server_version = "phi3v-demo"
+def answered(route):
+    """Expected failures become their status and sentence; a bug becomes a logged 500."""
 
-    def do_GET(self) -> None:  # http.server's naming
-        self._respond(self._get)
-
-    def do_POST(self) -> None:
-        self._respond(self._post)
-
-    def _get(self) -> tuple[HTTPStatus, str, bytes]:
-        path = self.path.split("?", 1)[0]
-        if path == "/":
-            return HTTPStatus.OK, "text/html; charset=utf-8", page()
-        if path == "/api/info":
-            return _json(self.state.info())
-        if path == "/api/gallery":
-            return _json([item.as_json(i) for i, item in enumerate(self.state.gallery)])
-        match = _GALLERY_ROUTE.match(path)
-        if match:
-            return self._gallery_file(int(match.group(1)), match.group(2))
-        raise Failure(HTTPStatus.NOT_FOUND, f"no page at {path}")
-
-    def _gallery_file(self, index: int, kind: str) -> tuple[HTTPStatus, str, bytes]:
-        if index >= len(self.state.gallery):
-            raise Failure(HTTPStatus.NOT_FOUND, f"the gallery has {len(self.state.gallery)} products, not {index + 1}")
-        path = self.state.gallery[index].image_path
+    @functools.wraps(route)
+    async def endpoint(request: Request) -> Response:
         try:
-            if kind == "thumbnail":
-                return HTTPStatus.OK, "image/jpeg", thumbnail_jpeg(path)
-            return HTTPStatus.OK, "application/octet-stream", path.read_bytes()
-        except (OSError, ImageRejected) as problem:
-            message = f"the photo of gallery product {index} cannot be read: {problem}"
-            raise Failure(HTTPStatus.NOT_FOUND, message) from problem
-
-    def _post(self) -> tuple[HTTPStatus, str, bytes]:
-        if self.path.split("?", 1)[0] != "/api/predict":
-            raise Failure(HTTPStatus.NOT_FOUND, f"no endpoint at {self.path}")
-        answer = self.state.predictor.answer(self._body())
-        return _json(answer.__dict__)
-
-    def _body(self) -> bytes:
-        """The request body, refused unread when it is larger than the upload limit."""
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise Failure(HTTPStatus.LENGTH_REQUIRED, "send the photo as the request body, with a Content-Length")
-        size, limit = int(length), self.state.max_upload_bytes
-        if size > limit:
-            self._discard(size)
-            raise Failure(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                          f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB. Send a smaller photo.")
-        return self.rfile.read(size)
-
-    def _discard(self, size: int) -> None:
-        """Read and drop a refused body so the client, still sending, gets the answer instead of a reset.
-        Bodies over DISCARD_LIMIT are not worth the bandwidth: the connection is closed on them unread."""
-        self.close_connection = True  # nothing after a refused body is parsed as the next request
-        if size > DISCARD_LIMIT:
-            return
-        while size > 0:
-            chunk = self.rfile.read(min(size, 1 << 20))
-            if not chunk:
-                return
-            size -= len(chunk)
-
-    def _respond(self, route) -> None:
-        try:
-            status, kind, body = route()
-        except Failure as failure:
-            status, kind, body = _json({"error": str(failure)}, failure.status)
+            return await route(request)
+        except Refused as refused:
+            return error(refused.status, str(refused), {"Connection": "close"} if refused.close else None)
         except BadUpload as problem:
-            status, kind, body = _json({"error": str(problem)}, HTTPStatus.BAD_REQUEST)
+            return error(HTTPStatus.BAD_REQUEST, str(problem))
+        except Unavailable as busy:
+            return error(HTTPStatus.SERVICE_UNAVAILABLE, str(busy), {"Retry-After": str(busy.retry_after_s)})
+        except asyncio.CancelledError:  # uvicorn gave up waiting at shutdown (drain_timeout_s): say so, then stop
+            return error(HTTPStatus.SERVICE_UNAVAILABLE, "The demo stopped before your photo's answer was ready. "
+                         "Try again in a minute.", {"Retry-After": "60"})
+        except ClientGone:
+            log.info("%s left before sending the whole photo", request.client.host if request.client else "a client")
+            return Response(status_code=HTTPStatus.BAD_REQUEST)  # nobody reads it; uvicorn drops it
         except Exception:  # a bug: the traceback goes to the server log, never to the page
-            log.exception("request %s %s failed", self.command, self.path)
-            status, kind, body = _json({"error": "internal error (the server log has the details)"},
-                                       HTTPStatus.INTERNAL_SERVER_ERROR)
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+            log.exception("request %s %s failed", request.method, request.url.path)
+            return error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (the server log has the details)")
 
-    def log_message(self, format: str, *args) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+    return endpoint
 
 
-def _json(payload, status: HTTPStatus = HTTPStatus.OK) -> tuple[HTTPStatus, str, bytes]:
-    return status, "application/json", json.dumps(payload).encode()
+def demo(request: Request) -> DemoState:
+    return request.app.state.demo
 
 
-@lru_cache(maxsize=1)
-def page() -> bytes:
-    return resources.files("phi3v.demo").joinpath("page.html").read_bytes()
+@answered
+async def page(request: Request) -> Response:
+    return Response(asset("page.html"), media_type="text/html; charset=utf-8", headers=NO_STORE)
 
 
-def make_server(state: DemoState, host: str = "127.0.0.1", port: int = 7860) -> ThreadingHTTPServer:
-    """A server bound to (host, port) (port 0: any free port, see `server.server_address`); not yet serving."""
-    handler = type("BoundDemoHandler", (DemoHandler,), {"state": state})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True  # Ctrl-C does not wait for open keep-alive connections
-    return server
+async def favicon(request: Request) -> Response:
+    return Response(asset("favicon.svg"), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
+@answered
+async def info(request: Request) -> Response:
+    return JSONResponse(demo(request).info(), headers=NO_STORE)
+
+
+@answered
+async def gallery(request: Request) -> Response:
+    return JSONResponse([item.as_json(i) for i, item in enumerate(demo(request).gallery)], headers=NO_STORE)
+
+
+@answered
+async def gallery_file(request: Request) -> Response:
+    items, index, kind = demo(request).gallery, request.path_params["index"], request.path_params["kind"]
+    if index >= len(items) or kind not in ("thumbnail", "photo"):
+        raise Refused(HTTPStatus.NOT_FOUND, f"There is no {kind} of gallery product {index} "
+                      f"(the gallery has {len(items)} products, numbered from 0).")
+    path = items[index].image_path
+    try:
+        if kind == "thumbnail":
+            return Response(await run_in_threadpool(thumbnail_jpeg, path), media_type="image/jpeg")
+        return Response(await run_in_threadpool(path.read_bytes), media_type="application/octet-stream")
+    except (OSError, ImageRejected) as problem:
+        log.warning("gallery product %d: %s", index, problem)
+        raise Refused(HTTPStatus.NOT_FOUND, f"The photo of gallery product {index} cannot be read on the "
+                      "server (the server log says why).") from problem
+
+
+@answered
+async def predict(request: Request) -> Response:
+    state = demo(request)
+    with state.workload.admitted():
+        data = await read_photo(request, state.limits.max_upload_bytes, state.limits.body_timeout_s)
+        answer = await state.workload.answer(data)
+    return JSONResponse(answer.__dict__, headers=NO_STORE)
+
+
+async def not_found(request: Request, problem: HTTPException) -> Response:
+    """Starlette's 404 and 405, as sentences."""
+    if problem.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        return error(problem.status_code, f"{request.method} is not accepted at {request.url.path}.",
+                     dict(problem.headers or {}))
+    return error(problem.status_code, f"There is no page at {request.url.path}.")
+
+
+ROUTES = [
+    Route("/", page), Route("/favicon.svg", favicon), Route("/favicon.ico", favicon),
+    Route("/api/info", info), Route("/api/gallery", gallery),
+    Route("/gallery/{index:int}/{kind}", gallery_file), Route("/api/predict", predict, methods=["POST"]),
+]
+
+
+def build_app(state: DemoState, token: str | None = None) -> Starlette:
+    """The ASGI app; with `token`, every request but the favicon's must carry it (phi3v/demo/access.py)."""
+    middleware = [Middleware(TokenGate, token=token)] if token else []
+    app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers={HTTPException: not_found})
+    app.state.demo = state
+    return app
+
+
+@functools.cache
+def asset(name: str) -> bytes:
+    return resources.files("phi3v.demo").joinpath(name).read_bytes()
