@@ -3,6 +3,7 @@ never write a CPU run's tables into benchmarks/results."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -92,18 +93,18 @@ def test_gpu_benchmark_checkpoints_every_nth_layer_and_compiles_each_layer(tmp_p
     assert "| lora | 1 | 1 | every 2 | sdpa +compile | none | recipe | 339 |" in (tmp_path / "gpu.md").read_text()
 
 
-def threads_benchmark():
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (they are scripts, not a package)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        import threads
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    return threads
 
 
 def test_threads_benchmark_busy_loops_run_in_their_own_sessions_and_are_killed():
     """The load beside a run is another application: its own session (autogroup), gone after the run."""
-    threads = threads_benchmark()
+    threads = benchmark_module("threads")
     loops = threads.start_busy_loops(2)
     try:
         assert all(os.getsid(loop.pid) == loop.pid != os.getsid(0) for loop in loops)
@@ -159,19 +160,10 @@ def test_gpu_check_runs_every_phase_on_cpu_and_writes_only_where_asked(tmp_path)
     assert sorted(p.name for p in (tmp_path / "work").glob("*.log")) == ["eager.log", "train.log"]
 
 
-def gpu_check_module():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return gpu_check
-
-
 def test_gpu_check_figures_and_verdicts_follow_the_recipes_cadence_and_the_targets(tmp_path):
     """The validation share: one validation per half epoch of 2,400 photos in batches of 4 (300 batches);
     the MFU targets: the best batch-4 cell within 76 GiB (an 80 GB card) and within 24 GiB."""
-    gpu_check = gpu_check_module()
+    gpu_check = benchmark_module("gpu_check")
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "metrics.csv").write_text(
         "step,train/samples_per_s,train/peak_memory_gib,val/seconds\n"
