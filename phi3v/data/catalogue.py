@@ -50,14 +50,14 @@ class ColumnMap:
     id: str | None = "product_code"
 
     def __post_init__(self) -> None:
-        image = self.image
+        image = given = self.image
         if not isinstance(image, str):  # a list from YAML or the command line: a tuple (frozen, hashable)
             image = tuple(image) if isinstance(image, Iterable) and not isinstance(image, Mapping) else image
             object.__setattr__(self, "image", image)
         if not (isinstance(image, str) and image or isinstance(image, tuple) and image
                 and all(isinstance(column, str) and column for column in image)):
             raise ValueError(f"data.columns.image must be a column name or a non-empty list of column names, "
-                             f"got {self.image!r}")
+                             f"got {given!r}")
 
     @property
     def photo_columns(self) -> tuple[str, ...]:
