@@ -168,10 +168,11 @@ def run(cfg: DictConfig) -> None:
 
 
 def check_command(cfg: DictConfig) -> None:
-    """The command line as given (HydraConfig's overrides), then the composed config."""
+    """The command line as given (HydraConfig's overrides, when Hydra runs the command), then the composed config."""
     from hydra.core.hydra_config import HydraConfig
 
-    check_repeated_image(list(HydraConfig.get().overrides.task))
+    if HydraConfig.initialized():
+        check_repeated_image(list(HydraConfig.get().overrides.task))
     check_config(cfg)
 
 
