@@ -297,3 +297,20 @@ def test_the_synthetic_second_view_is_each_items_second_photo(tmp_path, processo
     assert all(len(p) == 2 for p in module.datasets["train"].table.column("image_paths").to_pylist())
     prompt = Phi3VCollator(processor, module.template).prompt(2)
     assert prompt == "<|user|>\n<|image_1|><|image_2|>What is shown in this image?<|end|>\n<|assistant|>\n"
+
+
+# ---- one photo: the seed's strings, byte for byte ---------------------------------------------------------
+SEED_PROMPT = "<|user|>\n<|image_1|>What is shown in this image?<|end|>\n<|assistant|>\n"
+
+
+@pytest.mark.parametrize("group", ["sample", "burberry"])
+def test_a_one_photo_items_prompt_and_answer_are_the_seeds_byte_for_byte(group, hydra_context, processor):
+    from hydra import compose
+
+    spec = typed(DataSpec, compose("train", overrides=[f"data={group}"]).data)
+    assert spec.columns.photo_columns == ("imageurl",) and spec.photos == PhotoSpec()
+    collator = Phi3VCollator(processor, spec.prompt, "generate")
+    assert collator.prompt(1) == spec.prompt.prompt() == SEED_PROMPT
+    assert spec.prompt.target("Check Scarf", "SCARVES", 1250.0) == (
+        "Product: Check Scarf, Category: SCARVES, Full Price: 1250.0")
+    assert collator.prompt(3) == SEED_PROMPT.replace("<|image_1|>", "<|image_1|><|image_2|><|image_3|>")
