@@ -43,7 +43,7 @@ def test_a_records_answer_row_is_the_prediction_row_of_its_photos_and_true_price
 
 def test_answered_keeps_the_supervised_rows_with_their_truth_and_parsed_fields():
     meta = {"supervised": [True, False, True], "product_id": ["a", "b", "c"],
-            "image_paths": [("a.jpg",), ("b.jpg",), ("c.jpg",)],
+            "image_paths": [("a.jpg",), ("b.jpg",), ("c.jpg", "c-back.jpg")],
             "target": ["ta", "tb", "tc"],
             "truth": [{"title": "A", "category": "X", "price": 1.0}, {"title": "B", "category": "Y", "price": 2.0},
                       {"title": "C", "category": "Z", "price": 3.0}]}
@@ -53,6 +53,7 @@ def test_answered_keeps_the_supervised_rows_with_their_truth_and_parsed_fields()
     assert got[0][1] == Answer("a", ("a.jpg",), "ta", predictions[0], ParsedAnswer("A", "X", 1.5),
                                {"title": "A", "category": "X", "price": 1.0})
     assert got[1][1].parsed == ParsedAnswer(None, None, 7.0) and got[1][1].truth["price"] == 3.0
+    assert got[1][1].image_paths == ("c.jpg", "c-back.jpg")  # every photo of the product
 
 
 def test_answer_metrics_score_the_parsed_fields_the_price_rank_and_the_token_mean_loss():

@@ -314,3 +314,23 @@ def test_a_one_photo_items_prompt_and_answer_are_the_seeds_byte_for_byte(group, 
     assert spec.prompt.target("Check Scarf", "SCARVES", 1250.0) == (
         "Product: Check Scarf, Category: SCARVES, Full Price: 1250.0")
     assert collator.prompt(3) == SEED_PROMPT.replace("<|image_1|>", "<|image_1|><|image_2|><|image_3|>")
+
+
+def test_an_item_whose_photo_turns_unreadable_keeps_its_photo_count_unsupervised(mixed_catalogue, processor):
+    """A photo broken after prepare: its item still fills as many image slots (white placeholders, the same
+    graph on every rank) but gets no labels, and counts once as skipped."""
+    module = module_for(mixed_catalogue, "keep", processor)
+    dataset = module.datasets["train"]
+    two = next(i for i in range(len(dataset)) if len(dataset[i].image_paths) == 2)
+    victim = dataset.image_files(two)[1]
+    original = victim.read_bytes()
+    try:
+        victim.write_text("no longer a photo")
+        sample = dataset[two]
+        batch = Phi3VCollator(processor, module.template, "train")([sample, dataset[(two + 1) % len(dataset)]])
+    finally:
+        victim.write_bytes(original)
+    assert sample.images is None and sample.error == "not_an_image" and len(sample.image_paths) == 2
+    assert batch["meta"]["supervised"] == [False, True] and batch["meta"]["skipped_images"] == 1
+    ids = batch["input_ids"][0]
+    assert set(ids[ids < 0].unique().tolist()) == {-1, -2} and (batch["labels"][0] == IGNORE_INDEX).all()
