@@ -51,6 +51,7 @@ TWO_COLUMNS = ColumnMap(image=["imageurl", "detail_imageurl"])
     ({"imageurl": ["a.jpg", "", "n/a"], "detail_imageurl": "  "}, ("a.jpg",)),  # placeholders are no photo
     ({"imageurl": "", "detail_imageurl": "d.jpg"}, ("d.jpg",)),
     ({"imageurl": "[draft].jpg", "detail_imageurl": float("nan")}, ("[draft].jpg",)),  # not JSON: a path
+    ({"imageurl": np.str_("a.jpg"), "detail_imageurl": np.float64("nan")}, ("a.jpg",)),  # numpy scalars
 ])
 def test_an_items_photos_are_every_columns_cells_in_order(cells, photos):
     assert item_photos(cells, TWO_COLUMNS) == photos

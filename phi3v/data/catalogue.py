@@ -16,7 +16,7 @@ Several photos per item (`ColumnMap.image`, `item_photos`): the image column may
 JSONL list, or a JSON array written in a CSV cell: `["a.jpg", "b.jpg"]`); an item's photos are all of
 them in column order, each cell's list in its order. An empty or placeholder cell (or list entry) is
 no photo; an item with none is `missing_image`. Which photos are used, and what an unreadable one does,
-is decided when they are fetched (phi3v.data.manifest, `PhotoSpec`).
+is decided when they are fetched (phi3v.data.photo_files, `PhotoSpec`).
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ def _cell_photos(value: object) -> list:
     """The photos of one cell: a list's items, a JSON array's items, or the value itself."""
     if isinstance(value, (list, tuple)):
         return list(value)
-    if hasattr(value, "tolist") and not isinstance(value, str):  # a numpy array (a pandas list cell)
-        return list(value.tolist())
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy: an array (a pandas list cell), a scalar
+        items = value.tolist()
+        return items if isinstance(items, list) else [items]
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             items = json.loads(value)
