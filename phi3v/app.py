@@ -1,10 +1,11 @@
 """`python -m phi3v.app adapter=outputs/<run>/adapter`: try a fine-tune in the browser.
 
-Drop or pick a product photo and see the answer parsed into title / category / price, the generated
-text and the latency; a gallery shows the run's test products with their true and predicted values
-(click one to ask the model again). Also `export=<dir>` (phi3v.export output) and `preset=tiny`
-(untrained random weights, to try the page right after `make train` or install). conf/app.yaml lists
-the keys; the server needs the `app` extra (`pip install -e .[app]`; `make install` has it).
+Drop or pick a product photo (or several photos of one product) and see the answer parsed into title /
+category / price, the generated text and the latency; a gallery shows the run's test products (all their
+photos) with their true and predicted values (click one to ask the model again). Also `export=<dir>`
+(phi3v.export output) and `preset=tiny` (untrained random weights, to try the page right after
+`make train` or install). conf/app.yaml lists the keys; the server needs the `app` extra
+(`pip install -e .[app]`; `make install` has it).
 
 The page is one self-contained HTML file (phi3v/demo/page.html); Starlette routes its API and uvicorn
 serves it (phi3v/demo/serving.py says what each owns, and what we add: deadlines, the pixel budget,
@@ -33,8 +34,8 @@ from phi3v.modeling.presets import PRESETS
 
 log = logging.getLogger("phi3v.app")
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]{8,}")  # URL-safe: it goes into the printed link as it is
-POSITIVE = ("max_new_tokens", "max_upload_mb", "max_pixels", "body_timeout_s", "header_timeout_s", "max_connections",
-            "max_queue", "decode_pixels", "drain_timeout_s")
+POSITIVE = ("max_new_tokens", "max_upload_mb", "max_photos", "max_pixels", "body_timeout_s", "header_timeout_s",
+            "max_connections", "max_queue", "decode_pixels", "drain_timeout_s")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -93,8 +94,9 @@ def model_name(cfg: DictConfig, source: str, loopback: bool) -> str:
 
 
 def run(cfg: DictConfig) -> None:
+    from phi3v.data.splits import split_counts
     from phi3v.demo.access import is_loopback, start_lines
-    from phi3v.demo.gallery import load_gallery, split_counts
+    from phi3v.demo.gallery import load_gallery
     from phi3v.demo.limits import ServerLimits
     from phi3v.demo.predictor import load_predictor
     from phi3v.demo.server import DemoState, build_app

@@ -14,6 +14,8 @@ An export directory (written by phi3v.shipping.adapter) holds
 An `Answer` is one product's generated answer beside its truth, the fields of both keyed by name;
 its prediction row (`prediction_row`, columns `COLUMNS`) is the same wherever answers are written:
 training's predictions/*.csv, predict's .jsonl/.csv and the demo's gallery, which reads the former.
+The row's `image_path` is the product's photo, or its photos joined by ";" in the order the model saw
+them (`photo_paths` splits it back); a one-photo product's row is what it always was.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PROMPT_FILE = "prompt.json"
+PHOTO_SEPARATOR = ";"  # between the photos of one product in a prediction row's image_path
 COLUMNS = (
     "product_id", "image_path", "target", "prediction",
     "parsed_title", "parsed_category", "parsed_price", "true_price", "price_error_pct",
@@ -157,9 +160,9 @@ class Answer:
     truth: Mapping[str, Any]
 
     def row(self) -> dict:
-        """The prediction row (`COLUMNS`): the first photo, the parsed fields, the signed price error."""
-        return prediction_row(self.product_id, self.image_paths[0], self.target, self.prediction, self.parsed,
-                              self.truth["price"])
+        """The prediction row (`COLUMNS`): the photos, the parsed fields, the signed price error."""
+        return prediction_row(self.product_id, PHOTO_SEPARATOR.join(map(str, self.image_paths)), self.target,
+                              self.prediction, self.parsed, self.truth["price"])
 
 
 def answered(meta: Mapping[str, Any], predictions: list[str], template: PromptTemplate) -> list[tuple[int, Answer]]:
@@ -167,7 +170,7 @@ def answered(meta: Mapping[str, Any], predictions: list[str], template: PromptTe
     (phi3v.data.collate.BatchMeta) and the answers generated for it; unreadable images and the padding
     repeats of a distributed sampler get none."""
     return [
-        (i, Answer(meta["product_id"][i], (meta["image_path"][i],), meta["target"][i], prediction,
+        (i, Answer(meta["product_id"][i], tuple(meta["image_paths"][i]), meta["target"][i], prediction,
                    template.parse(prediction), meta["truth"][i]))
         for i, prediction in enumerate(predictions) if meta["supervised"][i]
     ]
@@ -184,6 +187,11 @@ def prediction_row(
         "parsed_title": parsed.title, "parsed_category": parsed.category, "parsed_price": parsed.price,
         "true_price": true_price, "price_error_pct": price_error_pct(parsed.price, true_price),
     }
+
+
+def photo_paths(row: Mapping[str, Any]) -> list[str]:
+    """The photos of a prediction row, in order (its `image_path`, split at `PHOTO_SEPARATOR`)."""
+    return str(row["image_path"]).split(PHOTO_SEPARATOR)
 
 
 def write_predictions(rows: Iterable[dict], out: str | os.PathLike) -> int:

@@ -1,4 +1,5 @@
-"""`python -m phi3v.predict adapter=<dir> image=<file>`: describe one product photo, or
+"""`python -m phi3v.predict adapter=<dir> image=<file>`: describe one product photo (or one product from
+several photos: `image=[front.jpg,back.jpg]`, asked in that order with one <|image_k|> each), or
 `python -m phi3v.predict adapter=<run>/adapter split=test out=preds.jsonl`: predict a split of the run.
 
 `adapter` is any phi3v export (LoRA adapter, full fine-tune or merged model). Everything about the run
@@ -11,7 +12,8 @@ command says which). An export without a run beside it splits `data=` by its dat
 Decoding is greedy, batched with left padding, and stops at `<|end|>`.
 Split predictions are written as .jsonl or .csv with one row per product (unreadable images are skipped):
   product_id, image_path, target, prediction, parsed_title, parsed_category, parsed_price, true_price,
-  price_error_pct (signed: 100 * (parsed - true) / true; the row of phi3v.inference, as in training's CSVs)
+  price_error_pct (signed: 100 * (parsed - true) / true; the row of phi3v.inference, as in training's CSVs;
+  a product with several photos has them all in image_path, joined by ";")
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from phi3v.cli import UsageError, check_dtype, check_export_dir, quiet_console, require, run_command, start
 from phi3v.data.splits import SPLITS, has_splits
@@ -46,8 +48,9 @@ def check_config(cfg: DictConfig) -> None:
     check_export_dir("adapter", cfg.adapter)
     check_dtype(cfg.dtype)
     if cfg.image is not None:
-        if not Path(cfg.image).is_file():
-            raise UsageError(f"image={cfg.image}: no such file")
+        for path in photo_arguments(cfg.image):
+            if not Path(path).is_file():
+                raise UsageError(f"image={path}: no such file")
         return
     if cfg.split not in SPLITS:
         raise UsageError(f"split={cfg.split}: choose one of {', '.join(SPLITS)}")
@@ -60,19 +63,42 @@ def check_config(cfg: DictConfig) -> None:
                          "beside it), so name the catalogue to predict (e.g. data=sample)")
 
 
+def check_repeated_image(overrides: list[str]) -> None:
+    """`image=a.jpg image=b.jpg` on the command line: Hydra keeps only the last value, so a photo would be
+    left out without a word. Refused, with the list form to write instead."""
+    given = [override for override in overrides if override.split("=", 1)[0].lstrip("+~") == "image"]
+    if len(given) > 1:
+        photos = ",".join(override.split("=", 1)[1] for override in given)
+        raise UsageError(f"image= is given {len(given)} times and only the last would be used: name one product's "
+                         f"photos as a list, image=[{photos}]")
+
+
+def photo_arguments(value) -> list[str]:
+    """The photo path(s) of `image=`: one path, or a list (`image=[front.jpg,back.jpg]`)."""
+    if isinstance(value, (ListConfig, list, tuple)):
+        if not value:
+            raise UsageError("image=[]: name at least one photo")
+        return [str(path) for path in value]
+    return [str(value)]
+
+
 # ---- generation ------------------------------------------------------------------------------
 def predict_image(
-    model, processor: Phi3VProcessor, template: PromptTemplate, path: str | os.PathLike, max_new_tokens: int
+    model, processor: Phi3VProcessor, template: PromptTemplate, paths: str | os.PathLike | list, max_new_tokens: int
 ) -> tuple[str, ParsedAnswer]:
-    """The answer for one photo and its parsed fields."""
+    """The answer for one product, from one photo or several (asked in order, one <|image_k|> each), and
+    its parsed fields."""
     from phi3v.data.images import ImageRejected, load_product_image
     from phi3v.inference import greedy_answers
 
-    try:
-        image = load_product_image(path)
-    except ImageRejected as problem:
-        raise UsageError(f"image={path}: unusable image ({problem.reason}: {problem.detail})") from problem
-    inputs = processor(template.prompt(), [image], padding_side="left")
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    images = []
+    for path in paths:
+        try:
+            images.append(load_product_image(path))
+        except ImageRejected as problem:
+            raise UsageError(f"image={path}: unusable image ({problem.reason}: {problem.detail})") from problem
+    inputs = processor(template.prompt(len(images)), images, padding_side="left")
     answer = greedy_answers(model, processor, inputs, max_new_tokens)[0]
     return answer, template.parse(answer)
 
@@ -125,7 +151,7 @@ def run(cfg: DictConfig) -> None:
     model, processor, template = load_for_inference(cfg.adapter, dtype=cfg.dtype)
     model.to(pick_device(cfg.device))
     if cfg.image is not None:
-        answer, parsed = predict_image(model, processor, template, cfg.image, cfg.max_new_tokens)
+        answer, parsed = predict_image(model, processor, template, photo_arguments(cfg.image), cfg.max_new_tokens)
         print(f"answer: {json.dumps(answer, ensure_ascii=False)}")  # quoted: a generated newline stays on its line
         print(f"title: {parsed.title}\ncategory: {parsed.category}\nprice: {parsed.price}")
         return
@@ -141,9 +167,18 @@ def run(cfg: DictConfig) -> None:
     print(f"wrote {count} predictions ({cfg.split} split) to {cfg.out}")
 
 
+def check_command(cfg: DictConfig) -> None:
+    """The command line as given (HydraConfig's overrides, when Hydra runs the command), then the composed config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        check_repeated_image(list(HydraConfig.get().overrides.task))
+    check_config(cfg)
+
+
 @hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_command(check_config, run, cfg)
+    run_command(check_command, run, cfg)
 
 
 if __name__ == "__main__":

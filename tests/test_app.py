@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from app_client import encoded, multipart, raw, request, serving, status_of
 from demo_run import PRODUCTS, build_demo_run, product_photo
 from omegaconf import OmegaConf
@@ -22,8 +23,9 @@ from PIL import Image
 
 from phi3v.app import check_config, gallery_dir, model_name
 from phi3v.cli import UsageError
+from phi3v.data.splits import split_counts
 from phi3v.demo.access import start_lines
-from phi3v.demo.gallery import load_gallery, split_counts
+from phi3v.demo.gallery import load_gallery
 from phi3v.demo.predictor import load_predictor
 from phi3v.task import PromptTemplate
 
@@ -109,10 +111,13 @@ def test_bad_uploads_get_a_sentence_in_the_users_terms(served, body, status, wor
 
 
 @pytest.mark.parametrize("files, words", [
-    ([], "The form has 0 files; send exactly one photo as a file field, e.g. curl -F photo=@shoe.jpg"),
-    ([("a", "a.png", b"1"), ("b", "b.png", b"2")], "The form has 2 files; send exactly one photo"),
-], ids=["no-file", "two-files"])
-def test_a_form_without_exactly_one_file_is_told_how_to_send_one(served, files, words):
+    ([], "The form has no file; send the photo as a file field, e.g. curl -F photo=@shoe.jpg <url>/api/predict"),
+    ([("photo", f"{k}.png", b"1") for k in range(5)], "The form has 5 files; send at most 4 photos of one product, "
+                                                        "e.g. curl -F photo=@front.jpg -F photo=@back.jpg"),
+    ([("photo", f"{k}.png", b"1") for k in range(6)], "The form cannot be read (Too many files. Maximum number of "
+                                                        "files is 5.). Send each photo as a file field"),
+], ids=["no-file", "five-files", "six-files"])
+def test_a_form_without_one_to_max_photos_files_is_told_how_to_send_them(served, files, words):
     _, port = served
     body, headers = multipart(files, fields={"photo": "not a file"})
     status, _, data = request(port, "POST", "/api/predict", body, headers)
@@ -206,6 +211,7 @@ def test_page_favicon_info_and_gallery(served):
     info = json.loads(request(port, "GET", "/api/info")[2])
     assert info["gallery_size"] == 3 and info["split_counts"] == {"train": 2, "val": 0, "test": 3}
     assert (info["model"], info["max_upload_mb"], info["max_megapixels"]) == (state.predictor.source, 2, 4.0)
+    assert info["max_photos"] == 4
     gallery = json.loads(request(port, "GET", "/api/gallery")[2])
     first, second, third = gallery
     assert (first["true_title"], first["true_category"], first["true_price"]) == ("Check Wool Scarf", "SCARVES", 450.0)
@@ -216,7 +222,11 @@ def test_page_favicon_info_and_gallery(served):
     status, headers, thumbnail = request(port, "GET", "/gallery/1/thumbnail")
     assert status == 200 and headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumbnail)).size) <= 192
-    assert request(port, "GET", "/gallery/1/photo")[2] == state.gallery[1].image_path.read_bytes()
+    assert request(port, "GET", "/gallery/1/photo")[2] == state.gallery[1].image_paths[0].read_bytes()
+    assert request(port, "GET", "/gallery/1/photo/0")[2] == state.gallery[1].image_paths[0].read_bytes()
+    assert (second["photos"], second["thumbnails"]) == (["/gallery/1/photo/0"], ["/gallery/1/thumbnail/0"])
+    status, _, body = request(port, "GET", "/gallery/1/photo/1")
+    assert status == 404 and error_of(body) == "Gallery product 1 has no photo 1 (it has 1, numbered from 0)."
 
 
 def test_gallery_skips_rows_whose_photo_is_gone(run, tmp_path, caplog):
@@ -226,18 +236,19 @@ def test_gallery_skips_rows_whose_photo_is_gone(run, tmp_path, caplog):
     (copy / "predictions" / "test.csv").write_text(text.replace(PRODUCTS[0][0], "missing"))
     items = load_gallery(copy, PromptTemplate())
     assert [item.true_title for item in items] == ["Leather Belt", "Bucket Hat"]
-    assert "1 photos listed" in caplog.text
+    assert "1 products listed" in caplog.text and "have a photo that no longer exists" in caplog.text
 
 
 def config(**values):
     base = dict(adapter=None, export=None, preset=None, run=None, dtype=None, token=None, max_new_tokens=8,
-                max_upload_mb=1, max_pixels=10, decode_pixels=20, body_timeout_s=1, header_timeout_s=1,
+                max_upload_mb=1, max_photos=2, max_pixels=10, decode_pixels=20, body_timeout_s=1, header_timeout_s=1,
                 max_connections=2, max_queue=2, drain_timeout_s=1)
     return OmegaConf.create({**base, **values})
 
 
-@pytest.mark.parametrize("key", ["max_new_tokens", "max_upload_mb", "max_pixels", "decode_pixels", "body_timeout_s",
-                                 "header_timeout_s", "max_connections", "max_queue", "drain_timeout_s"])
+@pytest.mark.parametrize("key", ["max_new_tokens", "max_upload_mb", "max_photos", "max_pixels", "decode_pixels",
+                                 "body_timeout_s", "header_timeout_s", "max_connections", "max_queue",
+                                 "drain_timeout_s"])
 def test_every_limit_must_be_positive_and_the_message_names_it(key):
     with pytest.raises(UsageError, match=f"^{key}=0 must be > 0$"):
         check_config(config(preset="tiny", **{key: 0}))
@@ -305,3 +316,63 @@ def test_the_shipped_config_composes_and_passes_its_checks(monkeypatch):
     from phi3v.demo.limits import ServerLimits
 
     assert {key: cfg[key] for key in ServerLimits.keys()} == ServerLimits().__dict__  # YAML = the defaults
+
+
+# ---- several photos of one product (issue 22) -------------------------------------------------------------
+def test_a_two_photo_form_is_one_product_asked_with_a_tag_per_photo_in_order(served):
+    state, port = served
+    front, back = encoded(product_photo("navy")), encoded(product_photo("gold", (180, 300)))
+    inputs = state.predictor.prepare([front, back])
+    assert sorted(set(inputs["input_ids"][inputs["input_ids"] < 0].tolist())) == [-2, -1]  # <|image_1|>, <|image_2|>
+    assert inputs["pixel_values"].shape[0] == 2
+    expected = state.predictor.answer([front, back]).text
+    body, headers = multipart([("photo", "front.png", front), ("photo", "back.png", back)])
+    status, _, data = request(port, "POST", "/api/predict", body, headers)
+    assert status == 200 and json.loads(data)["text"] == expected
+    swapped = state.predictor.prepare([back, front])  # the order is the question's: another input
+    assert not torch.equal(swapped["pixel_values"], inputs["pixel_values"])
+    one = state.predictor.prepare([front])  # a form with one file is the raw-body photo
+    assert torch.equal(one["input_ids"], state.predictor.prepare(front)["input_ids"])
+
+
+def test_one_bad_photo_among_several_is_named_by_its_place(served):
+    _, port = served
+    body, headers = multipart([("photo", "a.png", encoded(product_photo("navy"))), ("photo", "b.txt", b"a note")])
+    status, _, data = request(port, "POST", "/api/predict", body, headers)
+    assert status == 400 and error_of(data) == ("Photo 2 of 2: This file is not a photo (it is text, a web page or "
+                                                "another kind of file). Send a JPEG, PNG, WebP or GIF photo.")
+
+
+def test_a_requests_photos_count_together_against_max_pixels(served):
+    """Two 2.25 MP photos, each under the 4 MP limit, are 4.5 MP together: refused before decoding."""
+    _, port = served
+    big = encoded(Image.new("RGB", (1500, 1500), "gray"))
+    body, headers = multipart([("photo", "a.png", big), ("photo", "b.png", big)])
+    status, _, data = request(port, "POST", "/api/predict", body, headers)
+    assert status == 400 and error_of(data) == (
+        "These 2 photos are too large to read together: 4.5 megapixels; the limit is 4 megapixels for one "
+        "product's photos. Resize them (a few megapixels each are plenty) and send them again.")
+    assert request(port, "POST", "/api/predict", big)[0] == 200  # one of them alone fits
+
+
+def test_the_gallery_shows_and_serves_every_photo_of_a_product(run, predictor, tmp_path):
+    copy = tmp_path / "run"
+    (copy / "predictions").mkdir(parents=True)
+    back = tmp_path / "back.png"
+    product_photo("gold", (100, 200)).save(back)
+    rows = (run / "predictions" / "test.csv").read_text().splitlines()
+    first = rows[1].split(",", 2)
+    rows[1] = ",".join([first[0], f"{first[1]};{back}", first[2]])  # product 0 has two photos
+    (copy / "predictions" / "test.csv").write_text("\n".join(rows) + "\n")
+    gallery = load_gallery(copy, predictor.template)
+    assert [len(item.image_paths) for item in gallery] == [2, 1, 1] and gallery[0].image_paths[1] == back
+    with serving(predictor, gallery) as (_, port):
+        item = json.loads(request(port, "GET", "/api/gallery")[2])[0]
+        assert item["photos"] == ["/gallery/0/photo/0", "/gallery/0/photo/1"]
+        assert item["thumbnails"] == ["/gallery/0/thumbnail/0", "/gallery/0/thumbnail/1"]
+        assert request(port, "GET", "/gallery/0/photo/1")[2] == back.read_bytes()
+        status, headers, thumbnail = request(port, "GET", "/gallery/0/thumbnail/1")
+        assert status == 200 and Image.open(io.BytesIO(thumbnail)).size == (96, 192)
+        assert request(port, "GET", "/gallery/0/photo/2")[0] == 404
+    back.unlink()  # a product with one photo gone is left out, counted
+    assert [len(item.image_paths) for item in load_gallery(copy, predictor.template)] == [1, 1]

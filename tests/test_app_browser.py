@@ -1,6 +1,7 @@
 """Tier 3: the web demo in a real browser. `python -m phi3v.app` runs as a subprocess on a free port of
 127.0.0.1; headless Chromium, driven by Playwright's python package, opens the page, uploads photos
-(and files that are refused) and reads what the page shows, at desktop and phone widths.
+(and files that are refused, and two photos of one product at once) and reads what the page shows, at
+desktop and phone widths.
 
 Which chromium: tests/browser.py (PHI3V_CHROMIUM, then chromium/google-chrome on PATH, then
 Playwright's own download). Without one the test is SKIPPED with a reason naming the ways to get one
@@ -22,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from app_client import multipart
 from browser import HOW_TO_GET_ONE, find_chromium, missing_reason, required
 
 pytestmark = pytest.mark.e2e
@@ -97,8 +99,9 @@ def test_upload_a_photo_in_chromium_and_read_the_answer(tmp_path):
             from demo_run import PRODUCTS, build_demo_run, product_photo  # torch: only once a browser runs
 
             run = build_demo_run(tmp_path / "demo")
-            photo = tmp_path / "navy.png"
+            photo, back = tmp_path / "navy.png", tmp_path / "back.png"
             product_photo("navy").save(photo)
+            product_photo("gold", (160, 260)).save(back)
             not_a_photo = tmp_path / "notes.txt"
             not_a_photo.write_text("a shopping list, not a photo")
             too_big = tmp_path / "huge.jpg"
@@ -124,6 +127,12 @@ def test_upload_a_photo_in_chromium_and_read_the_answer(tmp_path):
                 shown = answer_shown(page)
                 page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
 
+                page.set_input_files("#file", [str(photo), str(back)])  # one product, two photos: one request
+                expect(page.locator("#preview img")).to_have_count(2)  # this request's (the last showed one)
+                expect(page.locator("#status")).to_have_text("done", timeout=60_000)
+                two_previews = page.locator("#preview img").count()
+                shown_two = answer_shown(page)
+
                 page.set_input_files("#file", str(too_big))  # refused by the page: the old answer goes too
                 expect(page.locator("#error")).to_have_text(
                     "The file is 1.1 MB; the limit is 1 MB. Send a smaller photo.")
@@ -139,6 +148,10 @@ def test_upload_a_photo_in_chromium_and_read_the_answer(tmp_path):
                 # The page shows what the server answers for these bytes (greedy decoding: deterministic).
                 expected = json.loads(urllib.request.urlopen(urllib.request.Request(
                     f"{url}/api/predict", data=photo.read_bytes(), method="POST"), timeout=60).read())
+                form, headers = multipart([("photo", "a.png", photo.read_bytes()),
+                                           ("photo", "b.png", back.read_bytes())])
+                expected_two = json.loads(urllib.request.urlopen(urllib.request.Request(
+                    f"{url}/api/predict", data=form, headers=headers, method="POST"), timeout=60).read())
             finally:
                 app.terminate()
                 app.wait(30)
@@ -148,6 +161,7 @@ def test_upload_a_photo_in_chromium_and_read_the_answer(tmp_path):
     assert shown["answer-title"] == (expected["title"] or "(not found)")
     assert shown["answer-category"] == (expected["category"] or "(not found)")
     assert re.fullmatch(r"\d+\.\d\d s( \(\+\d+\.\d\d s queued\))?", shown["latency"])
+    assert two_previews == 2 and shown_two["answer-text"] == expected_two["text"].strip() and expected_two["text"]
     assert after_refusal == {key: EMPTY for key in shown if key != "status"} | {"status": ""} and preview_hidden
     assert (tmp_path / "app.png").stat().st_size > 10_000
     for box in sections:  # one column: each section within the 420 px, the gallery below the upload

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from app_client import encoded, raw, request, serving, status_of
+from app_client import encoded, multipart, raw, request, serving, status_of
 from demo_run import build_demo_run, product_photo
 from PIL import Image
 
@@ -380,3 +380,39 @@ def test_capacity_gives_back_what_a_cancelled_waiter_held_or_was_granted():
         events.append(capacity.free)
 
     assert run_capacity(scenario) == [0, 4]
+
+
+def test_a_two_photo_request_holds_both_photos_pixels_of_the_budget(predictor, monkeypatch):
+    """Two 1 MP photos of one product in one form and a 1 MP photo alone, with a budget of two 1 MP photos
+    and a bit: the form holds 2 MP while it decodes, so the lone photo waits for it, never decoding beside it."""
+    one_mp = encoded(Image.new("RGB", (1000, 1000), "gray"))
+    narrow = Predictor(predictor.model, predictor.processor, predictor.template, predictor.source, 2,
+                       max_pixels=2_000_000)
+    active, peaks, done, lock = [0], [], {}, threading.Lock()
+    original = narrow.prepare
+
+    def tracked(data):
+        pixels = narrow.pixels(data)
+        with lock:
+            active[0] += pixels
+            peaks.append(active[0])
+        time.sleep(0.4)
+        try:
+            return original(data)
+        finally:
+            with lock:
+                active[0] -= pixels
+                done[pixels] = time.monotonic()
+
+    monkeypatch.setattr(narrow, "prepare", tracked)
+    body, headers = multipart([("photo", "front.png", one_mp), ("photo", "back.png", one_mp)])
+    with serving(narrow, decode_pixels=2_010_000) as (_, port):
+        results = []
+        form = threading.Thread(target=lambda: results.append(request(port, "POST", "/api/predict", body, headers)))
+        form.start()
+        wait_until(lambda: peaks)
+        single = request(port, "POST", "/api/predict", one_mp)
+        form.join(120)
+    assert results[0][0] == 200 and single[0] == 200
+    assert peaks == [2_000_000, 1_000_000]  # never 3 MP at once
+    assert done[2_000_000] < done[1_000_000]

@@ -205,7 +205,7 @@ def test_unreadable_image_is_skipped_and_counted_or_fails_when_strict(prepared, 
     data_dir, _ = prepared
     module = make(data_dir, processor)
     dataset = module.datasets["val"]
-    victim = dataset.image_file(0)
+    victim = dataset.image_files(0)[0]
     original = victim.read_bytes()
     try:
         victim.write_bytes(b"<html>not an image</html>")

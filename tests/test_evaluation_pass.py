@@ -33,7 +33,7 @@ def samples(count: int = 2) -> list[Sample]:
     colours = ["red", "blue", "green", "white"]
     return [
         Sample(index=i, product_id=f"p{i}", title=f"Scarf {i}", category="Scarves", price=100.0 + i,
-               image_path=f"{i}.jpg", image=Image.new("RGB", (300 + 40 * i, 200), colours[i % 4]))
+               image_paths=(f"{i}.jpg",), images=(Image.new("RGB", (300 + 40 * i, 200), colours[i % 4]),))
         for i in range(count)
     ]
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from phi3v.inference import Answer, answered, prediction_row
+from phi3v.inference import Answer, answered, photo_paths, prediction_row
 from phi3v.task import ParsedAnswer, PromptTemplate
 from phi3v.training.evaluation import EvalRecord, EvaluationResult, SplitResult
 from phi3v.training.metrics import answer_metrics
@@ -31,15 +31,19 @@ RECORDS = [
 ]
 
 
-def test_a_records_answer_row_is_the_prediction_row_of_its_first_photo_and_true_price():
+def test_a_records_answer_row_is_the_prediction_row_of_its_photos_and_true_price():
     answer = RECORDS[1].answer
-    assert answer.row() == prediction_row("p1", "1.jpg", answer.target, answer.prediction,
+    assert answer.row() == prediction_row("p1", "1.jpg;1b.jpg", answer.target, answer.prediction,
                                           ParsedAnswer("Coat", "Bags", 150.0), 200.0)
     assert answer.row()["price_error_pct"] == -25.0
+    assert photo_paths(answer.row()) == ["1.jpg", "1b.jpg"]
+    one = Answer("p9", ("data/9.jpg",), answer.target, answer.prediction, answer.parsed, answer.truth)
+    assert one.row()["image_path"] == "data/9.jpg" and photo_paths(one.row()) == ["data/9.jpg"]  # as it always was
 
 
 def test_answered_keeps_the_supervised_rows_with_their_truth_and_parsed_fields():
-    meta = {"supervised": [True, False, True], "product_id": ["a", "b", "c"], "image_path": ["a.jpg", "b.jpg", "c.jpg"],
+    meta = {"supervised": [True, False, True], "product_id": ["a", "b", "c"],
+            "image_paths": [("a.jpg",), ("b.jpg",), ("c.jpg", "c-back.jpg")],
             "target": ["ta", "tb", "tc"],
             "truth": [{"title": "A", "category": "X", "price": 1.0}, {"title": "B", "category": "Y", "price": 2.0},
                       {"title": "C", "category": "Z", "price": 3.0}]}
@@ -49,6 +53,7 @@ def test_answered_keeps_the_supervised_rows_with_their_truth_and_parsed_fields()
     assert got[0][1] == Answer("a", ("a.jpg",), "ta", predictions[0], ParsedAnswer("A", "X", 1.5),
                                {"title": "A", "category": "X", "price": 1.0})
     assert got[1][1].parsed == ParsedAnswer(None, None, 7.0) and got[1][1].truth["price"] == 3.0
+    assert got[1][1].image_paths == ("c.jpg", "c-back.jpg")  # every photo of the product
 
 
 def test_answer_metrics_score_the_parsed_fields_the_price_rank_and_the_token_mean_loss():

@@ -182,3 +182,52 @@ def test_a_catalogue_the_run_never_saw_is_predicted_whole_and_said_so(tmp_path):
 def test_an_export_outside_a_run_needs_a_data_group(adapter):
     with pytest.raises(UsageError, match="data= is required"):
         check_config(predict_config(f"adapter={adapter}", "split=test"))
+
+
+# ---- one product, several photos (issue 22) ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def back(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "back.png"
+    product_image("navy", (300, 200)).save(path)
+    return path
+
+
+def test_two_photos_are_one_product_asked_with_a_tag_each_in_order(adapter, photo, back):
+    from phi3v.data.images import load_product_image
+    from phi3v.inference import greedy_answers
+
+    model, processor, template = load_for_inference(adapter)
+    answer, parsed = predict_image(model, processor, template, [photo, back], MAX_NEW_TOKENS)
+    inputs = processor(template.prompt(2), [load_product_image(photo), load_product_image(back)], padding_side="left")
+    assert sorted(set(inputs["input_ids"][inputs["input_ids"] < 0].tolist())) == [-2, -1]
+    assert answer == greedy_answers(model, processor, inputs, MAX_NEW_TOKENS)[0]
+    assert parsed == template.parse(answer)
+    assert predict_image(model, processor, template, [photo], MAX_NEW_TOKENS)[0] == predict_image(
+        model, processor, template, photo, MAX_NEW_TOKENS)[0]  # a one-photo list is the photo
+
+
+def test_several_image_values_are_a_list_and_a_repeated_key_is_refused(adapter, photo, back, tmp_path):
+    from phi3v.predict import check_repeated_image, photo_arguments
+
+    check_config(predict_config(f"adapter={adapter}", f"image=[{photo},{back}]"))
+    with pytest.raises(UsageError, match=f"image={tmp_path / 'gone.png'}: no such file"):
+        check_config(predict_config(f"adapter={adapter}", f"image=[{photo},{tmp_path / 'gone.png'}]"))
+    with pytest.raises(UsageError, match=r"image=\[\]: name at least one photo"):
+        check_config(predict_config(f"adapter={adapter}", "image=[]"))
+    assert photo_arguments(predict_config(f"adapter={adapter}", f"image=[{photo},{back}]").image) == [
+        str(photo), str(back)]
+    check_repeated_image(["adapter=x", "image=a.jpg", "split=test"])
+    with pytest.raises(UsageError, match=r"image= is given 2 times and only the last would be used: name one "
+                                         r"product's photos as a list, image=\[a.jpg,b.jpg\]"):
+        check_repeated_image(["adapter=x", "image=a.jpg", "+image=b.jpg"])
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_predict_cli_two_photos_of_one_product(adapter, photo, back):
+    result = run_predict(f"adapter={adapter}", f"image=[{photo},{back}]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[-4:]] == ["answer", "title", "category", "price"]
+    repeated = run_predict(f"adapter={adapter}", f"image={photo}", f"image={back}")
+    assert repeated.returncode == 1 and repeated.stderr.startswith("error: image= is given 2 times")

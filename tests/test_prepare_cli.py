@@ -91,8 +91,8 @@ def test_prepare_burberry_schema_csv_with_local_urls(tmp_path, server):
     for reason in ("bad_price: 1", "http_404: 1", "not_an_image: 1", "bad_url: 1"):
         assert f"dropped {reason}" in lines, lines
     manifest = pq.read_table(out / "manifest.parquet").to_pylist()
-    assert [(r["product_id"], r["price"], r["image_width"], r["image_height"]) for r in manifest] == [
-        ("1", 490.0, 80, 60), ("2", 1250.0, 60, 90)
+    assert [(r["product_id"], r["price"], r["image_widths"], r["image_heights"]) for r in manifest] == [
+        ("1", 490.0, [80], [60]), ("2", 1250.0, [60], [90])
     ]
     again = run_prepare("data=burberry", f"data.source={table}", f"data.data_dir={out}")
     assert "images downloaded 0, reused 2" in again.stdout

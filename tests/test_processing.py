@@ -121,7 +121,9 @@ def test_sequence_lengths_equal_the_rows_tokenize_builds(processor):
     assert processor.sequence_lengths(prompt, sizes, answers) == rows["attention_mask"].sum(1).tolist()
     prompts_only = processor.tokenize([prompt] * 4, [[n] for n in counts])
     assert processor.sequence_lengths(prompt, sizes) == prompts_only["attention_mask"].sum(1).tolist()
-    with pytest.raises(ValueError, match="one image tag, got 2"):
+    with pytest.raises(ValueError, match="the prompt has 2 image tags but row 0 has 1 image sizes"):
         processor.sequence_lengths("<|image_1|><|image_2|>", sizes)
+    with pytest.raises(ValueError, match="needs a prompt with image tags, got none"):
+        processor.sequence_lengths("What?", sizes)
     with pytest.raises(ValueError, match="4 image sizes but 1 answers"):
         processor.sequence_lengths(prompt, sizes, answers[:1])

@@ -1,5 +1,9 @@
 """Batching products for Phi-3-V: each image processed once, prompts padded per use.
 
+An item has one or more photos; its question gets one `<|image_k|>` per photo (`template.prompt(n)`),
+so a batch may mix items of different photo counts: `pixel_values` holds every photo of the batch,
+row by row in tag order (the model's image slots read them in that order, phi3v.modeling.modeling).
+
 Modes:
   train     right-padded prompt + answer with labels on the answer and its `<|end|>`
   generate  left-padded prompts only (for `model.generate`)
@@ -10,7 +14,7 @@ Every batch carries `meta` (ids, true fields, targets, skipped-image count); pas
 to the model: `model(**model_inputs(batch))` (the batch contract: phi3v.modeling.batch).
 
 A batch always keeps every sample it was given, so all ranks of a distributed run run the same
-graph: a sample whose image is unreadable gets a white placeholder photo, and it and the padding
+graph: a sample with an unreadable photo gets a white placeholder for each photo, and it and the padding
 repeats of a distributed sampler get no labels (`meta["supervised"]` False): they add nothing to
 the loss, and evaluation leaves them out of its records.
 """
@@ -38,8 +42,8 @@ class BatchMeta(TypedDict):
     product_id: list[str]
     truth: list[dict[str, Any]]  # the answer's fields of each row, keyed by name (Sample.truth)
     target: list[str]  # the answer the model should generate
-    image_path: list[str]
-    skipped_images: int  # samples of this batch whose image was unreadable (not padding repeats)
+    image_paths: list[tuple[str, ...]]  # each row's photos, in the order its question shows them
+    skipped_images: int  # samples of this batch with an unreadable photo (not padding repeats)
 
 
 class Phi3VCollator:
@@ -56,16 +60,24 @@ class Phi3VCollator:
         self.processor = processor
         self.template = template
         self.mode = mode
-        self.prompt = template.prompt()
+        self._prompts: dict[int, str] = {}  # photo count -> prompt
+
+    def prompt(self, photos: int) -> str:
+        """The prompt of an item with `photos` photos (built once per count)."""
+        if photos not in self._prompts:
+            self._prompts[photos] = self.template.prompt(photos)
+        return self._prompts[photos]
 
     def __call__(self, samples: list[Sample]) -> CollatedBatch:
         if not samples:
             raise ValueError("empty batch: the sampler yielded no indices")
-        vision = self.processor.image_processor([PLACEHOLDER if s.image is None else s.image for s in samples])
-        prompts = [self.prompt] * len(samples)
-        counts = [[n] for n in vision["num_img_tokens"]]
+        photos = [s.images if s.images is not None else (PLACEHOLDER,) * len(s.image_paths) for s in samples]
+        vision = self.processor.image_processor([image for row in photos for image in row])
+        tokens = iter(vision["num_img_tokens"])
+        counts = [[next(tokens) for _ in row] for row in photos]  # image tokens of each row's photos
+        prompts = [self.prompt(len(row)) for row in photos]
         targets = [self.template.target(s.title, s.category, s.price) for s in samples]
-        supervised = [s.image is not None and not s.padding for s in samples]
+        supervised = [s.images is not None and not s.padding for s in samples]
         pixels = {"pixel_values": vision["pixel_values"], "image_sizes": vision["image_sizes"]}
         meta: BatchMeta = {
             "index": [s.index for s in samples],
@@ -73,8 +85,8 @@ class Phi3VCollator:
             "product_id": [s.product_id for s in samples],
             "truth": [s.truth for s in samples],
             "target": targets,
-            "image_path": [s.image_path for s in samples],
-            "skipped_images": sum(s.image is None and not s.padding for s in samples),
+            "image_paths": [s.image_paths for s in samples],
+            "skipped_images": sum(s.images is None and not s.padding for s in samples),
         }
         if self.mode == "train":
             return {**self._labelled(prompts, counts, targets, supervised), **pixels, "meta": meta}

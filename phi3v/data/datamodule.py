@@ -26,6 +26,7 @@ from .collate import Phi3VCollator
 from .dataset import ProductDataset, read_manifest
 from .eval_sampler import EvalBatchSampler
 from .manifest import MANIFEST, REPORT, PrepareReport, catalogue_signature, default_data_dir, prepare_catalogue
+from .photo_tokens import cap_image_tokens, check_question_fits
 from .sampler import LengthGroupedBatchSampler
 from .spec import DataSpec
 from .splits import SPLITS, assign_splits, limited_rows, run_split_rows, write_splits
@@ -73,16 +74,28 @@ class ProductDataModule(L.LightningDataModule):
         if self._manifest_is_current():
             return None
         spec = self.spec
-        report = prepare_catalogue(spec.source, self.data_dir, spec.columns, spec.download, spec.synthetic, spec.split)
-        log.info(report.summary())
+        report = prepare_catalogue(spec.source, self.data_dir, spec.columns, spec.download, spec.synthetic, spec.split,
+                                   photos=spec.photos)
+        log.info(report.summary(spec.photos))
         return report
 
     def _manifest_is_current(self) -> bool:
         report = self.data_dir / REPORT
         if not (self.data_dir / MANIFEST).is_file() or not report.is_file():
             return False
-        signature = catalogue_signature(self.spec.source, self.spec.columns, self.spec.synthetic, self.spec.split)
+        spec = self.spec
+        signature = catalogue_signature(spec.source, spec.columns, spec.synthetic, spec.split, spec.photos)
         return json.loads(report.read_text()).get("signature") == signature
+
+    def _manifest(self, limited: bool):
+        """The manifest (its data.limit rows when `limited`), each item's photos within
+        data.photos.max_image_tokens, checked against the question's image tags."""
+        manifest = read_manifest(self.data_dir / MANIFEST)
+        if limited:
+            manifest = manifest.take(limited_rows(manifest.num_rows, self.spec.limit, self.spec.split_seed))
+        manifest, _ = cap_image_tokens(manifest, self.spec.photos, self.processor.image_processor.num_image_tokens)
+        check_question_fits(self.template.question, manifest, "data.prompt.question")
+        return manifest
 
     # ---- setting up ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -90,8 +103,7 @@ class ProductDataModule(L.LightningDataModule):
             raise RuntimeError("call datamodule.connect(processor) before setup()")
         if self.datasets:
             return
-        manifest = read_manifest(self.data_dir / MANIFEST)
-        manifest = manifest.take(limited_rows(manifest.num_rows, self.spec.limit, self.spec.split_seed))
+        manifest = self._manifest(limited=True)
         ids = manifest.column("product_id").to_pylist()
         splits = assign_splits(ids, self.spec.val_fraction, self.spec.test_fraction, self.spec.split_seed)
         if self.output_dir is not None:
@@ -118,8 +130,8 @@ class ProductDataModule(L.LightningDataModule):
     def run_products(self, split: str, run_dir: str | os.PathLike) -> tuple[ProductDataset, str]:
         """This catalogue's products in `split` of the run recorded in `run_dir` (its splits.json), in
         manifest order, or all of them when the run never saw any of its products; and a sentence
-        saying which. Needs the manifest (`prepare_data`), not `setup`."""
-        manifest = read_manifest(self.data_dir / MANIFEST)
+        saying which. Needs the manifest (`prepare_data`) and the processor (`connect`), not `setup`."""
+        manifest = self._manifest(limited=False)
         rows, description = run_split_rows(manifest.column("product_id").to_pylist(), run_dir, split,
                                            f"{self.spec.source} ({self.data_dir})")
         return self._dataset(manifest.take(rows)), description
@@ -128,19 +140,24 @@ class ProductDataModule(L.LightningDataModule):
         return ProductDataset(table, self.data_dir, self.spec.strict_images, self.spec.max_pixels)
 
     def token_lengths(self, dataset: ProductDataset) -> np.ndarray:
-        """Exact token count of every sample (prompt + image + answer + <|end|>), as the collator
+        """Exact token count of every sample (prompt + images + answer + <|end|>), as the collator
         builds it (the processor counts), from the manifest's image sizes without opening images."""
         lengths = np.zeros(len(dataset), dtype=np.int64)
-        prompt, table = self.template.prompt(), dataset.table
+        table = dataset.table
         for start in range(0, len(dataset), LENGTH_CHUNK):
             rows = table.slice(start, LENGTH_CHUNK)
-            sizes = zip(rows.column("image_width").to_pylist(), rows.column("image_height").to_pylist())
+            sizes = [list(zip(widths, heights)) for widths, heights in
+                     zip(rows.column("image_widths").to_pylist(), rows.column("image_heights").to_pylist())]
             answers = [
                 self.template.target(t, c, p)
                 for t, c, p in zip(rows.column("title").to_pylist(), rows.column("category").to_pylist(),
                                    rows.column("price").to_pylist())
             ]
-            lengths[start : start + rows.num_rows] = self.processor.sequence_lengths(prompt, list(sizes), answers)
+            photos = np.array([len(row) for row in sizes])
+            for count in np.unique(photos):  # items of one photo count share a prompt
+                at = np.flatnonzero(photos == count)
+                lengths[start + at] = self.processor.sequence_lengths(
+                    self.template.prompt(int(count)), [sizes[i] for i in at], [answers[i] for i in at])
         return lengths
 
     # ---- loaders -------------------------------------------------------------------------

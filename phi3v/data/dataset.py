@@ -1,7 +1,8 @@
 """The prepared catalogue as a torch Dataset: rows from the manifest, images opened lazily.
 
 The manifest stays an Arrow table (compact columnar strings and numbers) and each image is opened
-only when its sample is requested, so memory stays flat as the catalogue grows.
+only when its sample is requested, so memory stays flat as the catalogue grows. An item has one or
+more photos (the `image_*` list columns, in the order the question shows them).
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ MANIFEST_COLUMNS = {
     "title": pa.string(),
     "category": pa.string(),
     "price": pa.float64(),
-    "image_path": pa.string(),  # relative to the data dir, or absolute for images kept in place
-    "image_width": pa.int32(),  # after EXIF orientation: what the processor will see
-    "image_height": pa.int32(),
-    "image_url": pa.string(),
+    "image_paths": pa.list_(pa.string()),  # the item's photos, relative to the data dir (absolute: kept in place)
+    "image_widths": pa.list_(pa.int32()),  # of each photo, after EXIF orientation: what the processor will see
+    "image_heights": pa.list_(pa.int32()),
+    "image_urls": pa.list_(pa.string()),  # each photo as the table wrote it
     "source_row": pa.int64(),
 }
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One product with its photo; `image` is None when the file could not be read (skipped).
+    """One product with its photos; `images` is None when one of them could not be read (skipped).
     `padding`: a repeat that only fills a distributed batch (see sampler.PaddingIndex)."""
 
     index: int
@@ -47,8 +48,8 @@ class Sample:
     title: str
     category: str
     price: float
-    image_path: str
-    image: Image.Image | None
+    image_paths: tuple[str, ...]
+    images: tuple[Image.Image, ...] | None
     error: str | None = None
     padding: bool = False
 
@@ -93,30 +94,33 @@ class ProductDataset(torch.utils.data.Dataset):
         """The answer's fields of every row, as columns keyed by name (`TRUTH_FIELDS`), in row order."""
         return {name: self._columns[name].to_pylist() for name in TRUTH_FIELDS}
 
-    def image_file(self, index: int) -> Path:
-        return self.data_dir / self.value("image_path", index)  # an absolute path stays absolute
+    def image_files(self, index: int) -> tuple[Path, ...]:
+        """The item's photos, in order (an absolute path stays absolute)."""
+        return tuple(self.data_dir / path for path in self.value("image_paths", index))
 
     def __getitem__(self, index: int) -> Sample:
-        path = self.image_file(index)
-        image, error = None, None
-        try:
-            image = load_product_image(path, max_pixels=self.max_pixels)
-        except ImageRejected as problem:
-            if self.strict:
-                raise ValueError(
-                    f"unreadable image {path} ({problem.reason}: {problem.detail}); fix or remove the file, "
-                    "re-run prepare, or set data.strict_images=false to skip such samples"
-                ) from problem
-            log.warning("skipping sample %d: image %s is unreadable (%s)", index, path, problem.reason)
-            error = problem.reason
+        paths = self.image_files(index)
+        images, error = [], None
+        for path in paths:
+            try:
+                images.append(load_product_image(path, max_pixels=self.max_pixels))
+            except ImageRejected as problem:
+                if self.strict:
+                    raise ValueError(
+                        f"unreadable image {path} ({problem.reason}: {problem.detail}); fix or remove the file, "
+                        "re-run prepare, or set data.strict_images=false to skip such samples"
+                    ) from problem
+                log.warning("skipping sample %d: image %s is unreadable (%s)", index, path, problem.reason)
+                error = problem.reason
+                break
         return Sample(
             index=int(index),
             product_id=self.value("product_id", index),
             title=self.value("title", index),
             category=self.value("category", index),
             price=self.value("price", index),
-            image_path=str(path),
-            image=image,
+            image_paths=tuple(map(str, paths)),
+            images=None if error else tuple(images),
             error=error,
             padding=isinstance(index, PaddingIndex),
         )

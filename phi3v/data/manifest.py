@@ -4,7 +4,8 @@ Output in `data_dir`:
   images/            verified image files (downloads are named by URL hash, never by data values)
   manifest.parquet   kept rows (see phi3v.data.dataset.MANIFEST_COLUMNS)
   dropped.parquet    dropped rows with reason and detail
-  report.json        counts: kept, dropped by reason, downloaded, reused
+  report.json        counts: kept, dropped by reason, downloaded, reused, and what happened to the photos
+                     of items with several (phi3v.data.photo_files.PhotoCounts)
 Running it again downloads nothing that is already valid on disk.
 """
 
@@ -22,11 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phi3v.files import atomic_write, atomic_write_text
+from phi3v.task import PhotoSpec
 
 from .catalogue import ColumnMap, DroppedRow, ProductRow, validate_rows
 from .dataset import MANIFEST_COLUMNS
-from .download import DownloadItem, DownloadSettings, download_images
-from .images import ImageRejected, inspect_image_bytes
+from .download import DownloadSettings
+from .photo_files import Photo, PhotoCounts, attach_photos
 from .sources import TABLE_SUFFIXES, read_table
 from .spec import SYNTHETIC
 from .synthetic import SyntheticSpec, generate_catalogue
@@ -34,6 +36,7 @@ from .synthetic import SyntheticSpec, generate_catalogue
 log = logging.getLogger(__name__)
 
 MANIFEST, DROPPED, REPORT = "manifest.parquet", "dropped.parquet", "report.json"
+ONE_PHOTO_RULES = PhotoSpec()  # the default photo rules (data.photos): what a one-photo catalogue is prepared with
 
 
 @dataclass
@@ -46,10 +49,13 @@ class PrepareReport:
     downloaded: int = 0
     reused: int = 0
     signature: dict = field(default_factory=dict)  # what was prepared; a different one re-prepares
+    photos: PhotoCounts = field(default_factory=PhotoCounts)
 
-    def summary(self) -> str:
+    def summary(self, photos: PhotoSpec | None = None) -> str:
         lines = [f"{self.source}: {self.rows} rows -> kept {self.kept}, dropped {sum(self.dropped.values())}"]
         lines += [f"  dropped {reason}: {count}" for reason, count in sorted(self.dropped.items())]
+        if self.photos.several:  # a one-photo catalogue's summary reads as it always did
+            lines.append(self.photos.summary(photos or PhotoSpec()))
         lines.append(f"  images downloaded {self.downloaded}, reused {self.reused}; manifest in {self.data_dir}")
         return "\n".join(lines)
 
@@ -62,12 +68,16 @@ def default_data_dir(source: str) -> Path:
     return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_.")
 
 
-def catalogue_signature(source: str, columns: ColumnMap, synthetic: SyntheticSpec, split: str) -> dict:
-    """The inputs that determine the manifest (JSON-comparable)."""
-    signature = {"source": source, "split": split, "columns": asdict(columns)}
+def catalogue_signature(
+    source: str, columns: ColumnMap, synthetic: SyntheticSpec, split: str, photos: PhotoSpec = ONE_PHOTO_RULES
+) -> dict:
+    """The inputs that determine the manifest, as JSON reads them back (a list of image columns is a list).
+    The photos' image-token cap is applied when the data is set up (it needs the processor), not here."""
+    signature = {"source": source, "split": split, "columns": asdict(columns),
+                 "photos": {"max_per_item": photos.max_per_item, "bad_photo": photos.bad_photo}}
     if source == SYNTHETIC:
         signature["synthetic"] = asdict(synthetic)
-    return signature
+    return json.loads(json.dumps(signature))
 
 
 def prepare_catalogue(
@@ -78,8 +88,10 @@ def prepare_catalogue(
     synthetic: SyntheticSpec,
     split: str = "train",
     progress: bool = True,
+    photos: PhotoSpec = ONE_PHOTO_RULES,
 ) -> PrepareReport:
-    """Build `data_dir` from `source` (see phi3v.data.sources) and return the counts."""
+    """Build `data_dir` from `source` (see phi3v.data.sources) and return the counts; `photos` says which of
+    an item's photos are kept (phi3v.data.photo_files)."""
     data_dir = Path(data_dir)
     image_dir = data_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -91,73 +103,37 @@ def prepare_catalogue(
         records, available, root = table.records, table.columns, table.image_root
     columns.check(available)
     rows, dropped = validate_rows(records, columns)
-    kept, image_drops, counts = _attach_images(rows, root, image_dir, download, progress)
+    kept, image_drops, photo_counts, fetched = attach_photos(rows, root, image_dir, download, photos, progress)
     dropped += image_drops
 
-    report = PrepareReport(str(data_dir), source, rows=len(records), kept=len(kept))
-    report.signature = catalogue_signature(source, columns, synthetic, split)
+    report = PrepareReport(str(data_dir), source, rows=len(records), kept=len(kept), photos=photo_counts)
+    report.signature = catalogue_signature(source, columns, synthetic, split, photos)
     report.dropped = dict(Counter(d.reason for d in dropped))
-    report.downloaded, report.reused = counts
-    _write_outputs(data_dir, kept, dropped, report)
+    report.downloaded, report.reused = fetched
+    records = [_manifest_record(row, row_photos, data_dir) for row, row_photos in kept]
+    _write_outputs(data_dir, records, dropped, report)
     return report
 
 
-def _attach_images(rows: list[ProductRow], root: Path | None, image_dir: Path, settings, progress):
-    """Download URLs and verify local files; returns (manifest records, drops, (downloaded, reused))."""
-    remote = [r for r in rows if r.image.lower().startswith(("http://", "https://"))]
-    results = download_images([DownloadItem(r.product_id, r.image) for r in remote], image_dir, settings, progress)
-    by_row = {r.source_row: result for r, result in zip(remote, results)}
-    kept, dropped = [], []
-    for row in rows:
-        result = by_row.get(row.source_row)
-        if result is not None:
-            path, reason, detail = result.path, result.reason, result.detail
-            size = (result.width, result.height)
-        else:
-            path, size, reason, detail = _local_image(row.image, root, settings.max_pixels)
-        if reason is not None:
-            dropped.append(DroppedRow(row.source_row, row.product_id, row.image, reason, detail))
-            continue
-        kept.append(_manifest_record(row, path, size, image_dir.parent))
-    downloaded = sum(1 for r in results if r.reason is None and r.downloaded)
-    reused = sum(1 for r in results if r.reason is None and not r.downloaded)
-    return kept, dropped, (downloaded, reused)
-
-
-def _local_image(value: str, root: Path | None, max_pixels: int):
-    """(path, (width, height), reason, detail) of an image given as a path in the table."""
-    if "://" in value or value.lower().startswith(("data:", "javascript:")):
-        return None, (0, 0), "bad_url", f"only http(s) URLs or local paths are accepted, got {value!r}"
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        if root is None:
-            return None, (0, 0), "bad_url", f"relative image path {value!r} in a hub dataset"
-        path = root / path
-    try:
-        _, width, height = inspect_image_bytes(path.read_bytes(), max_pixels=max_pixels)
-    except OSError as error:
-        return None, (0, 0), "unreadable", f"{path}: {error}"
-    except ImageRejected as problem:
-        return None, (0, 0), problem.reason, f"{path}: {problem.detail}"
-    return path, (width, height), None, ""
-
-
-def _manifest_record(row: ProductRow, path: Path, size: tuple[int, int], data_dir: Path) -> dict:
-    try:
-        stored = str(path.resolve().relative_to(data_dir.resolve()))
-    except ValueError:
-        stored = str(path.resolve())  # kept in place outside the data dir
+def _manifest_record(row: ProductRow, photos: list[Photo], data_dir: Path) -> dict:
     return {
         "product_id": row.product_id,
         "title": row.title,
         "category": row.category,
         "price": row.price,
-        "image_path": stored,
-        "image_width": size[0],
-        "image_height": size[1],
-        "image_url": row.image,
+        "image_paths": [_stored(photo.path, data_dir) for photo in photos],
+        "image_widths": [photo.width for photo in photos],
+        "image_heights": [photo.height for photo in photos],
+        "image_urls": [photo.value for photo in photos],
         "source_row": row.source_row,
     }
+
+
+def _stored(path: Path, data_dir: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(data_dir.resolve()))
+    except ValueError:
+        return str(path.resolve())  # kept in place outside the data dir
 
 
 def _write_outputs(data_dir: Path, kept: list[dict], dropped: list[DroppedRow], report: PrepareReport) -> None:

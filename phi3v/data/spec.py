@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from phi3v.task import PromptTemplate
+from phi3v.task import PhotoSpec, PromptTemplate
 
 from .catalogue import ColumnMap
 from .download import DownloadSettings
@@ -24,7 +24,9 @@ class DataSpec:
     Args:
         source: "synthetic", a hub id, or a local table / saved dataset / image folder.
         data_dir: where images and the manifest go; default `data/<name derived from source>`.
-        columns: which table columns hold image, title, category, price and id.
+        columns: which table columns hold image(s), title, category, price and id.
+        photos: how many of an item's photos are used, their image-token cap, and what an unreadable
+            one does (`PhotoSpec`; README "Several photos per item").
         split: the table split to read from a hub or saved dataset.
         val_fraction, test_fraction, split_seed: product-grouped split of the kept rows.
         limit: use at most this many rows (chosen with split_seed) for quick runs.
@@ -46,6 +48,7 @@ class DataSpec:
     source: str = SYNTHETIC
     data_dir: str | None = None
     columns: ColumnMap = field(default_factory=ColumnMap)
+    photos: PhotoSpec = field(default_factory=PhotoSpec)
     split: str = "train"
     val_fraction: float = 0.1
     test_fraction: float = 0.1

@@ -73,6 +73,13 @@ def has_splits(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / SPLITS_FILE).is_file()
 
 
+def split_counts(run_dir: str | os.PathLike) -> dict[str, int]:
+    """Products per split recorded in `run_dir` ({} when the run records no splits)."""
+    if not has_splits(run_dir):
+        return {}
+    return json.loads((Path(run_dir) / SPLITS_FILE).read_text()).get("counts", {})
+
+
 def read_splits(run_dir: str | os.PathLike) -> dict[str, frozenset[str]]:
     """The product ids of each split recorded in `run_dir` (ids as strings; a split absent: none)."""
     recorded = json.loads((Path(run_dir) / SPLITS_FILE).read_text())

@@ -4,7 +4,8 @@ one generation at a time.
 A prediction passes three gates (`Workload`):
   1. admission: at most `max_queue` predictions in the server (receiving, decoding, waiting, generating);
      one more is answered 503 with a Retry-After estimated from recent generations.
-  2. decoding: the photo's pixel count is read from its header, then the photo is decoded and
+  2. decoding: the pixel count of the request's photos (one product's, together at most max_pixels) is
+     read from their headers, then they are decoded and
      preprocessed (in a worker thread) while holding that many pixels of a `decode_pixels` budget:
      decoded memory is bounded by the budget (measured: 11.7 bytes per pixel at the peak for a 40 MP
      PNG, decoding and preprocessing together; Pillow holds RGB in 4 bytes per pixel, then the processor's
@@ -198,8 +199,9 @@ class Workload:
         finally:
             self.in_flight -= 1
 
-    async def answer(self, data: bytes) -> Answer:
-        """Decode within the pixel budget, then generate in turn. Raises BadUpload or Unavailable."""
+    async def answer(self, data: bytes | list[bytes]) -> Answer:
+        """Decode one product's photo(s) within the pixel budget, then generate in turn. Raises BadUpload or
+        Unavailable."""
         start = time.perf_counter()
         pixels = await to_thread.run_sync(self.predictor.pixels, data)
         try:

@@ -1,21 +1,21 @@
-"""The run's test products for the demo's gallery: photo, true fields and the answer training stored.
+"""The run's test products for the demo's gallery: photos, true fields and the answer training stored.
 
 Read from the run dir that training wrote: `predictions/test*.csv` (one row per test product, see
-training/callbacks.EvaluationReport) and `splits.json` (how many products each split holds). The true
-title and category are parsed back from the row's target answer with the export's template.
+training/callbacks.EvaluationReport; a product's photos in its `image_path`, phi3v.inference.photo_paths).
+The true title and category are parsed back from the row's target answer with the export's template.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from phi3v.data.images import load_product_image
+from phi3v.inference import photo_paths
 from phi3v.task import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ THUMBNAIL = 192  # pixels, the longer side: sharp on the page's 160-px cards, ~1
 
 @dataclass(frozen=True)
 class GalleryItem:
-    image_path: Path
+    image_paths: tuple[Path, ...]  # the product's photos, in the order the model saw them
     true_title: str | None
     true_category: str | None
     true_price: float
@@ -35,9 +35,12 @@ class GalleryItem:
     price_error_pct: float | None  # signed, 100 * (predicted - true) / true (phi3v.task.price_error_pct)
 
     def as_json(self, index: int) -> dict:
-        fields = {k: v for k, v in self.__dict__.items() if k != "image_path"}
+        """The product for the page: `photo` and `thumbnail` of its first photo, `photos` and `thumbnails` of all."""
+        fields = {k: v for k, v in self.__dict__.items() if k != "image_paths"}
+        photos = range(len(self.image_paths))
         return {"index": index, "photo": f"/gallery/{index}/photo", "thumbnail": f"/gallery/{index}/thumbnail",
-                **fields}
+                "photos": [f"/gallery/{index}/photo/{k}" for k in photos],
+                "thumbnails": [f"/gallery/{index}/thumbnail/{k}" for k in photos], **fields}
 
 
 def predictions_file(run_dir: str | os.PathLike) -> Path | None:
@@ -47,7 +50,7 @@ def predictions_file(run_dir: str | os.PathLike) -> Path | None:
 
 
 def load_gallery(run_dir: str | os.PathLike, template: PromptTemplate, limit: int = 60) -> list[GalleryItem]:
-    """Up to `limit` test products of the run (rows whose photo no longer exists are skipped, counted)."""
+    """Up to `limit` test products of the run (rows with a photo that no longer exists are skipped, counted)."""
     path = predictions_file(run_dir)
     if path is None:
         log.info("no predictions/test*.csv in %s: the gallery is empty", run_dir)
@@ -57,12 +60,12 @@ def load_gallery(run_dir: str | os.PathLike, template: PromptTemplate, limit: in
         for row in csv.DictReader(handle):
             if len(items) == limit:
                 break
-            if not Path(row["image_path"]).is_file():
+            if not all(Path(photo).is_file() for photo in photo_paths(row)):
                 missing += 1
                 continue
             items.append(gallery_item(row, template))
     if missing:
-        log.warning("gallery: %d photos listed in %s no longer exist (skipped)", missing, path)
+        log.warning("gallery: %d products listed in %s have a photo that no longer exists (skipped)", missing, path)
     log.info("gallery: %d test products from %s", len(items), path)
     return items
 
@@ -70,17 +73,11 @@ def load_gallery(run_dir: str | os.PathLike, template: PromptTemplate, limit: in
 def gallery_item(row: dict, template: PromptTemplate) -> GalleryItem:
     truth, predicted = template.parse(row["target"]), template.parse(row["prediction"])
     return GalleryItem(
-        image_path=Path(row["image_path"]), true_title=truth.title, true_category=truth.category,
+        image_paths=tuple(map(Path, photo_paths(row))), true_title=truth.title, true_category=truth.category,
         true_price=float(row["true_price"]), prediction=row["prediction"], predicted_title=predicted.title,
         predicted_category=predicted.category, predicted_price=predicted.price,
         price_error_pct=float(row["price_error_pct"]) if row.get("price_error_pct") else None,
     )
-
-
-def split_counts(run_dir: str | os.PathLike) -> dict[str, int]:
-    """Products per split from the run's splits.json ({} when absent)."""
-    path = Path(run_dir, "splits.json")
-    return json.loads(path.read_text()).get("counts", {}) if path.is_file() else {}
 
 
 def thumbnail_jpeg(path: Path, size: int = THUMBNAIL) -> bytes:
@@ -90,4 +87,3 @@ def thumbnail_jpeg(path: Path, size: int = THUMBNAIL) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
-

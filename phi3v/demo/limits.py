@@ -9,7 +9,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ServerLimits:
     """Args:
-    max_upload_mb: a larger body is refused (413) from its Content-Length, before it is read.
+    max_upload_mb: a larger body (all its photos together) is refused (413) from its Content-Length, before
+        it is read.
+    max_photos: photos of one product in one request (a multipart form with more files is refused, 400).
     body_timeout_s: the whole body must arrive within this (408 otherwise): 30 s lets a 20 MB photo
         through a 5.3 Mbit/s uplink (a 4 MB phone photo through 1.1 Mbit/s), and frees the place of a
         client that stopped sending.
@@ -27,6 +29,7 @@ class ServerLimits:
     """
 
     max_upload_mb: float = 20
+    max_photos: int = 4
     body_timeout_s: float = 30
     header_timeout_s: float = 10
     max_connections: int = 512

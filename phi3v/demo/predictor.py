@@ -1,14 +1,18 @@
-"""One photo in, one parsed answer out: the model behind the web demo.
+"""One product's photo (or photos) in, one parsed answer out: the model behind the web demo.
 
 The only module of the demo that touches inference code (phi3v.inference: export loading, greedy
 decoding; phi3v.task: parsing).
 
 A request goes through three steps, which the server schedules (phi3v/demo/admission.py):
-`pixels` reads the image header (cheap: what decoding will cost), `prepare` decodes the photo and
+`pixels` reads the image headers (cheap: what decoding will cost), `prepare` decodes the photos and
 builds the model inputs (memory ~ the pixel count; may run in several threads at once), `generate`
 runs the model (one at a time: serialising costs throughput on a GPU that could batch, but it keeps
 peak memory that of one generation and every answer exactly what `phi3v.predict image=...` prints for
-the same photo: greedy decoding, no padding). `answer` chains the three, for scripts and tests.
+the same photos: greedy decoding, no padding). `answer` chains the three, for scripts and tests.
+
+A request holds one product's photos, in order: one (the raw body) or several (a form's files), asked
+with one `<|image_k|>` each (the export's question, `template.prompt(n)`). `max_pixels` bounds them
+together, so a request never holds more of the decoding budget than one photo of that size.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from phi3v.data.images import ImageRejected, decode_product_image, image_size
@@ -44,6 +49,11 @@ class Answer:
     queued_s: float  # waiting for other users' photos (decoding budget, generations before this one)
 
 
+def as_photos(data: bytes | Sequence[bytes]) -> list[bytes]:
+    """One encoded photo or a product's photos, as a list."""
+    return [data] if isinstance(data, (bytes, bytearray)) else list(data)
+
+
 class Predictor:
     """A frozen model, its processor and the question it was trained with.
 
@@ -53,7 +63,8 @@ class Predictor:
         template: the PromptTemplate the model was trained with (the question asked, the answer parsed).
         source: what the model is, shown on the page ("adapter outputs/.../adapter", "preset tiny").
         max_new_tokens: answer budget.
-        max_pixels: uploads with more pixels are refused before decoding (decompression bombs).
+        max_pixels: uploads with more pixels (one request's photos together) are refused before decoding
+            (decompression bombs).
     """
 
     def __init__(self, model, processor, template: PromptTemplate, source: str, max_new_tokens: int = 64,
@@ -66,21 +77,32 @@ class Predictor:
         self.max_pixels = max_pixels
         self._lock = threading.Lock()  # `answer` only: the server serialises `generate` itself
 
-    def pixels(self, data: bytes) -> int:
-        """width * height from the photo's header (nothing decoded). Raises BadUpload."""
-        try:
-            width, height = image_size(data, self.max_pixels)
-        except ImageRejected as rejected:
-            raise BadUpload(upload_message(rejected, self.max_pixels)) from rejected
-        return width * height
+    def pixels(self, data: bytes | Sequence[bytes]) -> int:
+        """width * height of the photo(s), summed, from their headers (nothing decoded). Raises BadUpload."""
+        photos = as_photos(data)
+        total = 0
+        for index, photo in enumerate(photos):
+            try:
+                width, height = image_size(photo, self.max_pixels)
+            except ImageRejected as rejected:
+                raise BadUpload(which(index, len(photos)) + upload_message(rejected, self.max_pixels)) from rejected
+            total += width * height
+        if total > self.max_pixels:
+            raise BadUpload(f"These {len(photos)} photos are too large to read together: {total / 1e6:.1f} megapixels; "
+                            f"the limit is {self.max_pixels / 1e6:g} megapixels for one product's photos. Resize "
+                            "them (a few megapixels each are plenty) and send them again.")
+        return total
 
-    def prepare(self, data: bytes) -> dict:
-        """The model inputs for an encoded photo (decoded, EXIF-rotated, preprocessed). Raises BadUpload."""
-        try:
-            image = decode_product_image(data, self.max_pixels)
-        except ImageRejected as rejected:
-            raise BadUpload(upload_message(rejected, self.max_pixels)) from rejected
-        return self.processor(self.template.prompt(), [image], padding_side="left")
+    def prepare(self, data: bytes | Sequence[bytes]) -> dict:
+        """The model inputs for one product's encoded photo(s) (decoded, EXIF-rotated, preprocessed), asked
+        with one <|image_k|> each. Raises BadUpload."""
+        photos, images = as_photos(data), []
+        for index, photo in enumerate(photos):
+            try:
+                images.append(decode_product_image(photo, self.max_pixels))
+            except ImageRejected as rejected:
+                raise BadUpload(which(index, len(photos)) + upload_message(rejected, self.max_pixels)) from rejected
+        return self.processor(self.template.prompt(len(images)), images, padding_side="left")
 
     def generate(self, inputs: dict) -> str:
         """The model's answer text. Not thread-safe: one call at a time."""
@@ -90,8 +112,8 @@ class Predictor:
         fields = self.template.parse(text)
         return Answer(text, fields.title, fields.category, fields.price, round(latency_s, 3), round(queued_s, 3))
 
-    def answer(self, data: bytes) -> Answer:
-        """The model's answer for an encoded photo, in the calling thread. Raises BadUpload."""
+    def answer(self, data: bytes | Sequence[bytes]) -> Answer:
+        """The model's answer for one product's encoded photo(s), in the calling thread. Raises BadUpload."""
         start = time.perf_counter()
         self.pixels(data)
         inputs = self.prepare(data)
@@ -100,6 +122,11 @@ class Predictor:
             queued = time.perf_counter() - waiting
             text = self.generate(inputs)
         return self.parsed(text, time.perf_counter() - start - queued, queued)
+
+
+def which(index: int, count: int) -> str:
+    """"Photo 2 of 3: " before what is wrong with one of several photos (nothing for a single photo)."""
+    return f"Photo {index + 1} of {count}: " if count > 1 else ""
 
 
 def upload_message(rejected: ImageRejected, max_pixels: int) -> str:

@@ -6,10 +6,10 @@ Routes
   GET  /favicon.svg, .ico       the icon (page.html links the SVG)
   GET  /api/info                what model answers, its prompt, the gallery size and split counts
   GET  /api/gallery             the run's test products: true vs predicted fields
-  GET  /gallery/<i>/thumbnail   a small JPEG of gallery product i
-  GET  /gallery/<i>/photo       its photo as stored (the page posts it to /api/predict when picked)
-  POST /api/predict             the photo as the raw body, or as the one file of a multipart form
-                                -> {text, title, category, price, latency_s, queued_s}
+  GET  /gallery/<i>/thumbnail   a small JPEG of gallery product i (its first photo; .../thumbnail/<k>: photo k)
+  GET  /gallery/<i>/photo       its photo as stored (.../photo/<k>: photo k; the page posts them when picked)
+  POST /api/predict             one photo as the raw body, or one product's photos as the files of a multipart
+                                form (at most max_photos), -> {text, title, category, price, latency_s, queued_s}
 
 Every error is a JSON `{"error": "..."}` with a 4xx/5xx status and a sentence for the user (what is
 wrong, which limit, what to do); a 503 carries Retry-After. An unexpected failure is logged with its
@@ -40,7 +40,7 @@ from phi3v.demo.admission import Unavailable, Workload
 from phi3v.demo.gallery import GalleryItem, thumbnail_jpeg
 from phi3v.demo.limits import ServerLimits
 from phi3v.demo.predictor import BadUpload, Predictor
-from phi3v.demo.uploads import ClientGone, Refused, read_photo
+from phi3v.demo.uploads import ClientGone, Refused, read_photos
 
 log = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store"}
@@ -66,7 +66,8 @@ class DemoState:
         template = self.predictor.template
         return {"model": self.model_name, "question": template.question, "answer_format": template.answer,
                 "gallery_size": len(self.gallery), "split_counts": self.counts,
-                "max_upload_mb": self.limits.max_upload_mb, "max_megapixels": self.predictor.max_pixels / 1e6}
+                "max_upload_mb": self.limits.max_upload_mb, "max_photos": self.limits.max_photos,
+                "max_megapixels": self.predictor.max_pixels / 1e6}
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -125,10 +126,14 @@ async def gallery(request: Request) -> Response:
 @answered
 async def gallery_file(request: Request) -> Response:
     items, index, kind = demo(request).gallery, request.path_params["index"], request.path_params["kind"]
+    photo = request.path_params.get("photo", 0)
     if index >= len(items) or kind not in ("thumbnail", "photo"):
         raise Refused(HTTPStatus.NOT_FOUND, f"There is no {kind} of gallery product {index} "
                       f"(the gallery has {len(items)} products, numbered from 0).")
-    path = items[index].image_path
+    if photo >= len(items[index].image_paths):
+        raise Refused(HTTPStatus.NOT_FOUND, f"Gallery product {index} has no photo {photo} (it has "
+                      f"{len(items[index].image_paths)}, numbered from 0).")
+    path = items[index].image_paths[photo]
     try:
         if kind == "thumbnail":
             return Response(await run_in_threadpool(thumbnail_jpeg, path), media_type="image/jpeg")
@@ -143,8 +148,9 @@ async def gallery_file(request: Request) -> Response:
 async def predict(request: Request) -> Response:
     state = demo(request)
     with state.workload.admitted():
-        data = await read_photo(request, state.limits.max_upload_bytes, state.limits.body_timeout_s)
-        answer = await state.workload.answer(data)
+        photos = await read_photos(request, state.limits.max_upload_bytes, state.limits.body_timeout_s,
+                                   state.limits.max_photos)
+        answer = await state.workload.answer(photos)
     return JSONResponse(answer.__dict__, headers=NO_STORE)
 
 
@@ -159,7 +165,8 @@ async def not_found(request: Request, problem: HTTPException) -> Response:
 ROUTES = [
     Route("/", page), Route("/favicon.svg", favicon), Route("/favicon.ico", favicon),
     Route("/api/info", info), Route("/api/gallery", gallery),
-    Route("/gallery/{index:int}/{kind}", gallery_file), Route("/api/predict", predict, methods=["POST"]),
+    Route("/gallery/{index:int}/{kind}", gallery_file), Route("/gallery/{index:int}/{kind}/{photo:int}", gallery_file),
+    Route("/api/predict", predict, methods=["POST"]),
 ]
 
 

@@ -1,15 +1,17 @@
-"""The photo out of a POST /api/predict request: the raw body, or the one file of a multipart form.
+"""The photo(s) out of a POST /api/predict request: the raw body (one photo), or the files of a multipart
+form (one product's photos, in the order sent: `curl -F photo=@front.jpg -F photo=@back.jpg`).
 
 uvicorn (h11) parses HTTP: a malformed request line, header or Content-Length is answered 400 before
 the app sees it, and a request head larger than 16 KB too. What HTTP servers leave to the application,
 we own here: the body must arrive within `body_timeout_s` (408 otherwise, the connection closed),
-and hold at most `max_upload_mb` (413: refused from its Content-Length before a byte is read, or as
-soon as a chunked body has streamed past the limit). After a 413 the connection stays open while
+and hold at most `max_upload_mb`, all its photos together (413: refused from its Content-Length before
+a byte is read, or as soon as a chunked body has streamed past the limit). After a 413 the connection stays open while
 uvicorn reads and drops the rest of the body, so that a client still sending it gets the answer
 instead of a reset; the head deadline (phi3v/demo/serving.py) closes it if that takes longer than
 `header_timeout_s`. A multipart form (`curl -F photo=@shoe.jpg`) is
-read whole under the same limits, then parsed by Starlette (python-multipart); any other body, whatever
-its Content-Type (`curl --data-binary @shoe.jpg` says application/x-www-form-urlencoded), is the photo.
+read whole under the same limits, then parsed by Starlette (python-multipart): its 1 to `max_photos` files
+are the photos, whatever their field names; any other body, whatever its Content-Type
+(`curl --data-binary @shoe.jpg` says application/x-www-form-urlencoded), is the one photo.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-async def read_photo(request: Request, max_bytes: int, timeout_s: float) -> bytes:
-    """The photo's bytes. Raises Refused (408, 411-free: chunked is fine, 413, 400) or ClientGone."""
+async def read_photos(request: Request, max_bytes: int, timeout_s: float, max_photos: int) -> list[bytes]:
+    """The photos' bytes, in order. Raises Refused (408, 411-free: chunked is fine, 413, 400) or ClientGone."""
     declared = request.headers.get("content-length")  # h11 has checked it is digits only
     limit = f"the limit is {max_bytes / 1e6:g} MB"
     if declared is not None and int(declared) > max_bytes:
@@ -66,28 +68,32 @@ async def read_photo(request: Request, max_bytes: int, timeout_s: float) -> byte
         raise ClientGone from None
     body = b"".join(chunks)
     if request.headers.get("content-type", "").lower().startswith(MULTIPART):
-        return await form_file(request, body)
-    return body
+        return await form_files(request, body, max_photos)
+    return [body]
 
 
-async def form_file(request: Request, body: bytes) -> bytes:
-    """The single file of a multipart form whose whole body is `body`."""
+async def form_files(request: Request, body: bytes, max_photos: int) -> list[bytes]:
+    """The files of a multipart form whose whole body is `body`: one product's 1 to `max_photos` photos."""
 
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
     scope = {key: value for key, value in request.scope.items() if key != "app"}  # errors raised, not turned into 400s
-    try:
-        form = await Request(scope, replay).form(max_files=4, max_fields=16)
+    try:  # one file more than allowed is parsed, so that our sentence answers it
+        form = await Request(scope, replay).form(max_files=max_photos + 1, max_fields=16)
     except MultiPartException as problem:
         raise Refused(HTTPStatus.BAD_REQUEST, f"The form cannot be read ({problem.message}). "
-                      "Send the photo as one file field, e.g. curl -F photo=@shoe.jpg <url>/api/predict") from None
+                      "Send each photo as a file field, e.g. curl -F photo=@shoe.jpg <url>/api/predict") from None
     try:
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        if len(files) != 1:
+        if not files:
             raise Refused(HTTPStatus.BAD_REQUEST,
-                          f"The form has {len(files)} files; send exactly one photo as a file field, "
-                          "e.g. curl -F photo=@shoe.jpg <url>/api/predict")
-        return await files[0].read()
+                          "The form has no file; send the photo as a file field, e.g. curl -F photo=@shoe.jpg "
+                          "<url>/api/predict")
+        if len(files) > max_photos:
+            raise Refused(HTTPStatus.BAD_REQUEST,
+                          f"The form has {len(files)} files; send at most {max_photos} photos of one product, e.g. "
+                          "curl -F photo=@front.jpg -F photo=@back.jpg <url>/api/predict")
+        return [await file.read() for file in files]
     finally:
         await form.close()

@@ -9,6 +9,7 @@ only the answer and its `<|end|>`.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from collections.abc import Sequence
@@ -164,27 +165,33 @@ class Phi3VProcessor:
         return self._pad(sequences, label_rows if answers is not None else None, padding_side)
 
     def sequence_lengths(
-        self, prompt: str, image_sizes: Sequence[tuple[int, int]], answers: Sequence[str] | None = None
+        self, prompt: str, image_sizes: Sequence, answers: Sequence[str] | None = None
     ) -> list[int]:
-        """Tokens of each row `tokenize` would build for `prompt` with one image of each (width,
-        height) in `image_sizes` (and the matching answer + `<|end|>`), padding excluded, computed
-        from image sizes alone: no image is opened or processed. Samplers group by these lengths.
+        """Tokens of each row `tokenize` would build for `prompt` with the images of each entry of
+        `image_sizes` (and the matching answer + `<|end|>`), padding excluded, computed from image sizes
+        alone: no image is opened or processed. Samplers group by these lengths.
 
-        The prompt must hold one image tag. The text before it is tokenized once; the text after it
-        is tokenized together with each answer, as `_encode` does (the answer can change how the
-        prompt's end tokenizes)."""
+        `prompt` holds n image tags; each entry of `image_sizes` is the (width, height) of a row's one
+        image (n = 1), or the n sizes of a row's images in tag order. The text before the last tag is
+        tokenized once; the text after it is tokenized together with each answer, as `_encode` does
+        (the answer can change how the prompt's end tokenizes)."""
         tags = _image_tags(prompt, 0)
-        if len(tags) != 1:
-            raise ValueError(f"sequence_lengths needs a prompt with one image tag, got {len(tags)}: {prompt!r}")
+        if not tags:
+            raise ValueError(f"sequence_lengths needs a prompt with image tags, got none: {prompt!r}")
         if answers is not None and len(answers) != len(image_sizes):
             raise ValueError(f"got {len(image_sizes)} image sizes but {len(answers)} answers")
-        before, after = IMAGE_TAG.split(prompt)[::2]
-        head = len(self._tokenize(before))
-        tails = [after] if answers is None else [after + answer + END_OF_TURN for answer in answers]
+        rows = [[entry] if _is_size(entry) else list(entry) for entry in image_sizes]
+        for row, sizes in enumerate(rows):
+            if len(sizes) != len(tags):
+                raise ValueError(f"the prompt has {len(tags)} image tags but row {row} has {len(sizes)} image sizes")
+        chunks = IMAGE_TAG.split(prompt)[::2]
+        head = sum(len(self._tokenize(chunk)) for chunk in chunks[:-1])  # a BOS before every image's block
+        tails = [chunks[-1]] if answers is None else [chunks[-1] + answer + END_OF_TURN for answer in answers]
         tail = [len(ids) for ids in self.tokenizer(tails, add_special_tokens=True)["input_ids"]]
-        tail = tail * len(image_sizes) if answers is None else tail
+        tail = tail * len(rows) if answers is None else tail
         count = self.image_processor.num_image_tokens
-        return [head + count(int(width), int(height)) + text for (width, height), text in zip(image_sizes, tail)]
+        return [head + sum(count(int(width), int(height)) for width, height in sizes) + text
+                for sizes, text in zip(rows, tail)]
 
     def _assign_images(self, prompts: list[str], images) -> list[list[Image.Image]]:
         """Split `images` over the prompts by their tags, checking tags and counts."""
@@ -268,6 +275,11 @@ def _image_tags(prompt: str, index: int) -> list[int]:
             f"{[f'<|image_{n}|>' for n in numbers]}"
         )
     return numbers
+
+
+def _is_size(entry) -> bool:
+    """Whether `entry` is one (width, height) pair rather than a row's list of them."""
+    return len(entry) == 2 and all(isinstance(value, numbers.Integral) for value in entry)
 
 
 def _check_side(side: str) -> str:

@@ -9,10 +9,10 @@ items all have exactly that many (e.g. "Front: <|image_1|> Back: <|image_2|> ...
 Every photo costs image tokens: at most `max_photo_tokens(num_crops)` (2,653 at num_crops 16, 781 at 4),
 so `PhotoSpec` caps the photos per item and, optionally, their tokens together.
 
-Proposed config (phase B wires it), next to the catalogue's image column(s):
+Its config is `data.photos` (DataSpec.photos; applied by phi3v.data.photo_files when preparing and
+phi3v.data.photo_tokens at setup), next to the catalogue's image column(s):
 
     photos:
-      _target_: phi3v.task.PhotoSpec
       max_per_item: 4          # photos used per item, in column order; each costs up to 2,653 tokens at num_crops 16
       max_image_tokens: null   # cap on one item's image tokens together (null = none): photos past it are left out
       bad_photo: drop_item     # an unreadable photo drops its item (drop_item) or only itself (keep_rest)
@@ -76,7 +76,8 @@ class PhotoSpec:
     Args:
         max_per_item: photos used per item, the first ones in column order.
         max_image_tokens: cap on the image tokens of one item's photos together; photos past it are left
-            out, an item whose first photo alone exceeds it is dropped. None = no cap.
+            out, an item whose first photo alone exceeds it is dropped. None = no cap. Applied at setup,
+            once the processor (num_crops) is known.
         bad_photo: "drop_item" drops an item when one of its first `max_per_item` photos is unreadable;
             "keep_rest" keeps the first `max_per_item` readable photos (dropped when none is).
     """

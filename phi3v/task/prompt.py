@@ -15,6 +15,7 @@ from phi3v.modeling.tokenizer import chat_prompt
 
 from .fields import DEFAULT_FIELDS
 from .numbers import price_from_answer
+from .photos import question_for, question_problems
 from .spec import DEFAULT_ANSWER, DEFAULT_QUESTION, TaskSpec
 
 DEFAULT_PRICE_FORMAT = "{}"  # str(float): 1250.0, 1299.99 — the seed's format
@@ -26,7 +27,8 @@ class PromptTemplate:
     """How a catalogue row becomes a chat prompt and an answer.
 
     Args:
-        question: the user turn; `<|image_1|>` marks where the photo goes.
+        question: the user turn; `<|image_1|>` marks where the photo goes, and stands for all of an
+            item's photos (phi3v.task.photos.question_for).
         answer: the assistant answer with `{title}`, `{category}`, `{price}` fields.
         price_format: a `str.format` pattern for the float price, e.g. "{:,.2f}" -> "1,250.00".
     """
@@ -39,6 +41,8 @@ class PromptTemplate:
         problems = []
         if "<|image_1|>" not in self.question:
             problems.append(f"data.prompt.question must contain <|image_1|>, got {self.question!r}")
+        else:
+            problems += question_problems(self.question, "data.prompt.question")
         for field in ("{title}", "{category}", "{price}"):
             if field not in self.answer:
                 problems.append(f"data.prompt.answer must contain {field}, got {self.answer!r}")
@@ -49,9 +53,9 @@ class PromptTemplate:
         if problems:
             raise ValueError("\n".join(problems))
 
-    def prompt(self) -> str:
-        """The generation prompt (ends with `<|assistant|>\\n`)."""
-        return chat_prompt([{"role": "user", "content": self.question}])
+    def prompt(self, photos: int = 1) -> str:
+        """The generation prompt for an item with `photos` photos (ends with `<|assistant|>\\n`)."""
+        return chat_prompt([{"role": "user", "content": question_for(self.question, photos)}])
 
     def format_price(self, price: float) -> str:
         return self.price_format.format(float(price))

@@ -17,6 +17,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from phi3v.inference import photo_paths
+
 from .evaluation import SplitResult
 
 # Direction of each metric for `beats_baselines`; metrics not listed (e.g. `count`) are not compared.
@@ -100,13 +102,13 @@ TABLE_COLUMNS = ["image", "target", "prediction", "parsed_price", "true_price", 
 
 
 def wandb_prediction_table(rows: list[dict], thumbnail: int = 224):
-    """A `wandb.Table` of prediction rows (`phi3v.inference.prediction_row`); images shrunk to fit
-    `thumbnail` pixels (None if unreadable)."""
+    """A `wandb.Table` of prediction rows (`phi3v.inference.prediction_row`); each product's first photo
+    shrunk to fit `thumbnail` pixels (None if unreadable)."""
     import wandb  # lazily: importing wandb is slow and only W&B runs need it
 
     table = wandb.Table(columns=TABLE_COLUMNS)
     for row in rows:
-        image = _thumbnail(row["image_path"], thumbnail)
+        image = _thumbnail(photo_paths(row)[0], thumbnail)
         table.add_data(
             None if image is None else wandb.Image(image), row["target"], row["prediction"], row["parsed_price"],
             row["true_price"], row["price_error_pct"],
