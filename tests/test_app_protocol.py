@@ -270,7 +270,7 @@ def test_decoding_holds_the_photos_pixels_of_a_shared_budget(predictor, monkeypa
     """Four 1 MP photos and a small one at once, with a budget of two 1 MP photos and a bit: at most two
     big ones decode together, and the small one passes them."""
     big, small = encoded(Image.new("RGB", (1000, 1000), "gray")), encoded(Image.new("RGB", (100, 100), "red"))
-    narrow = Predictor(predictor.model, predictor.processor, predictor.template, predictor.source, 2,
+    narrow = Predictor(predictor.model, predictor.processor, predictor.task, predictor.source, 2,
                        max_pixels=1_000_000)
     active, peaks, finished, lock = [0], [], {}, threading.Lock()
     original = narrow.prepare

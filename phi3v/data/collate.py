@@ -17,14 +17,15 @@ the loss, and evaluation leaves them out of its records.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from collections.abc import Mapping
+from typing import Literal, TypedDict
 
 import torch
 from PIL import Image
 
 from phi3v.modeling import IGNORE_INDEX, Phi3VProcessor
 from phi3v.modeling.batch import CollatedBatch, Phi3VBatch
-from phi3v.task import PromptTemplate
+from phi3v.task import FieldValue, TaskSpec
 
 from .dataset import Sample
 
@@ -36,7 +37,7 @@ class BatchMeta(TypedDict):
     index: list[int]  # dataset index of each row
     supervised: list[bool]  # False: unreadable image or distributed padding (no labels, no record)
     product_id: list[str]
-    truth: list[dict[str, Any]]  # the answer's fields of each row, keyed by name (Sample.truth)
+    truth: list[Mapping[str, FieldValue]]  # the true value of each of the task's fields, keyed by name (Sample.truth)
     target: list[str]  # the answer the model should generate
     image_path: list[str]
     skipped_images: int  # samples of this batch whose image was unreadable (not padding repeats)
@@ -48,15 +49,15 @@ class Phi3VCollator:
     def __init__(
         self,
         processor: Phi3VProcessor,
-        template: PromptTemplate,
+        task: TaskSpec,
         mode: Literal["train", "generate", "eval"] = "train",
     ):
         if mode not in ("train", "generate", "eval"):
             raise ValueError(f"mode must be train, generate or eval, got {mode!r}")
         self.processor = processor
-        self.template = template
+        self.task = task
         self.mode = mode
-        self.prompt = template.prompt()
+        self.prompt = task.prompt()
 
     def __call__(self, samples: list[Sample]) -> CollatedBatch:
         if not samples:
@@ -64,7 +65,7 @@ class Phi3VCollator:
         vision = self.processor.image_processor([PLACEHOLDER if s.image is None else s.image for s in samples])
         prompts = [self.prompt] * len(samples)
         counts = [[n] for n in vision["num_img_tokens"]]
-        targets = [self.template.target(s.title, s.category, s.price) for s in samples]
+        targets = [self.task.answer_for(s.truth) for s in samples]
         supervised = [s.image is not None and not s.padding for s in samples]
         pixels = {"pixel_values": vision["pixel_values"], "image_sizes": vision["image_sizes"]}
         meta: BatchMeta = {

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from phi3v.modeling import Phi3VProcessor
 
 from .collate import Phi3VCollator
-from .dataset import ProductDataset, read_manifest
+from .dataset import ProductDataset, manifest_schema, read_manifest
 from .eval_sampler import EvalBatchSampler
 from .manifest import MANIFEST, REPORT, PrepareReport, catalogue_signature, default_data_dir, prepare_catalogue
 from .sampler import LengthGroupedBatchSampler
@@ -46,7 +46,8 @@ class ProductDataModule(L.LightningDataModule):
         super().__init__()
         self.spec = spec = spec or DataSpec()
         self.data_dir = Path(spec.data_dir) if spec.data_dir else default_data_dir(spec.source)
-        self.template = spec.prompt
+        self.task = spec.task
+        manifest_schema(spec.task)  # a field named like a manifest column fails here, before any work
         self.loader_options = dict(
             num_workers=spec.num_workers, pin_memory=spec.pin_memory,
             persistent_workers=spec.persistent_workers and spec.num_workers > 0,
@@ -73,7 +74,8 @@ class ProductDataModule(L.LightningDataModule):
         if self._manifest_is_current():
             return None
         spec = self.spec
-        report = prepare_catalogue(spec.source, self.data_dir, spec.columns, spec.download, spec.synthetic, spec.split)
+        report = prepare_catalogue(spec.source, self.data_dir, spec.columns, spec.task, spec.download, spec.synthetic,
+                                   spec.split)
         log.info(report.summary())
         return report
 
@@ -81,7 +83,8 @@ class ProductDataModule(L.LightningDataModule):
         report = self.data_dir / REPORT
         if not (self.data_dir / MANIFEST).is_file() or not report.is_file():
             return False
-        signature = catalogue_signature(self.spec.source, self.spec.columns, self.spec.synthetic, self.spec.split)
+        spec = self.spec
+        signature = catalogue_signature(spec.source, spec.columns, spec.task, spec.synthetic, spec.split)
         return json.loads(report.read_text()).get("signature") == signature
 
     # ---- setting up ----------------------------------------------------------------------
@@ -90,7 +93,7 @@ class ProductDataModule(L.LightningDataModule):
             raise RuntimeError("call datamodule.connect(processor) before setup()")
         if self.datasets:
             return
-        manifest = read_manifest(self.data_dir / MANIFEST)
+        manifest = read_manifest(self.data_dir / MANIFEST, self.task)
         manifest = manifest.take(limited_rows(manifest.num_rows, self.spec.limit, self.spec.split_seed))
         ids = manifest.column("product_id").to_pylist()
         splits = assign_splits(ids, self.spec.val_fraction, self.spec.test_fraction, self.spec.split_seed)
@@ -111,35 +114,32 @@ class ProductDataModule(L.LightningDataModule):
         self.setup()
         return self.datasets[split]
 
-    def truth(self, split: str) -> dict[str, list]:
-        """The answer's fields of every product of `split`, as columns keyed by name (baselines)."""
+    def truth(self, split: str) -> list[dict]:
+        """The true values of every product of `split`, each keyed by field name (baselines)."""
         return self.split_products(split).truth()
 
     def run_products(self, split: str, run_dir: str | os.PathLike) -> tuple[ProductDataset, str]:
         """This catalogue's products in `split` of the run recorded in `run_dir` (its splits.json), in
         manifest order, or all of them when the run never saw any of its products; and a sentence
         saying which. Needs the manifest (`prepare_data`), not `setup`."""
-        manifest = read_manifest(self.data_dir / MANIFEST)
+        manifest = read_manifest(self.data_dir / MANIFEST, self.task)
         rows, description = run_split_rows(manifest.column("product_id").to_pylist(), run_dir, split,
                                            f"{self.spec.source} ({self.data_dir})")
         return self._dataset(manifest.take(rows)), description
 
     def _dataset(self, table) -> ProductDataset:
-        return ProductDataset(table, self.data_dir, self.spec.strict_images, self.spec.max_pixels)
+        return ProductDataset(table, self.data_dir, self.task, self.spec.strict_images, self.spec.max_pixels)
 
     def token_lengths(self, dataset: ProductDataset) -> np.ndarray:
         """Exact token count of every sample (prompt + image + answer + <|end|>), as the collator
         builds it (the processor counts), from the manifest's image sizes without opening images."""
         lengths = np.zeros(len(dataset), dtype=np.int64)
-        prompt, table = self.template.prompt(), dataset.table
+        prompt, table, names = self.task.prompt(), dataset.table, self.task.names
         for start in range(0, len(dataset), LENGTH_CHUNK):
             rows = table.slice(start, LENGTH_CHUNK)
             sizes = zip(rows.column("image_width").to_pylist(), rows.column("image_height").to_pylist())
-            answers = [
-                self.template.target(t, c, p)
-                for t, c, p in zip(rows.column("title").to_pylist(), rows.column("category").to_pylist(),
-                                   rows.column("price").to_pylist())
-            ]
+            values = zip(*(rows.column(name).to_pylist() for name in names))
+            answers = [self.task.answer_for(dict(zip(names, row))) for row in values]
             lengths[start : start + rows.num_rows] = self.processor.sequence_lengths(prompt, list(sizes), answers)
         return lengths
 
@@ -154,7 +154,7 @@ class ProductDataModule(L.LightningDataModule):
             self._restored_sampler = None
         return ResumableLoader(
             self.datasets["train"], batch_sampler=self.train_sampler,
-            collate_fn=Phi3VCollator(self.processor, self.template, "train"), **self.loader_options,
+            collate_fn=Phi3VCollator(self.processor, self.task, "train"), **self.loader_options,
             state=self.state_dict,
         )
 
@@ -168,7 +168,7 @@ class ProductDataModule(L.LightningDataModule):
         )
         return DataLoader(
             self.datasets[split], batch_sampler=sampler,
-            collate_fn=Phi3VCollator(self.processor, self.template, mode), **self.loader_options,
+            collate_fn=Phi3VCollator(self.processor, self.task, mode), **self.loader_options,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -2,7 +2,7 @@
 
 Output in `data_dir`:
   images/            verified image files (downloads are named by URL hash, never by data values)
-  manifest.parquet   kept rows (see phi3v.data.dataset.MANIFEST_COLUMNS)
+  manifest.parquet   kept rows: id, image, and each field's typed value (phi3v.data.dataset.manifest_schema)
   dropped.parquet    dropped rows with reason and detail
   report.json        counts: kept, dropped by reason, downloaded, reused
 Running it again downloads nothing that is already valid on disk.
@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phi3v.files import atomic_write, atomic_write_text
+from phi3v.task import TaskSpec
 
 from .catalogue import ColumnMap, DroppedRow, ProductRow, validate_rows
-from .dataset import MANIFEST_COLUMNS
+from .dataset import manifest_schema
 from .download import DownloadItem, DownloadSettings, download_images
 from .images import ImageRejected, inspect_image_bytes
 from .sources import TABLE_SUFFIXES, read_table
@@ -62,9 +63,11 @@ def default_data_dir(source: str) -> Path:
     return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_.")
 
 
-def catalogue_signature(source: str, columns: ColumnMap, synthetic: SyntheticSpec, split: str) -> dict:
-    """The inputs that determine the manifest (JSON-comparable)."""
-    signature = {"source": source, "split": split, "columns": asdict(columns)}
+def catalogue_signature(source: str, columns: ColumnMap, task: TaskSpec, synthetic: SyntheticSpec, split: str) -> dict:
+    """The inputs that determine the manifest (JSON-comparable): the fields' names, columns and types among
+    them (their labels and formats only change how answers are written)."""
+    fields = [[spec.name, spec.column, spec.type] for spec in task.fields]
+    signature = {"source": source, "split": split, "columns": asdict(columns), "fields": fields}
     if source == SYNTHETIC:
         signature["synthetic"] = asdict(synthetic)
     return signature
@@ -74,13 +77,16 @@ def prepare_catalogue(
     source: str,
     data_dir: str | os.PathLike,
     columns: ColumnMap,
+    task: TaskSpec,
     download: DownloadSettings,
     synthetic: SyntheticSpec,
     split: str = "train",
     progress: bool = True,
 ) -> PrepareReport:
-    """Build `data_dir` from `source` (see phi3v.data.sources) and return the counts."""
+    """Build `data_dir` from `source` (see phi3v.data.sources): the task's fields read from their columns;
+    return the counts."""
     data_dir = Path(data_dir)
+    schema = manifest_schema(task)  # a field named like a manifest column fails before any work
     image_dir = data_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     if source == SYNTHETIC:
@@ -90,15 +96,16 @@ def prepare_catalogue(
         table = read_table(source, split)
         records, available, root = table.records, table.columns, table.image_root
     columns.check(available)
-    rows, dropped = validate_rows(records, columns)
+    task.check_columns(available)
+    rows, dropped = validate_rows(records, columns, task)
     kept, image_drops, counts = _attach_images(rows, root, image_dir, download, progress)
     dropped += image_drops
 
     report = PrepareReport(str(data_dir), source, rows=len(records), kept=len(kept))
-    report.signature = catalogue_signature(source, columns, synthetic, split)
+    report.signature = catalogue_signature(source, columns, task, synthetic, split)
     report.dropped = dict(Counter(d.reason for d in dropped))
     report.downloaded, report.reused = counts
-    _write_outputs(data_dir, kept, dropped, report)
+    _write_outputs(data_dir, schema, kept, dropped, report)
     return report
 
 
@@ -149,9 +156,7 @@ def _manifest_record(row: ProductRow, path: Path, size: tuple[int, int], data_di
         stored = str(path.resolve())  # kept in place outside the data dir
     return {
         "product_id": row.product_id,
-        "title": row.title,
-        "category": row.category,
-        "price": row.price,
+        **row.values,
         "image_path": stored,
         "image_width": size[0],
         "image_height": size[1],
@@ -160,8 +165,9 @@ def _manifest_record(row: ProductRow, path: Path, size: tuple[int, int], data_di
     }
 
 
-def _write_outputs(data_dir: Path, kept: list[dict], dropped: list[DroppedRow], report: PrepareReport) -> None:
-    schema = pa.schema(list(MANIFEST_COLUMNS.items()))
+def _write_outputs(
+    data_dir: Path, schema: pa.Schema, kept: list[dict], dropped: list[DroppedRow], report: PrepareReport
+) -> None:
     _atomic_parquet(pa.Table.from_pylist(kept, schema=schema), data_dir / MANIFEST)
     drop_schema = pa.schema(
         [("source_row", pa.int64()), ("product_id", pa.string()), ("image", pa.string()),
