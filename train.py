@@ -200,8 +200,8 @@ def train(cfg: DictConfig, run_dir: Path, launch: Launch) -> float | None:
 
     module = Phi3VLitModule(
         spec=spec, lora=lora, optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_object(cfg.scheduler),
-        processor=processor, template=datamodule.template, evaluation=OmegaConf.to_object(cfg.evaluation),
-        baseline_scores=split_baselines({split: datamodule.truth(split) for split in SPLITS}),
+        processor=processor, task=datamodule.task, evaluation=OmegaConf.to_object(cfg.evaluation),
+        baseline_scores=split_baselines(datamodule.task, {split: datamodule.truth(split) for split in SPLITS}),
         sharding=sharding_spec(cfg),
     )
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else None
@@ -278,23 +278,22 @@ def export(run: RunEnd, wandb_run) -> Path:
     from phi3v.shipping.artifacts import best_score, log_run_artifacts
     from phi3v.shipping.model_card import RunResults
 
-    module, template = run.module, run.datamodule.template
+    module, task = run.module, run.datamodule.task
     results = RunResults(dataset=str(run.cfg.data.source), scores=module.results.scores)  # for the model card
-    out = export_adapter(module.model, run.processor, run.spec, template, run.run_dir / "adapter", run.trained,
-                         results)
+    out = export_adapter(module.model, run.processor, run.spec, task, run.run_dir / "adapter", run.trained, results)
     log.info("adapter written to %s", out)
     if wandb_run is not None:
-        log_run_artifacts(wandb_run, out, run.run_dir / "predictions", run.spec, template, run.cfg.checkpoint.monitor,
+        log_run_artifacts(wandb_run, out, run.run_dir / "predictions", run.spec, task, run.cfg.checkpoint.monitor,
                           run.cfg.checkpoint.mode, best_score(run.trainer), module.results.scores)
     return out
 
 
 def summary(module: Phi3VLitModule, commands: list[str]) -> str:
-    """Per evaluated split: the answers' metrics against the baselines and a verdict; then the overall
-    verdict and the commands to try the result."""
+    """Per evaluated split: the answers' metrics (a block per field of the task) against the baselines and a
+    verdict; then the overall verdict and the commands to try the result."""
     from phi3v.training.reporting import run_summary
 
-    return run_summary(module.results.splits(), commands)
+    return run_summary(module.results.splits(), module.task, commands)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ from phi3v.modeling.kernels import KernelsUnavailable, apply_kernels  # noqa: E4
 from phi3v.modeling.masking import training_attention_mask  # noqa: E402
 from phi3v.modeling.model_spec import ModelSpec, load_processor  # noqa: E402
 from phi3v.modeling.random_weights import build_random_model  # noqa: E402
-from phi3v.task import PromptTemplate  # noqa: E402
+from phi3v.task import TaskSpec  # noqa: E402
 from phi3v.training.lora import LoraSpec, apply_lora, cast_lora_inputs  # noqa: E402
 from phi3v.training.losses import logits_window, supervised_tokens  # noqa: E402
 
@@ -144,9 +144,9 @@ def attention_available(name: str) -> bool:
 
 
 def make_batch(processor, batch: int, device: torch.device) -> dict:
-    template = PromptTemplate()
+    task = TaskSpec()
     photo = Image.effect_noise((1000, 1000), 64).convert("RGB")  # texture, so no crop is blank
-    encoded = processor([template.prompt()] * batch, [photo] * batch, answers=[ANSWER] * batch)
+    encoded = processor([task.prompt()] * batch, [photo] * batch, answers=[ANSWER] * batch)
     return {k: v.to(device, non_blocking=True) for k, v in encoded.items()}
 
 

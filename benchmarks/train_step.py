@@ -39,7 +39,7 @@ from phi3v.modeling.masking import training_attention_mask  # noqa: E402
 from phi3v.modeling.model_spec import DTYPES, ModelSpec, load_processor, torch_dtype  # noqa: E402
 from phi3v.modeling.quantization import weight_bytes  # noqa: E402
 from phi3v.modeling.random_weights import build_random_model  # noqa: E402
-from phi3v.task import PromptTemplate  # noqa: E402
+from phi3v.task import TaskSpec  # noqa: E402
 from phi3v.training.lora import apply_lora  # noqa: E402
 from phi3v.training.losses import logits_window, supervised_loss_sum  # noqa: E402
 
@@ -147,7 +147,7 @@ def main() -> None:
     processor = load_processor(ModelSpec(name_or_path=args.preset, num_crops=args.num_crops))
     photo = Image.effect_noise((1000, 750), 64).convert("RGB")
     answers = [ANSWERS[i % len(ANSWERS)] for i in range(args.batch)]
-    batch = processor([PromptTemplate().prompt()] * args.batch, [photo] * args.batch, answers=answers)
+    batch = processor([TaskSpec().prompt()] * args.batch, [photo] * args.batch, answers=answers)
     print(f"batch {args.batch} x {batch['input_ids'].shape[1]} tokens (num_crops {args.num_crops})", flush=True)
     embedding = base.model.vision_embed_tokens
     clip = ClipTimer(embedding, embedding.img_processor)

@@ -1,11 +1,11 @@
 """`python -m phi3v.app adapter=outputs/<run>/adapter`: try a fine-tune in the browser.
 
-Drop or pick a product photo (or several photos of one product) and see the answer parsed into title /
-category / price, the generated text and the latency; a gallery shows the run's test products (all their
-photos) with their true and predicted values (click one to ask the model again). Also `export=<dir>`
-(phi3v.export output) and `preset=tiny` (untrained random weights, to try the page right after
-`make train` or install). conf/app.yaml lists the keys; the server needs the `app` extra
-(`pip install -e .[app]`; `make install` has it).
+Drop or pick a product photo (or several photos of one product) and see the answer parsed into the fields
+the model was trained to state (title / category / price by default), the generated text and the latency;
+a gallery shows the run's test products (all their photos) with their true and predicted values (click one
+to ask the model again). Also `export=<dir>` (phi3v.export output) and `preset=tiny` (untrained random
+weights, to try the page right after `make train` or install). conf/app.yaml lists the keys; the server
+needs the `app` extra (`pip install -e .[app]`; `make install` has it).
 
 The page is one self-contained HTML file (phi3v/demo/page.html); Starlette routes its API and uvicorn
 serves it (phi3v/demo/serving.py says what each owns, and what we add: deadlines, the pixel budget,
@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> None:
             max_new_tokens=cfg.max_new_tokens, max_pixels=cfg.max_pixels,
         )
         runs = gallery_dir(cfg)
-        gallery = load_gallery(runs, predictor.template, cfg.gallery_size) if runs else []
+        gallery = load_gallery(runs, predictor.task, cfg.gallery_size) if runs else []
         limits = ServerLimits(**{key: cfg[key] for key in ServerLimits.keys()})
         name = model_name(cfg, predictor.source, is_loopback(cfg.host))
         state = DemoState(predictor, gallery, split_counts(runs) if runs else {}, limits, name)

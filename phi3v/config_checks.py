@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from phi3v.modeling.model_spec import CHECKPOINTING, DTYPES, KERNELS
+from phi3v.task import TaskSpec
+from phi3v.task.scoring import lower_is_better, metric_keys
 from phi3v.training.loggers import MODES
 from phi3v.training.schedules import KINDS
 from phi3v.training.specs import STRATEGIES
@@ -150,7 +152,38 @@ def config_problems(cfg: DictConfig) -> list[str]:
     resume = cfg.get("resume")
     if resume is not None and not Path(resume).exists():
         problems.append(f"resume={resume}: no such run dir or checkpoint")
+    if OmegaConf.select(cfg, "data.task") is not None:
+        try:
+            task = OmegaConf.to_object(cfg.data.task)  # its own checks name data.task.* keys
+        except ValueError as error:
+            problems += str(error).splitlines()
+        else:
+            problems += monitor_problems(OmegaConf.select(cfg, "checkpoint.monitor"),
+                                         OmegaConf.select(cfg, "checkpoint.mode"), task)
     return problems
+
+
+def monitor_keys(task: TaskSpec) -> tuple[str, ...]:
+    """What `checkpoint.monitor` (and a sweep's metric) may name: a validation metric of the task's fields
+    (`val/<field>_<metric>`), the whole answer's `val/parse_rate`, or `val/loss`."""
+    return (*(f"val/{key}" for key in metric_keys(task) if key != "count"), "val/loss")
+
+
+def monitor_problems(monitor: str | None, mode: str | None, task: TaskSpec) -> list[str]:
+    """`checkpoint.monitor` must be one of `monitor_keys(task)` (null: no best.ckpt), and `checkpoint.mode`
+    must follow its direction (min for errors and the loss, max for the rest)."""
+    if monitor is None:
+        return []
+    valid = monitor_keys(task)
+    if monitor not in valid:
+        return [f"checkpoint.monitor={monitor}: not a validation metric of data.task's fields; choose one of "
+                f"{', '.join(valid)} (or null for no best.ckpt)"]
+    wanted = "min" if lower_is_better(monitor.removeprefix("val/")) else "max"
+    if mode in ("min", "max") and mode != wanted:
+        better = "lower" if wanted == "min" else "higher"
+        return [f"checkpoint.mode={mode}: {monitor} is better {better}, so best.ckpt would keep the worst weights; "
+                f"set checkpoint.mode={wanted}"]
+    return []
 
 
 def check_config(cfg: DictConfig) -> None:

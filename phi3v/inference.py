@@ -7,15 +7,17 @@ loads the export first).
 An export directory (written by phi3v.shipping.adapter) holds
   adapter_config.json + adapter_model.safetensors   (LoRA)  or  config.json + model.safetensors (full / merged)
   model_spec.json    how to rebuild the base model (phi3v.modeling.model_spec.ModelSpec)
-  prompt.json        the PromptTemplate the model was trained with (inference asks the same question)
+  prompt.json        the task the model was trained with: question, answer template and typed fields
+                     (phi3v.task.task_record; inference asks the same question and reads the same fields)
   processor files    tokenizer + preprocessor config, so inference never depends on the training config
   README.md          the model card; metrics.json the run's metrics of these weights (shipping/model_card.py)
 
 An `Answer` is one product's generated answer beside its truth, the fields of both keyed by name;
-its prediction row (`prediction_row`, columns `COLUMNS`) is the same wherever answers are written:
-training's predictions/*.csv, predict's .jsonl/.csv and the demo's gallery, which reads the former.
-The row's `image_path` is the product's photo, or its photos joined by ";" in the order the model saw
-them (`photo_paths` splits it back); a one-photo product's row is what it always was.
+its prediction row (`prediction_row`, columns `prediction_columns(task)`: the product, the answers, then one
+column group per field) is the same wherever answers are written: training's predictions/*.csv, predict's
+.jsonl/.csv and the demo's gallery, which reads the former. The row's `image_path` is the product's photo,
+or its photos joined by ";" in the order the model saw them (`photo_paths` splits it back); a one-photo
+product's row is what it always was.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from phi3v.files import atomic_write
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.modeling.batch import model_inputs
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
-from phi3v.task import ParsedAnswer, PromptTemplate, price_error_pct
+from phi3v.task import FieldValue, TaskSpec, task_from_record
+from phi3v.task.scoring import prediction_column_names
+from phi3v.task.scoring import prediction_columns as field_columns
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +47,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PROMPT_FILE = "prompt.json"
 PHOTO_SEPARATOR = ";"  # between the photos of one product in a prediction row's image_path
-COLUMNS = (
-    "product_id", "image_path", "target", "prediction",
-    "parsed_title", "parsed_category", "parsed_price", "true_price", "price_error_pct",
-)
+ANSWER_COLUMNS = ("product_id", "image_path", "target", "prediction")  # then one group per field
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -54,21 +55,22 @@ def is_adapter(directory: str | os.PathLike) -> bool:
     return (Path(directory) / ADAPTER_CONFIG).is_file()
 
 
-def load_template(directory: str | os.PathLike) -> PromptTemplate:
+def load_task(directory: str | os.PathLike) -> TaskSpec:
+    """The task an export was trained with (its prompt.json, also an older export's fixed template)."""
     path = Path(directory) / PROMPT_FILE
     if not path.is_file():  # e.g. a checkpoint exported by hand: the seed's wording is the best guess
-        log.warning("%s not found: using the default prompt template", path)
-        return PromptTemplate()
-    return PromptTemplate(**json.loads(path.read_text()))
+        log.warning("%s not found: using the default task (title, category, price)", path)
+        return TaskSpec()
+    return task_from_record(json.loads(path.read_text()))
 
 
 def load_for_inference(adapter_dir: str | os.PathLike, dtype: str | None = None, quantized: bool = True):
-    """Model (eval mode, frozen), processor (left padding, for generation) and template of an export.
+    """Model (eval mode, frozen), processor (left padding, for generation) and task of an export.
 
     An adapter is attached to the base rebuilt from model_spec.json (quantized as it was trained,
     unless `quantized` is False); a full or merged export is loaded from `adapter_dir` itself (so
     the directory may be moved). `dtype` overrides the spec's (the compute dtype of a quantized base).
-    Returns (PeftModel or Phi3VForCausalLM, Phi3VProcessor, PromptTemplate).
+    Returns (PeftModel or Phi3VForCausalLM, Phi3VProcessor, TaskSpec).
     """
     from peft import PeftModel
 
@@ -85,15 +87,15 @@ def load_for_inference(adapter_dir: str | os.PathLike, dtype: str | None = None,
     model.eval().requires_grad_(False)
     # The export's own processor files (num_crops included) are what the model was trained with.
     processor = Phi3VProcessor.from_pretrained(directory, padding_side="left")
-    return model, processor, load_template(directory)
+    return model, processor, load_task(directory)
 
 
-def load_untrained(preset: str, dtype: str | None = None) -> tuple[Phi3VForCausalLM, Phi3VProcessor, PromptTemplate]:
-    """A preset's random weights (frozen, eval mode), its processor and the default template: the
-    demo's model right after install, before any training."""
+def load_untrained(preset: str, dtype: str | None = None) -> tuple[Phi3VForCausalLM, Phi3VProcessor, TaskSpec]:
+    """A preset's random weights (frozen, eval mode), its processor and the default task: the demo's
+    model right after install, before any training."""
     spec = ModelSpec(name_or_path=preset, dtype=dtype or "float32")
     model = load_base_model(spec, device="cpu").eval().requires_grad_(False)
-    return model, load_processor(spec), PromptTemplate()
+    return model, load_processor(spec), TaskSpec()
 
 
 def pick_device(name: str) -> torch.device:
@@ -127,14 +129,14 @@ def greedy_answers(
 
 
 def prediction_rows(
-    model, processor: Phi3VProcessor, template: PromptTemplate, batches: Iterable, max_new_tokens: int
+    model, processor: Phi3VProcessor, task: TaskSpec, batches: Iterable, max_new_tokens: int
 ) -> Iterator[dict]:
     """One row per product of generation batches (collator mode "generate"); products whose image
     was unreadable (logged by the dataset) get none."""
     for batch in batches:
         predictions = greedy_answers(model, processor, batch, max_new_tokens)
-        for _, answer in answered(batch["meta"], predictions, template):
-            yield answer.row()
+        for _, answer in answered(batch["meta"], predictions, task):
+            yield answer.row(task)
 
 
 # ---- answers and rows ------------------------------------------------------------------------
@@ -146,47 +148,51 @@ class Answer:
     Args:
         product_id: the catalogue's id of the product.
         image_paths: its photo(s), as the dataset read them.
-        target: the answer the model should give (the template filled with the truth).
+        target: the answer the model should give (the task's answer stating the truth).
         prediction: the answer it generated.
-        parsed: the fields read back from `prediction` (`PromptTemplate.parse`; None where not found).
-        truth: field name -> the catalogue's value (title, category, price).
+        parsed: field name -> the typed value read back from `prediction` (`TaskSpec.parse`; None where
+            it cannot be read).
+        truth: field name -> the catalogue's typed value.
     """
 
     product_id: str
     image_paths: tuple[str, ...]
     target: str
     prediction: str
-    parsed: ParsedAnswer
-    truth: Mapping[str, Any]
+    parsed: Mapping[str, FieldValue]
+    truth: Mapping[str, FieldValue]
 
-    def row(self) -> dict:
-        """The prediction row (`COLUMNS`): the photos, the parsed fields, the signed price error."""
-        return prediction_row(self.product_id, PHOTO_SEPARATOR.join(map(str, self.image_paths)), self.target,
-                              self.prediction, self.parsed, self.truth["price"])
+    def row(self, task: TaskSpec) -> dict:
+        """The prediction row (`prediction_columns(task)`): the photos, then per field its parsed and true value
+        and its check (a number's signed error, a category's or text's match)."""
+        return prediction_row(task, self.product_id, PHOTO_SEPARATOR.join(map(str, self.image_paths)), self.target,
+                              self.prediction, self.parsed, self.truth)
 
 
-def answered(meta: Mapping[str, Any], predictions: list[str], template: PromptTemplate) -> list[tuple[int, Answer]]:
+def answered(meta: Mapping[str, Any], predictions: list[str], task: TaskSpec) -> list[tuple[int, Answer]]:
     """(row in the batch, its Answer) for every supervised row of a collated batch's `meta`
     (phi3v.data.collate.BatchMeta) and the answers generated for it; unreadable images and the padding
     repeats of a distributed sampler get none."""
     return [
         (i, Answer(meta["product_id"][i], tuple(meta["image_paths"][i]), meta["target"][i], prediction,
-                   template.parse(prediction), meta["truth"][i]))
+                   task.parse(prediction), meta["truth"][i]))
         for i, prediction in enumerate(predictions) if meta["supervised"][i]
     ]
 
 
+def prediction_columns(task: TaskSpec) -> tuple[str, ...]:
+    """The columns of a prediction row: `ANSWER_COLUMNS`, then for each field `parsed_<f>`, `true_<f>` and
+    `<f>_error_pct` (numbers: signed, 100 * (parsed - true) / true) or `<f>_match` (category and text)."""
+    return (*ANSWER_COLUMNS, *prediction_column_names(task))
+
+
 def prediction_row(
-    product_id: str, image_path: str | os.PathLike, target: str, prediction: str, parsed: ParsedAnswer,
-    true_price: float,
+    task: TaskSpec, product_id: str, image_path: str | os.PathLike, target: str, prediction: str,
+    parsed: Mapping[str, FieldValue], truth: Mapping[str, FieldValue],
 ) -> dict:
-    """One product's answer, its parsed fields and its signed price error (`COLUMNS`, in order)."""
-    true_price = float(true_price)
-    return {
-        "product_id": product_id, "image_path": str(image_path), "target": target, "prediction": prediction,
-        "parsed_title": parsed.title, "parsed_category": parsed.category, "parsed_price": parsed.price,
-        "true_price": true_price, "price_error_pct": price_error_pct(parsed.price, true_price),
-    }
+    """One product's answer and each field's parsed and true value and check (`prediction_columns`, in order)."""
+    answer = {"product_id": product_id, "image_path": str(image_path), "target": target, "prediction": prediction}
+    return {**answer, **field_columns(task, truth, parsed)}
 
 
 def photo_paths(row: Mapping[str, Any]) -> list[str]:
@@ -194,14 +200,14 @@ def photo_paths(row: Mapping[str, Any]) -> list[str]:
     return str(row["image_path"]).split(PHOTO_SEPARATOR)
 
 
-def write_predictions(rows: Iterable[dict], out: str | os.PathLike) -> int:
-    """Write prediction rows as JSON lines or CSV (by `out`'s suffix), atomically: an interrupted or
+def write_predictions(rows: Iterable[dict], out: str | os.PathLike, task: TaskSpec) -> int:
+    """Write prediction rows of `task` as JSON lines or CSV (by `out`'s suffix), atomically: an interrupted or
     failing write leaves no file. Returns the number of rows."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with atomic_write(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS) if out.suffix.lower() == ".csv" else None
+        writer = csv.DictWriter(handle, fieldnames=prediction_columns(task)) if out.suffix.lower() == ".csv" else None
         if writer is not None:
             writer.writeheader()
         for row in rows:

@@ -3,16 +3,19 @@ several photos: `image=[front.jpg,back.jpg]`, asked in that order with one <|ima
 `python -m phi3v.predict adapter=<run>/adapter split=test out=preds.jsonl`: predict a split of the run.
 
 `adapter` is any phi3v export (LoRA adapter, full fine-tune or merged model). Everything about the run
-is read from the run itself: the question asked is the export's own prompt.json and the model its
-model_spec.json. For a split, an export inside a training run (`<run>/adapter`) uses the run's
-catalogue and data settings (`<run>/.hydra/config.yaml`) and its `splits.json`: `split=test` is exactly
-the products the run held out. `data=<group>` picks another catalogue: products the run saw are
-predicted by the split they had in the run; a catalogue the run never saw is predicted whole (the
-command says which). An export without a run beside it splits `data=` by its data.* fractions.
+is read from the run itself: the question asked and the fields read from the answer are the export's own
+prompt.json, and the model its model_spec.json. For a split, an export inside a training run
+(`<run>/adapter`) uses the run's catalogue and data settings (`<run>/.hydra/config.yaml`) and its
+`splits.json`: `split=test` is exactly the products the run held out. `data=<group>` picks another
+catalogue (its data.task must name the export's fields, with that catalogue's columns): products the
+run saw are predicted by the split they had in the run; a catalogue the run never saw is predicted
+whole (the command says which). An export without a run beside it splits `data=` by its data.* fractions.
 Decoding is greedy, batched with left padding, and stops at `<|end|>`.
-Split predictions are written as .jsonl or .csv with one row per product (unreadable images are skipped):
-  product_id, image_path, target, prediction, parsed_title, parsed_category, parsed_price, true_price,
-  price_error_pct (signed: 100 * (parsed - true) / true; the row of phi3v.inference, as in training's CSVs;
+One product prints the answer and each field's parsed value (`title: ...`, one line per field). Split
+predictions are written as .jsonl or .csv with one row per product (unreadable images are skipped):
+  product_id, image_path, target, prediction, then per field parsed_<f>, true_<f> and <f>_error_pct (a
+  number: signed, 100 * (parsed - true) / true) or <f>_match (category, text): the row of phi3v.inference,
+  as in training's CSVs (the seed task: parsed_title, true_title, title_match, ..., true_price, price_error_pct;
   a product with several photos has them all in image_path, joined by ";")
 """
 
@@ -36,7 +39,7 @@ if TYPE_CHECKING:  # imported where used: a bad key is answered before seconds o
     from phi3v.data.datamodule import ProductDataModule
     from phi3v.data.spec import DataSpec
     from phi3v.modeling import Phi3VProcessor
-    from phi3v.task import ParsedAnswer, PromptTemplate
+    from phi3v.task import FieldValue, TaskSpec
 
 log = logging.getLogger(__name__)
 FORMATS = (".jsonl", ".csv")
@@ -84,10 +87,10 @@ def photo_arguments(value) -> list[str]:
 
 # ---- generation ------------------------------------------------------------------------------
 def predict_image(
-    model, processor: Phi3VProcessor, template: PromptTemplate, paths: str | os.PathLike | list, max_new_tokens: int
-) -> tuple[str, ParsedAnswer]:
+    model, processor: Phi3VProcessor, task: TaskSpec, paths: str | os.PathLike | list, max_new_tokens: int
+) -> tuple[str, dict[str, FieldValue]]:
     """The answer for one product, from one photo or several (asked in order, one <|image_k|> each), and
-    its parsed fields."""
+    its parsed fields (keyed by name; None where unreadable)."""
     from phi3v.data.images import ImageRejected, load_product_image
     from phi3v.inference import greedy_answers
 
@@ -98,16 +101,16 @@ def predict_image(
             images.append(load_product_image(path))
         except ImageRejected as problem:
             raise UsageError(f"image={path}: unusable image ({problem.reason}: {problem.detail})") from problem
-    inputs = processor(template.prompt(len(images)), images, padding_side="left")
+    inputs = processor(task.prompt(len(images)), images, padding_side="left")
     answer = greedy_answers(model, processor, inputs, max_new_tokens)[0]
-    return answer, template.parse(answer)
+    return answer, task.parse(answer)
 
 
 def split_batches(
-    datamodule: ProductDataModule, processor: Phi3VProcessor, template: PromptTemplate, split: str, batch_size: int,
+    datamodule: ProductDataModule, processor: Phi3VProcessor, task: TaskSpec, split: str, batch_size: int,
     run: Path | None = None,
 ) -> DataLoader:
-    """A generation loader over `split` (in manifest order), prompts in the export's template: the
+    """A generation loader over `split` (in manifest order), prompts and answers of the export's task: the
     products of `split` in the run's splits.json when `run` is given, else the datamodule's split."""
     from torch.utils.data import DataLoader
 
@@ -121,7 +124,7 @@ def split_batches(
     else:
         dataset, description = datamodule.run_products(split, run)
         print(description)
-    collate = Phi3VCollator(processor, template, "generate")
+    collate = Phi3VCollator(processor, task, "generate")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
@@ -133,14 +136,33 @@ def run_dir_of(adapter: str | os.PathLike) -> Path | None:
 
 
 def run_data_spec(run: Path) -> DataSpec:
-    """The data settings the run trained with (its Hydra record)."""
+    """The data settings the run trained with (its Hydra record; a run of an older phi3v, whose fields were
+    `data.columns.title/category/price` and `data.prompt`, as the seed task on those columns)."""
     from phi3v.config_schema import typed
     from phi3v.data.spec import DataSpec
 
     path = run / ".hydra" / "config.yaml"
     if not path.is_file():
         raise UsageError(f"{path} is missing: name the catalogue with data=<group> (and its data.* settings)")
-    return typed(DataSpec, OmegaConf.load(path).data)
+    data = OmegaConf.to_container(OmegaConf.load(path).data)
+    if "prompt" in data:  # recorded before data.task: the seed's fields read from the mapped columns
+        from phi3v.task import DEFAULT_FIELDS
+
+        data.pop("prompt")
+        columns = data.get("columns", {})
+        data["task"] = {"fields": [{**vars(spec), "column": columns.pop(spec.name, spec.column)}
+                                   for spec in DEFAULT_FIELDS]}
+    return typed(DataSpec, data)
+
+
+def check_fields(data: TaskSpec, export: TaskSpec) -> None:
+    """The catalogue's fields (data.task, read from its columns) must be the export's (its prompt.json), by
+    name and type: their true values are what the export's answers are scored against."""
+    if [(f.name, f.type) for f in data.fields] != [(f.name, f.type) for f in export.fields]:
+        wanted = ", ".join(f"{f.name} ({f.type})" for f in export.fields)
+        found = ", ".join(f"{f.name} ({f.type})" for f in data.fields)
+        raise UsageError(f"the export answers the fields {wanted} (its prompt.json) but data.task has {found}: set "
+                         "data.task.fields to the export's fields, with this catalogue's columns")
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -148,22 +170,23 @@ def run(cfg: DictConfig) -> None:
     from phi3v.inference import load_for_inference, pick_device, prediction_rows, write_predictions
 
     quiet_console()
-    model, processor, template = load_for_inference(cfg.adapter, dtype=cfg.dtype)
+    model, processor, task = load_for_inference(cfg.adapter, dtype=cfg.dtype)
     model.to(pick_device(cfg.device))
     if cfg.image is not None:
-        answer, parsed = predict_image(model, processor, template, photo_arguments(cfg.image), cfg.max_new_tokens)
+        answer, parsed = predict_image(model, processor, task, photo_arguments(cfg.image), cfg.max_new_tokens)
         print(f"answer: {json.dumps(answer, ensure_ascii=False)}")  # quoted: a generated newline stays on its line
-        print(f"title: {parsed.title}\ncategory: {parsed.category}\nprice: {parsed.price}")
+        print("\n".join(f"{name}: {parsed[name]}" for name in task.names))
         return
     run_dir = run_dir_of(cfg.adapter)
     from phi3v.data.datamodule import ProductDataModule
 
     # the catalogue named on the command line, else the run's own
     spec = OmegaConf.to_object(cfg.data) if cfg.get("data") is not None else run_data_spec(run_dir)
+    check_fields(spec.task, task)
     datamodule = ProductDataModule(spec)
     datamodule.connect(processor)
-    batches = split_batches(datamodule, processor, template, cfg.split, cfg.batch_size, run_dir)
-    count = write_predictions(prediction_rows(model, processor, template, batches, cfg.max_new_tokens), cfg.out)
+    batches = split_batches(datamodule, processor, task, cfg.split, cfg.batch_size, run_dir)
+    count = write_predictions(prediction_rows(model, processor, task, batches, cfg.max_new_tokens), cfg.out, task)
     print(f"wrote {count} predictions ({cfg.split} split) to {cfg.out}")
 
 

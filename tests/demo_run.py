@@ -18,10 +18,10 @@ from phi3v.data.splits import write_splits
 from phi3v.inference import prediction_row, write_predictions
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.shipping.adapter import export_adapter
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec, apply_lora
 
-TEMPLATE = PromptTemplate()
+TASK = TaskSpec()
 # (product id, colour, title, category, true price, predicted answer as training stored it)
 PRODUCTS = [
     ("80000001", "firebrick", "Check Wool Scarf", "SCARVES", 450.0,
@@ -49,14 +49,14 @@ def build_demo_run(root: Path, seed: int = 1) -> Path:
         for name, parameter in model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    export_adapter(model.eval(), load_processor(spec), spec, TEMPLATE, run / "adapter")
+    export_adapter(model.eval(), load_processor(spec), spec, TASK, run / "adapter")
     rows = []
     for pid, color, title, category, price, answer in PRODUCTS:
         path = images / f"{pid}.png"
         product_photo(color).save(path)
-        rows.append(prediction_row(pid, path, TEMPLATE.target(title, category, price), answer, TEMPLATE.parse(answer),
-                                   price))
-    write_predictions(rows, run / "predictions" / "test.csv")
+        truth = {"title": title, "category": category, "price": price}
+        rows.append(prediction_row(TASK, pid, path, TASK.answer_for(truth), answer, TASK.parse(answer), truth))
+    write_predictions(rows, run / "predictions" / "test.csv", TASK)
     ids = ["70000001", "70000002", *(p[0] for p in PRODUCTS)]
     write_splits(run, ids, np.array(["train", "train", "test", "test", "test"]))
     return run

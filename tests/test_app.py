@@ -27,7 +27,7 @@ from phi3v.data.splits import split_counts
 from phi3v.demo.access import start_lines
 from phi3v.demo.gallery import load_gallery
 from phi3v.demo.predictor import load_predictor
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -47,7 +47,7 @@ def predictor(run):
 
 @pytest.fixture(scope="module")
 def served(run, predictor):
-    gallery = load_gallery(run, predictor.template)
+    gallery = load_gallery(run, predictor.task)
     with serving(predictor, gallery, split_counts(run), max_upload_mb=MAX_UPLOAD_MB) as (state, port):
         yield state, port
 
@@ -64,8 +64,8 @@ def test_an_upload_gets_the_model_answer_parsed(served):
     answer = json.loads(body)
     expected = state.predictor.answer(photo)  # the same photo straight through the predictor
     assert answer["text"] == expected.text and answer["text"]
-    parsed = state.predictor.template.parse(answer["text"])
-    assert (answer["title"], answer["category"], answer["price"]) == (parsed.title, parsed.category, parsed.price)
+    assert answer["fields"] == state.predictor.task.parse(answer["text"]) == expected.fields
+    assert list(answer["fields"]) == ["title", "category", "price"]  # the task's fields, in answer order
     assert answer["latency_s"] > 0 and answer["queued_s"] >= 0
 
 
@@ -202,7 +202,7 @@ def test_concurrent_users_get_their_own_answers_one_generation_at_a_time(served)
 def test_page_favicon_info_and_gallery(served):
     state, port = served
     status, headers, page = request(port, "GET", "/")
-    assert status == 200 and headers["content-type"].startswith("text/html") and b'id="answer-title"' in page
+    assert status == 200 and headers["content-type"].startswith("text/html") and b'id="answer-fields"' in page
     assert b"http://" not in page and b"https://" not in page  # nothing loaded from elsewhere
     assert b'<link rel="icon" href="/favicon.svg"' in page and b"@media (max-width: 700px)" in page
     for icon in ("/favicon.svg", "/favicon.ico"):
@@ -212,19 +212,28 @@ def test_page_favicon_info_and_gallery(served):
     assert info["gallery_size"] == 3 and info["split_counts"] == {"train": 2, "val": 0, "test": 3}
     assert (info["model"], info["max_upload_mb"], info["max_megapixels"]) == (state.predictor.source, 2, 4.0)
     assert info["max_photos"] == 4
+    assert info["fields"] == [{"name": "title", "label": "Product", "type": "text"},
+                              {"name": "category", "label": "Category", "type": "category"},
+                              {"name": "price", "label": "Full Price", "type": "number"}]
     gallery = json.loads(request(port, "GET", "/api/gallery")[2])
-    first, second, third = gallery
-    assert (first["true_title"], first["true_category"], first["true_price"]) == ("Check Wool Scarf", "SCARVES", 450.0)
-    assert (first["predicted_category"], first["predicted_price"]) == ("SCARVES", 420.0)
-    assert first["price_error_pct"] == pytest.approx(-100 * 30 / 450)
-    assert (second["predicted_category"], second["predicted_price"]) == ("BAGS", 990.0)
-    assert (third["predicted_title"], third["predicted_price"], third["price_error_pct"]) == (None, None, None)
+    first, second, third = ({field["name"]: field for field in item["fields"]} for item in gallery)
+    assert [field["name"] for field in gallery[0]["fields"]] == ["title", "category", "price"]
+    assert first["title"] == {"name": "title", "label": "Product", "type": "text", "true": "Check Wool Scarf",
+                              "predicted": "Check Wool Scarf", "error_pct": None, "match": True}
+    assert (first["category"]["true"], first["category"]["predicted"], first["category"]["match"]) == (
+        "SCARVES", "SCARVES", True)
+    assert (first["price"]["true"], first["price"]["predicted"]) == (450.0, 420.0)
+    assert first["price"]["error_pct"] == pytest.approx(-100 * 30 / 450) and first["price"]["match"] is None
+    assert (second["category"]["predicted"], second["category"]["match"], second["price"]["predicted"]) == (
+        "BAGS", False, 990.0)
+    assert (third["title"]["predicted"], third["price"]["predicted"], third["price"]["error_pct"]) == (None, None, None)
+    assert gallery[2]["prediction"] == PRODUCTS[2][5]
     status, headers, thumbnail = request(port, "GET", "/gallery/1/thumbnail")
     assert status == 200 and headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumbnail)).size) <= 192
     assert request(port, "GET", "/gallery/1/photo")[2] == state.gallery[1].image_paths[0].read_bytes()
     assert request(port, "GET", "/gallery/1/photo/0")[2] == state.gallery[1].image_paths[0].read_bytes()
-    assert (second["photos"], second["thumbnails"]) == (["/gallery/1/photo/0"], ["/gallery/1/thumbnail/0"])
+    assert (gallery[1]["photos"], gallery[1]["thumbnails"]) == (["/gallery/1/photo/0"], ["/gallery/1/thumbnail/0"])
     status, _, body = request(port, "GET", "/gallery/1/photo/1")
     assert status == 404 and error_of(body) == "Gallery product 1 has no photo 1 (it has 1, numbered from 0)."
 
@@ -234,8 +243,8 @@ def test_gallery_skips_rows_whose_photo_is_gone(run, tmp_path, caplog):
     (copy / "predictions").mkdir(parents=True)
     text = (run / "predictions" / "test.csv").read_text()
     (copy / "predictions" / "test.csv").write_text(text.replace(PRODUCTS[0][0], "missing"))
-    items = load_gallery(copy, PromptTemplate())
-    assert [item.true_title for item in items] == ["Leather Belt", "Bucket Hat"]
+    items = load_gallery(copy, TaskSpec())
+    assert [item.fields[0].true for item in items] == ["Leather Belt", "Bucket Hat"]
     assert "1 products listed" in caplog.text and "have a photo that no longer exists" in caplog.text
 
 
@@ -364,7 +373,7 @@ def test_the_gallery_shows_and_serves_every_photo_of_a_product(run, predictor, t
     first = rows[1].split(",", 2)
     rows[1] = ",".join([first[0], f"{first[1]};{back}", first[2]])  # product 0 has two photos
     (copy / "predictions" / "test.csv").write_text("\n".join(rows) + "\n")
-    gallery = load_gallery(copy, predictor.template)
+    gallery = load_gallery(copy, predictor.task)
     assert [len(item.image_paths) for item in gallery] == [2, 1, 1] and gallery[0].image_paths[1] == back
     with serving(predictor, gallery) as (_, port):
         item = json.loads(request(port, "GET", "/api/gallery")[2])[0]
@@ -375,4 +384,4 @@ def test_the_gallery_shows_and_serves_every_photo_of_a_product(run, predictor, t
         assert status == 200 and Image.open(io.BytesIO(thumbnail)).size == (96, 192)
         assert request(port, "GET", "/gallery/0/photo/2")[0] == 404
     back.unlink()  # a product with one photo gone is left out, counted
-    assert [len(item.image_paths) for item in load_gallery(copy, predictor.template)] == [1, 1]
+    assert [len(item.image_paths) for item in load_gallery(copy, predictor.task)] == [1, 1]

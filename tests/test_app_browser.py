@@ -115,6 +115,14 @@ def test_upload_a_photo_in_chromium_and_read_the_answer(tmp_path):
                 page.goto(url)
                 expect(page.locator("#gallery .card")).to_have_count(len(PRODUCTS), timeout=30_000)
                 expect(page.locator("#gallery .card").first).to_contain_text("Check Wool Scarf")
+                # the task's fields, generically: the header names them, a card shows each one and its check
+                expect(page.locator("header")).to_contain_text("get its title, category and price")
+                expect(page.locator("#gallery .card .t").first).to_have_text(
+                    "Check Wool Scarf \u00b7 SCARVES \u00b7 450")
+                verdicts = page.locator("#gallery .card > div:last-child")  # the line of checks, class ok or bad
+                expect(verdicts.first).to_have_text("category right, price -7%")
+                expect(verdicts.nth(2)).to_have_text("category wrong, price not parsed")
+                labels = page.locator("#answer-fields dt").all_inner_texts()
 
                 page.set_input_files("#file", str(not_a_photo))
                 expect(page.locator("#error")).to_have_text(
@@ -158,8 +166,9 @@ def test_upload_a_photo_in_chromium_and_read_the_answer(tmp_path):
         finally:
             browser.close()
     assert shown["answer-text"] == expected["text"].strip() and expected["text"].strip()
-    assert shown["answer-title"] == (expected["title"] or "(not found)")
-    assert shown["answer-category"] == (expected["category"] or "(not found)")
+    assert labels == ["Product", "Category", "Full Price", "Latency"]
+    assert shown["answer-title"] == (expected["fields"]["title"] or "(not found)")
+    assert shown["answer-category"] == (expected["fields"]["category"] or "(not found)")
     assert re.fullmatch(r"\d+\.\d\d s( \(\+\d+\.\d\d s queued\))?", shown["latency"])
     assert two_previews == 2 and shown_two["answer-text"] == expected_two["text"].strip() and expected_two["text"]
     assert after_refusal == {key: EMPTY for key in shown if key != "status"} | {"status": ""} and preview_hidden

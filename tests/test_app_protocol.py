@@ -270,7 +270,7 @@ def test_decoding_holds_the_photos_pixels_of_a_shared_budget(predictor, monkeypa
     """Four 1 MP photos and a small one at once, with a budget of two 1 MP photos and a bit: at most two
     big ones decode together, and the small one passes them."""
     big, small = encoded(Image.new("RGB", (1000, 1000), "gray")), encoded(Image.new("RGB", (100, 100), "red"))
-    narrow = Predictor(predictor.model, predictor.processor, predictor.template, predictor.source, 2,
+    narrow = Predictor(predictor.model, predictor.processor, predictor.task, predictor.source, 2,
                        max_pixels=1_000_000)
     active, peaks, finished, lock = [0], [], {}, threading.Lock()
     original = narrow.prepare
@@ -386,7 +386,7 @@ def test_a_two_photo_request_holds_both_photos_pixels_of_the_budget(predictor, m
     """Two 1 MP photos of one product in one form and a 1 MP photo alone, with a budget of two 1 MP photos
     and a bit: the form holds 2 MP while it decodes, so the lone photo waits for it, never decoding beside it."""
     one_mp = encoded(Image.new("RGB", (1000, 1000), "gray"))
-    narrow = Predictor(predictor.model, predictor.processor, predictor.template, predictor.source, 2,
+    narrow = Predictor(predictor.model, predictor.processor, predictor.task, predictor.source, 2,
                        max_pixels=2_000_000)
     active, peaks, done, lock = [0], [], {}, threading.Lock()
     original = narrow.prepare

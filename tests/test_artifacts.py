@@ -11,10 +11,10 @@ import pytest
 from demo_run import PRODUCTS, build_demo_run
 from wandb_offline import offline_artifacts
 
-from phi3v.inference import COLUMNS
+from phi3v.inference import prediction_columns
 from phi3v.modeling.model_spec import ModelSpec
 from phi3v.shipping.artifacts import is_best, log_run_artifacts, model_artifact_name
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec, task_record
 
 pytestmark = pytest.mark.unit
 
@@ -39,15 +39,15 @@ def offline_run(tmp_path, monkeypatch):
 def test_adapter_and_predictions_are_staged_with_metadata_and_aliases(offline_run, tmp_path_factory):
     run, run_dir = offline_run
     demo = build_demo_run(tmp_path_factory.mktemp("demo"))
-    adapter, spec, template = demo / "adapter", ModelSpec(), PromptTemplate()
-    aliases = log_run_artifacts(run, adapter, demo / "predictions", spec, template, "val/price_mape", "min", 41.5,
+    adapter, spec, task = demo / "adapter", ModelSpec(), TaskSpec()
+    aliases = log_run_artifacts(run, adapter, demo / "predictions", spec, task, "val/price_mape", "min", 41.5,
                                 SCORES)
     run.finish()
     assert aliases == ["latest", "best"]
     model, predictions = offline_artifacts(run_dir)
     assert (model.name, model.type, sorted(model.aliases)) == ("phi3v-adapter-tiny", "model", ["best", "latest"])
     assert model.metadata["model_spec"] == json.loads((adapter / "model_spec.json").read_text())
-    assert model.metadata["prompt"] == json.loads((adapter / "prompt.json").read_text())
+    assert model.metadata["prompt"] == json.loads((adapter / "prompt.json").read_text()) == task_record(task)
     assert model.metadata["validation"] == {"monitor": "val/price_mape", "mode": "min", "best": 41.5, **SCORES["val"]}
     assert model.metadata["test"] == {"price_mape": 44.0, "price_mae": None}  # NaN is not JSON: None
     written = sorted(p.name for p in adapter.iterdir())
@@ -58,11 +58,15 @@ def test_adapter_and_predictions_are_staged_with_metadata_and_aliases(offline_ru
     assert (predictions.name, predictions.type) == (f"run-{run.id}-predictions", "dataset")
     assert sorted(predictions.files) == ["test.csv", "test.table.json"]
     table = json.loads(predictions.files["test.table.json"].read_text())
-    assert table["columns"] == list(COLUMNS)
-    true_price, parsed_price, error = map(COLUMNS.index, ("true_price", "parsed_price", "price_error_pct"))
+    columns = list(prediction_columns(task))
+    assert table["columns"] == columns
+    true_price, parsed_price, error = map(columns.index, ("true_price", "parsed_price", "price_error_pct"))
     assert [row[true_price] for row in table["data"]] == [p[4] for p in PRODUCTS]
     assert table["data"][0][error] == pytest.approx(100 * (420 - 450) / 450)  # a float, signed
     assert table["data"][2][parsed_price] is None and table["data"][2][error] is None  # unparsed: empty
+    title, category = columns.index("true_title"), columns.index("category_match")
+    assert [row[title] for row in table["data"]] == [p[2] for p in PRODUCTS]  # text stays text
+    assert [row[category] for row in table["data"]] == [True, False, False]  # a match is a bool
 
 
 def test_best_alias_only_when_the_exported_weights_are_the_best():

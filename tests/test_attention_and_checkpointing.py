@@ -18,14 +18,14 @@ from phi3v.config_schema import register_schemas
 from phi3v.modeling import IGNORE_INDEX, build_tiny_model, checkpointing, padding_only_trails, training_attention_mask
 from phi3v.modeling.checkpointing import CHECKPOINTING, checkpoint_options
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec, apply_lora
 from phi3v.training.module import EvalSpec, Phi3VLitModule
 
 pytestmark = pytest.mark.unit
 
 SPEC = ModelSpec(num_crops=1)
-PROMPT = PromptTemplate().prompt()
+PROMPT = TaskSpec().prompt()
 ANSWERS = ["Product: Check Wool Scarf, Category: Scarves, Full Price: 490.00", "Product: x"]
 
 
@@ -90,7 +90,7 @@ def test_training_step_runs_decoder_attention_without_a_mask(batch, processor, m
     """SDPA gets no dense mask and is_causal=True, so a GPU can take its flash / causal kernel."""
     module = Phi3VLitModule(
         spec=SPEC, lora=LoraSpec(r=4, dropout=0.0), optimizer=partial(torch.optim.AdamW, lr=1e-3), scheduler=None,
-        processor=processor, template=PromptTemplate(), evaluation=EvalSpec(),
+        processor=processor, task=TaskSpec(), evaluation=EvalSpec(),
     )
     module.configure_model()
     monkeypatch.setattr(Phi3VLitModule, "trainer", property(lambda self: OneRank()))

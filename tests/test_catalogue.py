@@ -1,15 +1,20 @@
-"""Tier 2: row validation, price parsing, answer parsing and splits."""
+"""Tier 2: row validation (each field's cell read by its type), number parsing, answer parsing and splits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from phi3v.data.catalogue import ColumnMap, InvalidValue, parse_price, validate_rows
+from phi3v.data.catalogue import ColumnMap, InvalidValue, validate_rows
 from phi3v.data.splits import SPLITS, assign_splits, has_splits, limited_rows, read_splits, run_split_rows, write_splits
-from phi3v.task import PromptTemplate, parse_number, price_from_answer
+from phi3v.data.values import field_value, positive_number
+from phi3v.task import FieldSpec, TaskSpec, parse_number, price_from_answer
 
 pytestmark = pytest.mark.unit
+
+SEED = TaskSpec()
+CARS = TaskSpec(fields=(FieldSpec("make", type="category"), FieldSpec("year", type="integer"),
+                        FieldSpec("mileage", "km", "number"), FieldSpec("price", type="number")))
 
 
 @pytest.mark.parametrize(
@@ -18,14 +23,41 @@ pytestmark = pytest.mark.unit
      ("USD 3,999.99", 3999.99), (" 12 ", 12.0), ("1 250", 1250.0)],
 )
 def test_prices_are_parsed(value, expected):
-    assert parse_price(value) == expected
+    assert positive_number(value) == expected == field_value(SEED.field("price"), value)
 
 
 @pytest.mark.parametrize("value", ["N.A.", "", None, float("nan"), float("inf"), "inf", -5, "-5", 0, "free", True])
 def test_bad_prices_are_rejected(value):
     with pytest.raises(InvalidValue) as raised:
-        parse_price(value)
+        positive_number(value)
     assert raised.value.reason == "bad_price"
+    with pytest.raises(InvalidValue) as raised:
+        field_value(CARS.field("mileage"), value)
+    assert raised.value.reason == "bad_mileage" and "mileage" in raised.value.detail
+
+
+@pytest.mark.parametrize(("value", "expected"), [(2019, 2019), (2019.0, 2019), ("2019", 2019), (" 85,000 ", 85000)])
+def test_integer_cells_are_whole_numbers(value, expected):
+    assert field_value(CARS.field("year"), value) == expected
+    assert type(field_value(CARS.field("year"), value)) is int
+
+
+@pytest.mark.parametrize("value", [2019.5, "2019.5", "9" * 20, 0, "N.A.", None])
+def test_an_integer_cell_that_is_not_a_positive_whole_number_drops_its_row(value):
+    with pytest.raises(InvalidValue) as raised:
+        field_value(CARS.field("year"), value)
+    assert raised.value.reason == "bad_year"
+
+
+def test_category_and_text_cells():
+    make, title = CARS.field("make"), SEED.field("title")
+    assert [field_value(make, v) for v in (" Audi ", None, " n/a ", float("nan"), 3)] == ["Audi", "N.A.", "N.A.",
+                                                                                        "N.A.", "3"]
+    assert field_value(title, " Check Scarf ") == "Check Scarf"
+    for empty in ("", "  ", None, float("nan")):
+        with pytest.raises(InvalidValue) as raised:
+            field_value(title, empty)
+        assert (raised.value.reason, raised.value.detail) == ("empty_title", "title is empty")
 
 
 def record(**values):
@@ -46,23 +78,45 @@ def test_validation_reasons_and_kept_values():
         record(product_code=7, full_price=float("nan")),
         record(product_code=8, category3_code=" n/a "),
     ]
-    kept, dropped = validate_rows(records, ColumnMap())
-    assert [(r.product_id, r.category, r.price) for r in kept] == [
+    kept, dropped = validate_rows(records, ColumnMap(), SEED)
+    assert [(r.product_id, r.values["category"], r.values["price"]) for r in kept] == [
         ("1", "SCARVES", 490.0), ("4", "N.A.", 490.0), ("6", "N.A.", 1250.0), ("8", "N.A.", 490.0)
     ]
+    assert kept[0].values == {"title": "Check Scarf", "category": "SCARVES", "price": 490.0}
     assert [(d.source_row, d.reason) for d in dropped] == [
         (1, "bad_price"), (2, "empty_title"), (4, "duplicate_id"), (5, "missing_image"), (7, "bad_price")
     ]
 
 
+def test_a_car_catalogue_without_title_or_category_validates_by_field_type():
+    def car(**values):
+        return {"make": "Audi", "year": "2019", "km": "85,000", "price": 23500, "imageurl": "cars/a.png", **values}
+
+    records = [car(), car(year="2019.5"), car(km="N.A."), car(make=""), car(imageurl=""), car(price="-1"),
+               car(year=2007.0, km=120000.5)]
+    kept, dropped = validate_rows(records, ColumnMap(id=None), CARS)
+    assert [r.values for r in kept] == [
+        {"make": "Audi", "year": 2019, "mileage": 85000.0, "price": 23500.0},
+        {"make": "N.A.", "year": 2019, "mileage": 85000.0, "price": 23500.0},  # a category cell may be empty
+        {"make": "Audi", "year": 2007, "mileage": 120000.5, "price": 23500.0},
+    ]
+    assert [(d.source_row, d.reason) for d in dropped] == [
+        (1, "bad_year"), (2, "bad_mileage"), (4, "missing_image"), (5, "bad_price")]
+    # the fields are read in task order, then the photo: a row's reason is its first problem
+    _, (first,) = validate_rows([car(year="x", km="y", imageurl="")], ColumnMap(id=None), CARS)
+    assert (first.reason, first.detail) == ("bad_year", "year is not a number: 'x'")
+
+
 def test_missing_column_names_the_config_key():
-    with pytest.raises(ValueError, match=r"data.columns.price = 'cost' is not a column") as raised:
-        ColumnMap(price="cost").check(["imageurl", "title", "category3_code", "product_code"])
+    with pytest.raises(ValueError, match=r"data.columns.image = 'photo' is not a column") as raised:
+        ColumnMap(image="photo").check(["imageurl", "title", "category3_code", "product_code"])
     assert "available columns" in str(raised.value)
+    with pytest.raises(ValueError, match=r"data.task.fields\[2\].column = 'full_price' \(price\) is not a column"):
+        SEED.check_columns(["imageurl", "title", "category3_code", "product_code"])
 
 
 def test_rows_without_id_column_use_row_numbers():
-    kept, _ = validate_rows([record(), record()], ColumnMap(id=None))
+    kept, _ = validate_rows([record(), record()], ColumnMap(id=None), SEED)
     assert [r.product_id for r in kept] == ["0", "1"]
 
 
@@ -84,22 +138,23 @@ def test_price_from_answer(answer, price):
 
 
 def test_template_round_trip_and_custom_format():
-    template = PromptTemplate(price_format="{:,.2f}")
-    answer = template.target("Vintage Check Scarf", "SCARVES", 1250.0)
+    task = TaskSpec(fields=(SEED.field("title"), SEED.field("category"),
+                            FieldSpec("price", "full_price", "number", "{:,.2f}", "Full Price")))
+    answer = task.answer_for({"title": "Vintage Check Scarf", "category": "SCARVES", "price": 1250.0})
     assert answer == "Product: Vintage Check Scarf, Category: SCARVES, Full Price: 1,250.00"
-    parsed = template.parse(answer + " trailing")
-    assert (parsed.title, parsed.category, parsed.price) == ("Vintage Check Scarf", "SCARVES", 1250.0)
-    assert PromptTemplate().target("A", "B", 1250.0).endswith("Full Price: 1250.0")  # the seed's format
-    spaced = template.parse("Product:  Red  Mug \t, Category:   MUGS  , Full Price: 12.00")
-    assert (spaced.title, spaced.category, spaced.price) == ("Red  Mug", "MUGS", 12.0)  # ends stripped only
-    assert PromptTemplate().prompt() == "<|user|>\n<|image_1|>What is shown in this image?<|end|>\n<|assistant|>\n"
+    assert task.parse(answer + " trailing") == {"title": "Vintage Check Scarf", "category": "SCARVES", "price": 1250.0}
+    seed = SEED.answer_for({"title": "A", "category": "B", "price": 1250.0})
+    assert seed.endswith("Full Price: 1250.0")  # the seed's format
+    spaced = task.parse("Product:  Red  Mug \t, Category:   MUGS  , Full Price: 12.00")
+    assert spaced == {"title": "Red  Mug", "category": "MUGS", "price": 12.0}  # ends stripped only
+    assert SEED.prompt() == "<|user|>\n<|image_1|>What is shown in this image?<|end|>\n<|assistant|>\n"
 
 
 def test_template_errors_name_the_key():
-    with pytest.raises(ValueError, match="data.prompt.answer must contain {price}"):
-        PromptTemplate(answer="Product: {title}, Category: {category}")
-    with pytest.raises(ValueError, match="data.prompt.question must contain <|image_1|>"):
-        PromptTemplate(question="What is it?")
+    with pytest.raises(ValueError, match=r"data.task.fields\[2\] \(price\) is not in data.task.answer"):
+        TaskSpec(answer="Product: {title}, Category: {category}")
+    with pytest.raises(ValueError, match=r"data.task.question must hold <\|image_1\|>"):
+        TaskSpec(question="What is it?")
 
 
 def test_parse_number_ignores_non_finite():

@@ -37,7 +37,7 @@ def test_every_option_composes_and_builds_its_specs(group, option, tmp_path):
     from phi3v.training.schedules import WarmupSchedule
     from phi3v.training.specs import EvalSpec, HardwareSpec, LoraSpec
 
-    overrides = [f"{group}={option}"] + (["data.source=x.csv"] if option == "table" else [])
+    overrides = [f"{group}={option}"] + (["data.source=x.csv"] if option in ("table", "cars") else [])
     cfg = compose("train", overrides=overrides)
     specs = {"model.spec": ModelSpec, "model.lora": LoraSpec, "data": DataSpec, "scheduler": WarmupSchedule,
              "hardware": HardwareSpec, "evaluation": EvalSpec}
@@ -357,7 +357,8 @@ BOUNDS = {
     "model.spec.kernels": (["null"], ["triton"]),
     "logger.mode": (["auto", "online", "offline", "disabled"], ["sometimes"]),
 }
-NEEDS = {"optimizer.momentum": ["optimizer=sgd"], "optimizer.dampening": ["optimizer=sgd"]}
+NEEDS = {"optimizer.momentum": ["optimizer=sgd"], "optimizer.dampening": ["optimizer=sgd"],
+         "checkpoint.mode": ["checkpoint.monitor=null"]}  # a monitored metric fixes the mode (test_monitor_*)
 
 
 @pytest.mark.parametrize(("key", "low"), [("batch_size", 1), ("eval_batch_size", 1), ("global_batch_size", 1),
@@ -478,3 +479,91 @@ def test_resume_points_hydra_at_the_run_dir_it_continues(tmp_path):
         assert hydra.run.dir == str(run) and hydra.output_subdir.startswith(".hydra/resumed_")
     fresh = compose("train", return_hydra_config=True).hydra
     assert fresh.run.dir.startswith("outputs/") and fresh.output_subdir == ".hydra"
+
+
+# ---- data.task: the fields as configuration (issue 22) ---------------------------------------------------
+SEED_PROMPT = "<|user|>\n<|image_1|>What is shown in this image?<|end|>\n<|assistant|>\n"
+
+
+@pytest.mark.parametrize("data", ["sample", "burberry", "table"])
+def test_the_seed_wording_is_byte_for_byte_todays(data):
+    """data=sample, burberry and table ask and answer exactly as before the fields were configurable."""
+    cfg = compose("train", overrides=[f"data={data}", *(["data.source=x.csv"] if data == "table" else [])])
+    task = OmegaConf.to_object(cfg.data).task
+    assert task.prompt() == SEED_PROMPT
+    values = {"title": "Vintage Check Scarf", "category": "SCARVES", "price": 1250.0}
+    assert task.answer_for(values) == "Product: Vintage Check Scarf, Category: SCARVES, Full Price: 1250.0"
+    assert task.answer == "Product: {title}, Category: {category}, Full Price: {price}"
+    columns = {"sample": ("title", "category3_code", "full_price"), "burberry": ("title", "category3_code",
+               "full_price"), "table": ("title", "category", "price")}[data]
+    assert tuple(f.column for f in task.fields) == columns and [f.type for f in task.fields] == [
+        "text", "category", "number"]
+
+
+def test_fields_given_on_the_command_line_build_the_task():
+    cfg = compose("train", overrides=[
+        "data.task.fields=[{name: make, type: category}, {name: year, type: integer}, "
+        "{name: mileage, column: km, type: number, format: '{:,.0f} km'}]", "checkpoint.monitor=val/mileage_mape"])
+    task = OmegaConf.to_object(cfg.data).task
+    assert task.answer == "Make: {make}, Year: {year}, Mileage: {mileage}"
+    assert task.answer_for({"make": "Audi", "year": 2019, "mileage": 85000.0}) == (
+        "Make: Audi, Year: 2019, Mileage: 85,000 km")
+    from phi3v.config_checks import check_config
+
+    check_config(cfg)
+
+
+def test_a_typo_in_a_field_names_its_key_at_composition():
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose("train", overrides=["data.task.fields=[{name: make, typ: category}]"])
+    assert "Key 'typ' not in 'FieldSpec'" in str(raised.value.__cause__)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.task.fields=[{name: make, type: colour}]"],
+     "data.task.fields[0].type 'colour' is not a field type; use one of number, integer, category, text"),
+    (["data.task.fields=[{name: year, type: integer, format: '{:.2e}'}]"],
+     "data.task.fields[0].format '{:.2e}' writes 2019 as '2.02e+03'"),
+    (["data.task.answer='Product: {title}, Price: {price}'"],
+     "data.task.fields[1] (category) is not in data.task.answer 'Product: {title}, Price: {price}'"),
+    (["data.task.answer='Product: {title}, Category: {category}, Full Price: {price}, Colour: {colour}'"],
+     "data.task.answer has {colour} but no field of data.task.fields is named 'colour'"),
+])
+def test_a_bad_task_is_one_error_at_start_naming_the_key(overrides, message):
+    from phi3v.config_checks import ConfigError, check_config
+
+    with pytest.raises(ConfigError) as raised:
+        check_config(compose("train", overrides=[*overrides, "checkpoint.monitor=null"]))
+    assert message in str(raised.value)
+
+
+def test_monitor_must_be_a_validation_metric_of_the_tasks_fields():
+    from phi3v.config_checks import ConfigError, check_config, monitor_keys
+
+    check_config(compose("train"))  # the default, val/price_mape, unchanged
+    valid = (("val/category_accuracy", "max"), ("val/loss", "min"), ("val/parse_rate", "max"), (None, "min"))
+    for monitor, mode in valid:
+        check_config(compose("train", overrides=[f"checkpoint.monitor={'null' if monitor is None else monitor}",
+                                                 f"checkpoint.mode={mode}"]))
+    with pytest.raises(ConfigError) as raised:
+        check_config(compose("train", overrides=["checkpoint.monitor=val/price_mpe"]))
+    message = str(raised.value)
+    assert "checkpoint.monitor=val/price_mpe: not a validation metric of data.task's fields; choose one of " in message
+    assert ", ".join(monitor_keys(OmegaConf.to_object(compose("train").data.task))) in message
+    cars = ["data.task.fields=[{name: make, type: category}, {name: year, type: integer}]"]
+    with pytest.raises(ConfigError, match="checkpoint.monitor=val/price_mape: not a validation metric"):
+        check_config(compose("train", overrides=cars))  # the default monitor names a field the task lacks
+    check_config(compose("train", overrides=[*cars, "checkpoint.monitor=val/year_mape"]))
+    assert monitor_keys(OmegaConf.to_object(compose("train", overrides=cars).data.task))[:3] == (
+        "val/make_accuracy", "val/make_macro_f1", "val/make_parse_rate")
+
+
+@pytest.mark.parametrize(("monitor", "mode"), [("val/category_accuracy", "min"), ("val/price_mape", "max"),
+                                               ("val/loss", "max"), ("val/title_similarity", "min")])
+def test_the_mode_must_follow_the_monitored_metrics_direction(monitor, mode):
+    from phi3v.config_checks import ConfigError, check_config
+
+    wanted = "max" if mode == "min" else "min"
+    with pytest.raises(ConfigError, match=rf"checkpoint.mode={mode}: {monitor} is better "
+                                          rf"{'lower' if wanted == 'min' else 'higher'}.*set checkpoint.mode={wanted}"):
+        check_config(compose("train", overrides=[f"checkpoint.monitor={monitor}", f"checkpoint.mode={mode}"]))

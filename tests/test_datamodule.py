@@ -50,6 +50,43 @@ def test_prepare_writes_manifest_report_and_is_reused(prepared):
     assert not changed._manifest_is_current()
 
 
+def test_the_manifest_holds_each_field_typed_and_a_changed_field_prepares_again(prepared, tmp_path):
+    import pyarrow.parquet as pq
+
+    from phi3v.data.dataset import read_manifest
+    from phi3v.task import FieldSpec, TaskSpec
+
+    data_dir, _ = prepared
+    schema = pq.read_schema(data_dir / MANIFEST)
+    assert [(name, str(schema.field(name).type)) for name in ("title", "category", "price")] == [
+        ("title", "string"), ("category", "string"), ("price", "double")]
+    module = ProductDataModule(DataSpec(data_dir=str(data_dir), synthetic=SyntheticSpec(num_products=PRODUCTS, seed=1)))
+    assert module._manifest_is_current()
+    # the synthetic catalogue's colour and material as fields (attribute columns on): a manifest of those fields
+    fields = (FieldSpec("category", "category3_code", "category"), FieldSpec("colour", type="category"),
+              FieldSpec("material", type="category"), FieldSpec("price", "full_price", "number"))
+    spec = DataSpec(data_dir=str(tmp_path / "attrs"), task=TaskSpec(fields),
+                    synthetic=SyntheticSpec(num_products=12, seed=1, attribute_columns=True))
+    attrs = ProductDataModule(spec)
+    attrs.prepare_data()
+    table = read_manifest(tmp_path / "attrs" / MANIFEST, spec.task)
+    assert {"colour", "material"} <= set(table.column_names) and "title" not in table.column_names
+    assert all(table.column("colour").to_pylist())
+    moved = replace(spec, task=TaskSpec((*fields[:3], FieldSpec("price", "full_price", "integer"))))
+    assert not ProductDataModule(moved)._manifest_is_current()  # a field's type changed: prepared again
+    with pytest.raises(ValueError, match=r"lacks columns \['title'\]; re-run `python -m phi3v.prepare`"):
+        read_manifest(tmp_path / "attrs" / MANIFEST, TaskSpec())
+
+
+def test_a_field_named_like_a_manifest_column_fails_at_once(tmp_path):
+    from phi3v.task import FieldSpec, TaskSpec
+
+    task = TaskSpec((FieldSpec("title"), FieldSpec("source_row", "row", "integer")))
+    with pytest.raises(ValueError, match=r"data.task.fields\[1\].name 'source_row' is a column the manifest keeps "
+                                         r"for itself \(product_id, image_paths, .*\): rename the field"):
+        ProductDataModule(DataSpec(data_dir=str(tmp_path), task=task))
+
+
 def test_splits_lengths_and_batches(prepared, processor, tmp_path):
     data_dir, _ = prepared
     module = make(data_dir, processor, output_dir=str(tmp_path))
@@ -65,8 +102,8 @@ def test_splits_lengths_and_batches(prepared, processor, tmp_path):
     # the sampler's token lengths are exactly the collated lengths
     index = [module.datasets["train"].value("product_id", i) for i in range(len(module.datasets["train"]))]
     truth = module.truth("train")  # each row's true fields travel with it, keyed by name
-    assert meta["truth"] == [{name: truth[name][index.index(pid)] for name in ("title", "category", "price")}
-                             for pid in meta["product_id"]]
+    assert meta["truth"] == [truth[index.index(pid)] for pid in meta["product_id"]]
+    assert list(truth[0]) == ["title", "category", "price"]
     assistant = processor.tokenizer.convert_tokens_to_ids("<|assistant|>")
     for row, product_id in enumerate(meta["product_id"]):
         length = int(batch["attention_mask"][row].sum())
@@ -239,7 +276,7 @@ def test_padding_repeats_are_collated_without_labels(prepared, processor):
 
     module = make(prepared[0], processor)
     dataset = module.datasets["train"]
-    batch = Phi3VCollator(processor, module.template, "train")([dataset[0], dataset[PaddingIndex(0)]])
+    batch = Phi3VCollator(processor, module.task, "train")([dataset[0], dataset[PaddingIndex(0)]])
     # the repeat fills a distributed batch only: same inputs as the real sample, nothing supervised
     assert batch["meta"]["supervised"] == [True, False] and batch["meta"]["skipped_images"] == 0
     assert torch.equal(batch["input_ids"][0], batch["input_ids"][1])
@@ -255,7 +292,7 @@ def test_baselines_are_fitted_on_the_train_split_and_scored_on_val_and_test(prep
     mean = sum(column["train"]["price"]) / len(column["train"]["price"])
     train_categories = column["train"]["category"]
     majority = max(dict.fromkeys(train_categories), key=train_categories.count)  # ties: the first seen
-    scores = split_baselines({split: module.truth(split) for split in ("train", "val", "test")})
+    scores = split_baselines(module.task, {split: module.truth(split) for split in ("train", "val", "test")})
     assert set(scores) == {"val", "test"}
     for split in ("val", "test"):
         prices, categories = column[split]["price"], column[split]["category"]

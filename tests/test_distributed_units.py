@@ -8,7 +8,7 @@ from PIL import Image
 
 from phi3v.inference import Answer
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
-from phi3v.task import ParsedAnswer, PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.evaluation import EvalRecord
 from phi3v.training.gathering import gather_records
 from phi3v.training.launch import external_cluster, join_external_launch
@@ -28,7 +28,7 @@ def model():
 
 def test_per_sample_losses_add_up_to_each_samples_own_loss(model):
     processor = load_processor(SPEC)
-    prompt = PromptTemplate().prompt()
+    prompt = TaskSpec().prompt()
     images = [Image.new("RGB", (300, 200), "red"), Image.new("RGB", (200, 500), "blue")]
     answers = ["Product: A, Category: B, Full Price: 10.0", "Product: Longer title here, Category: D, Full Price: 2.5"]
     batch = processor([prompt, prompt], images, answers=answers)
@@ -42,7 +42,7 @@ def test_per_sample_losses_add_up_to_each_samples_own_loss(model):
 
 
 def record(index: int) -> EvalRecord:
-    answer = Answer(f"p{index}", (f"{index}.jpg",), "target", "answer", ParsedAnswer(None, None, None), {"price": 1.0})
+    answer = Answer(f"p{index}", (f"{index}.jpg",), "target", "answer", {"price": None}, {"price": 1.0})
     return EvalRecord(index, answer, loss_sum=0.5, tokens=1)
 
 

@@ -19,7 +19,7 @@ from phi3v.config_schema import register_schemas
 from phi3v.data.collate import Phi3VCollator
 from phi3v.data.dataset import Sample
 from phi3v.modeling.model_spec import ModelSpec
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec
 from phi3v.training.module import EvalSpec, Phi3VLitModule
 
@@ -32,7 +32,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def samples(count: int = 2) -> list[Sample]:
     colours = ["red", "blue", "green", "white"]
     return [
-        Sample(index=i, product_id=f"p{i}", title=f"Scarf {i}", category="Scarves", price=100.0 + i,
+        Sample(index=i, product_id=f"p{i}", truth={"title": f"Scarf {i}", "category": "Scarves", "price": 100.0 + i},
                image_paths=(f"{i}.jpg",), images=(Image.new("RGB", (300 + 40 * i, 200), colours[i % 4]),))
         for i in range(count)
     ]
@@ -41,7 +41,7 @@ def samples(count: int = 2) -> list[Sample]:
 def make_module(processor) -> Phi3VLitModule:
     module = Phi3VLitModule(
         spec=SPEC, lora=LoraSpec(r=4, dropout=0.0), optimizer=partial(torch.optim.AdamW, lr=1e-3), scheduler=None,
-        processor=processor, template=PromptTemplate(), evaluation=EvalSpec(max_new_tokens=3),
+        processor=processor, task=TaskSpec(), evaluation=EvalSpec(max_new_tokens=3),
     )
     module.configure_model()
     return module
@@ -50,7 +50,7 @@ def make_module(processor) -> Phi3VLitModule:
 def test_loss_pass_keeps_no_cache_and_frees_its_logits_before_generating(processor, monkeypatch):
     module = make_module(processor)
     module.model.eval()
-    batch = Phi3VCollator(processor, PromptTemplate(), "eval")(samples())
+    batch = Phi3VCollator(processor, TaskSpec(), "eval")(samples())
     seen = {}
 
     def loss_pass(model, args, kwargs, output):  # PEFT's wrapper: only the loss pass goes through it
@@ -92,7 +92,7 @@ def test_evaluation_runs_under_no_grad_even_when_the_trainer_picks_inference_mod
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[modes])
     assert trainer.test_loop.inference_mode is True
-    loader = DataLoader(samples(2), batch_size=2, collate_fn=Phi3VCollator(processor, PromptTemplate(), "eval"))
+    loader = DataLoader(samples(2), batch_size=2, collate_fn=Phi3VCollator(processor, TaskSpec(), "eval"))
     trainer.test(module, dataloaders=loader, verbose=False)
     assert modes.modes == [(False, False)]  # the loss pass (generation calls the inner model)
     assert len(module.results.records["test"]) == 2

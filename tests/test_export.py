@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from phi3v.inference import ADAPTER_WEIGHTS, load_for_inference
+from phi3v.inference import ADAPTER_WEIGHTS, load_for_inference, load_task
 from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor, tiny_config
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.shipping.adapter import (
@@ -30,13 +30,14 @@ from phi3v.shipping.adapter import (
     export_adapter,
     merge_adapter,
 )
-from phi3v.task import PromptTemplate
+from phi3v.task import DEFAULT_FIELDS, FieldSpec, TaskSpec, task_record
 from phi3v.training.lora import LoraSpec, apply_lora
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = PromptTemplate(price_format="{:,.2f}")  # not the default: the export must carry it
+# not the default task (the price formatted): the export must carry it
+TEMPLATE = TaskSpec((*DEFAULT_FIELDS[:2], FieldSpec("price", "full_price", "number", "{:,.2f}", "Full Price")))
 GENERATE = dict(max_new_tokens=6, do_sample=False)
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # see `one_thread` (conftest.py)
 
@@ -113,7 +114,20 @@ def test_adapter_holds_exactly_the_trained_tensors(exported):
     for key, tensor in saved.items():
         assert torch.equal(tensor, trained[key].detach()), key
     assert ModelSpec.load(out) == ModelSpec()
-    assert json.loads((out / "prompt.json").read_text())["price_format"] == "{:,.2f}"
+    assert json.loads((out / "prompt.json").read_text()) == task_record(TEMPLATE)
+    assert json.loads((out / "prompt.json").read_text())["fields"][2]["format"] == "{:,.2f}"
+
+
+def test_an_old_exports_prompt_json_still_loads(tmp_path, caplog):
+    """Exports written before the fields were configurable hold {question, answer, price_format}: read as the
+    seed's three fields with that price format, they ask and parse exactly as before."""
+    (tmp_path / "prompt.json").write_text(json.dumps({"question": "<|image_1|>What is shown in this image?",
+        "answer": "Product: {title}, Category: {category}, Full Price: {price}", "price_format": "{:,.2f}"}))
+    task = load_task(tmp_path)
+    assert task == TEMPLATE
+    assert task.answer_for({"title": "T", "category": "C", "price": 1250.0}) == (
+        "Product: T, Category: C, Full Price: 1,250.00")
+    assert load_task(tmp_path / "elsewhere") == TaskSpec() and "using the default task" in caplog.text
 
 
 @pytest.mark.parametrize("num_crops", [None, 1])

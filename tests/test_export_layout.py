@@ -37,7 +37,7 @@ from phi3v.shipping.snapshot_files import (
     missing_auto_map_modules,
     tokenizer_difference,
 )
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec, apply_lora
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
@@ -53,7 +53,7 @@ RESULTS = RunResults("DBQ/Burberry.Product.prices.United.States",
                      {"val": {"price_mape": 41.25, "category_accuracy": 0.5, "count": 30.0},
                       "test": {"price_mape": 44.5, "category_accuracy": 0.625, "count": 32.0}})
 ANSWER = "Product: Vintage Check Cashmere Scarf, Category: Scarves, Full Price: 1250.0<|end|>"
-TEXTS = [PromptTemplate().prompt() + ANSWER, " Leading  spaces, 1,250.00 €, naïve café<|end|>\n<|user|>\nnext"]
+TEXTS = [TaskSpec().prompt() + ANSWER, " Leading  spaces, 1,250.00 €, naïve café<|end|>\n<|user|>\nnext"]
 
 
 def edit_json(path: Path, **values) -> None:
@@ -97,7 +97,7 @@ def adapter_on(base: str, out: Path, results: RunResults | None = None) -> Path:
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.fill_(0.01)
-    return export_adapter(model.eval(), load_processor(spec), spec, PromptTemplate(), out, results=results)
+    return export_adapter(model.eval(), load_processor(spec), spec, TaskSpec(), out, results=results)
 
 
 @pytest.fixture(scope="module")
@@ -177,15 +177,15 @@ def test_merged_tokenizer_loads_in_a_fresh_interpreter_with_phi3v_ids(snapshot_e
 def test_phi3v_reads_the_merged_export_as_it_trained(snapshot_export):
     """The base's tokenizer files change none of phi3v's ids, labels, stop/pad ids or chat template."""
     _, adapter, merged = snapshot_export
-    trained, (_, loaded, template) = Phi3VProcessor.from_pretrained(adapter), load_for_inference(merged)
+    trained, (_, loaded, task) = Phi3VProcessor.from_pretrained(adapter), load_for_inference(merged)
     images = [Image.new("RGB", (200, 150), "navy"), Image.new("RGB", (90, 300), "white")]
     answers = ["Product: Check Scarf, Category: Scarves, Full Price: 1250.0"] * 2
-    ours = trained([template.prompt()] * 2, images, answers, padding_side="left")
-    theirs = loaded([template.prompt()] * 2, images, answers)
+    ours = trained([task.prompt()] * 2, images, answers, padding_side="left")
+    theirs = loaded([task.prompt()] * 2, images, answers)
     for key in ("input_ids", "labels", "attention_mask"):
         assert torch.equal(theirs[key], ours[key]), key
     assert (loaded.pad_token_id, loaded.end_token_id) == (trained.pad_token_id, trained.end_token_id)
-    messages = [{"role": "user", "content": template.question}]
+    messages = [{"role": "user", "content": task.question}]
     assert loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
         chat_prompt(messages)
     assert loaded.decode(ours["input_ids"][0]) == trained.decode(ours["input_ids"][0])
@@ -203,7 +203,7 @@ def test_merged_export_with_loader_files_still_loads_and_answers_like_the_adapte
     _, adapter, merged = snapshot_export
     model, processor, _ = load_for_inference(adapter)
     plain, _, _ = load_for_inference(merged)
-    batch = processor(PromptTemplate().prompt(), [Image.new("RGB", (200, 150), "navy")])
+    batch = processor(TaskSpec().prompt(), [Image.new("RGB", (200, 150), "navy")])
     with torch.no_grad():
         torch.testing.assert_close(plain(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-5)
 
@@ -249,7 +249,7 @@ def test_merged_export_has_a_model_card_with_the_run(snapshot_export):
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-text-to-text"
     assert {"phi3v", "lora"} <= set(card.data.tags) and "peft" not in card.data.tags
     assert card.data.datasets == [RESULTS.dataset]
-    assert PromptTemplate().prompt() + PromptTemplate().answer in card.text
+    assert TaskSpec().prompt() + TaskSpec().answer in card.text
     assert "| metric | val | test |" in card.text and "| price_mape | 41.25 | 44.5 |" in card.text
     assert "| count | 30 | 32 |" in card.text
     assert f'AutoModelForCausalLM.from_pretrained("{merged}", trust_remote_code=True' in card.text

@@ -17,7 +17,7 @@ from phi3v.modeling import Phi3VForCausalLM
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
 from phi3v.predict import predict_image
 from phi3v.shipping.adapter import export_adapter, merge_adapter
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec, apply_lora, cast_lora_inputs
 from phi3v.training.module import Phi3VLitModule
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.unit
 SPEC = ModelSpec(dtype="bfloat16", num_crops=1)
 EVERYTHING = LoraSpec(r=4, dropout=0.0, vision=True, train_projector=True,
                       modules_to_save=("lm_head", "embed_tokens", "vision_tower"))
-PROMPT = PromptTemplate().prompt()
+PROMPT = TaskSpec().prompt()
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +74,16 @@ def saved_dtypes(path) -> set[torch.dtype]:
 
 
 def test_adapter_export_reload_merge_and_predict_on_a_bf16_base(trained, processor, batch, tmp_path):
-    adapter = export_adapter(trained, processor, SPEC, PromptTemplate(), tmp_path / "adapter")
+    adapter = export_adapter(trained, processor, SPEC, TaskSpec(), tmp_path / "adapter")
     assert saved_dtypes(adapter / ADAPTER_WEIGHTS) == {"F32"}  # the float32 weights are what ships
     with torch.no_grad():
         expected = trained(**batch).logits.float()
-    model, loaded_processor, template = load_for_inference(adapter)  # onto a bf16 base built from the spec
+    model, loaded_processor, task = load_for_inference(adapter)  # onto a bf16 base built from the spec
     with torch.no_grad():
         reloaded = model(**batch).logits
     assert reloaded.dtype == torch.bfloat16
     torch.testing.assert_close(reloaded.float(), expected, rtol=0, atol=0.05)
-    answer, _ = predict_image(model, loaded_processor, template, write_image(tmp_path), max_new_tokens=4)
+    answer, _ = predict_image(model, loaded_processor, task, write_image(tmp_path), max_new_tokens=4)
     assert isinstance(answer, str)
 
     merged_dir = merge_adapter(adapter, tmp_path / "merged")  # fp32 LoRA and projector folded into bf16
@@ -129,7 +129,7 @@ def test_lora_under_autocast_skips_the_float32_copy_for_identical_results(batch)
 @pytest.mark.parametrize(("precision", "cast"), [("bf16-mixed", False), ("32-true", True), ("bf16-true", True)])
 def test_training_skips_the_copy_only_under_autocast(processor, precision, cast):
     module = Phi3VLitModule(spec=SPEC, lora=LoraSpec(r=4), optimizer=torch.optim.AdamW, scheduler=None,
-                            processor=processor, template=PromptTemplate())
+                            processor=processor, task=TaskSpec())
     module._trainer = types.SimpleNamespace(precision=precision)  # what configure_model reads of its Trainer
     module.configure_model()
     layers = [m for m in module.model.modules() if isinstance(m, BaseTunerLayer)]

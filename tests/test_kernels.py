@@ -26,7 +26,7 @@ from phi3v.modeling.configuration import CLIP_VIT_L_14_336
 from phi3v.modeling.kernels import KernelsUnavailable, kernels_problem, linear_cross_entropy
 from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.modeling.random_weights import build_random_model
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec, apply_lora, cast_lora_inputs
 from phi3v.training.losses import logits_window, per_sample_loss
 from phi3v.training.module import EvalSpec, Phi3VLitModule
@@ -41,7 +41,7 @@ GPU = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is 
 
 @pytest.fixture(scope="module")
 def batch(processor, images):
-    return processor([PromptTemplate().prompt()] * 2, images, answers=ANSWERS, padding_side="right")
+    return processor([TaskSpec().prompt()] * 2, images, answers=ANSWERS, padding_side="right")
 
 
 # ---- refused early, naming the key ---------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_training_step_takes_the_models_fused_loss(batch, processor, fake_liger,
     def step(fused: bool):
         module = Phi3VLitModule(
             spec=SPEC, lora=LoraSpec(r=4, dropout=0.0), optimizer=partial(torch.optim.AdamW, lr=1e-3),
-            scheduler=None, processor=processor, template=PromptTemplate(), evaluation=EvalSpec(),
+            scheduler=None, processor=processor, task=TaskSpec(), evaluation=EvalSpec(),
         )
         torch.manual_seed(0)
         module.configure_model()
@@ -158,7 +158,7 @@ def real_width_step(kernels: str | None, checkpointing: bool | str = False) -> t
     cast_lora_inputs(model, False)  # as training under bf16 autocast does
     processor = load_processor(ModelSpec(name_or_path="random:phi3v", num_crops=4))
     photo = Image.effect_noise((1000, 1000), 64).convert("RGB")
-    encoded = processor([PromptTemplate().prompt()] * 2, [photo] * 2, answers=ANSWERS, padding_side="right")
+    encoded = processor([TaskSpec().prompt()] * 2, [photo] * 2, answers=ANSWERS, padding_side="right")
     encoded = {key: value.cuda() for key, value in encoded.items()}
     window = logits_window(encoded["labels"])
     model.train()

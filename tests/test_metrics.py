@@ -1,32 +1,35 @@
-"""ProductMetrics and the constant baselines on hand-computed examples."""
+"""The seed task's metrics and constant baselines on hand-computed examples, through the scoring by field type
+(phi3v.task.scoring) that evaluation uses: the values the torchmetrics `ProductMetrics` of phi3v before
+configurable fields gave on the same answers (each literal below was that class's, and still is).
+Scoring of every field type: tests/test_task_scoring.py."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
-import torch
 
-from phi3v.task import ParsedAnswer
-from phi3v.training.metrics import (
-    METRIC_KEYS,
-    Baselines,
-    ProductMetrics,
-    baseline_metrics,
-    rank_correlation,
-    text_similarity,
-)
+from phi3v.task import TaskSpec
+from phi3v.task.scoring import baseline_scores, fit_baselines, rank_correlation, score_answers, text_similarity
 
 pytestmark = pytest.mark.unit
 
+SEED = TaskSpec()
 PRICES = [100.0, 200.0, 400.0, 1000.0]
 CATEGORIES = ["Phones", "Laptops", "Home & Kitchen", "Toys"]
 TITLES = ["Red Mug", "Blue Pen", "Oak Table", "Desk Lamp"]
+
+
+def answer(title: str | None, category: str | None, price: float | None) -> dict:
+    return {"title": title, "category": category, "price": price}
+
+
 PREDICTIONS = [
-    ParsedAnswer("red  mug", "phones", 110.0),  # title and category match after case/space normalisation
-    ParsedAnswer(None, " Laptops ", None),  # no title, category matches, price unparsed
-    ParsedAnswer("Oak Tabla", None, 300.0),  # one letter off, category missing
-    ParsedAnswer("Desk", "Games", 1000.0),  # title prefix, wrong category, exact price
+    answer("red  mug", "phones", 110.0),  # title and category match after case/space normalisation
+    answer(None, " Laptops ", None),  # no title, category matches, price unparsed
+    answer("Oak Tabla", None, 300.0),  # one letter off, category missing
+    answer("Desk", "Games", 1000.0),  # title prefix, wrong category, exact price
 ]
 # Parsed prices: samples 0, 2, 3. Absolute errors 10, 100, 0; APEs 10%, 25%, 0%.
 # "oak tabla" vs "oak table": 8 of 9 characters match -> 2*8/18 = 8/9; "desk" vs "desk lamp" -> 2*4/13 = 8/13.
@@ -45,44 +48,22 @@ EXPECTED = {
 }
 
 
-def scores(metric: ProductMetrics) -> dict[str, float]:
-    return {key: float(value) for key, value in metric.compute().items()}
+def truths(prices=PRICES, categories=CATEGORIES, titles=TITLES) -> list[dict]:
+    return [answer(t, c, p) for t, c, p in zip(titles, categories, prices)]
+
+
+def scores(predictions: list[dict], prices: list[float], categories=None, titles=None) -> dict[str, float]:
+    n = len(prices)
+    return score_answers(SEED, truths(prices, categories or ["a"] * n, titles or [""] * n), predictions)
 
 
 def test_hand_computed_example():
-    metric = ProductMetrics()
-    metric.update(PREDICTIONS, PRICES, CATEGORIES, TITLES)
-    result = scores(metric)
-    assert tuple(result) == METRIC_KEYS
-    assert result == pytest.approx(EXPECTED, rel=1e-12)
-
-
-def test_tensor_prices_and_two_updates_equal_one():
-    once = ProductMetrics()
-    once.update(PREDICTIONS, torch.tensor(PRICES, dtype=torch.float64), CATEGORIES, TITLES)
-    twice = ProductMetrics()
-    twice.update(PREDICTIONS[:1], torch.tensor(PRICES[:1]), CATEGORIES[:1], TITLES[:1])
-    twice.update(PREDICTIONS[1:], PRICES[1:], CATEGORIES[1:], TITLES[1:])
-    assert scores(twice) == pytest.approx(scores(once), rel=1e-12)
-    assert scores(once) == pytest.approx(EXPECTED, rel=1e-12)
-
-
-@pytest.mark.filterwarnings("ignore:The ``compute`` method.*before the ``update``")  # expected: nothing seen
-def test_reset_then_empty_compute_is_nan():
-    metric = ProductMetrics()
-    metric.update(PREDICTIONS, PRICES, CATEGORIES, TITLES)
-    metric.reset()
-    result = scores(metric)
-    assert result["count"] == 0
-    assert all(math.isnan(value) for key, value in result.items() if key != "count")
-    metric.update(PREDICTIONS[:1], PRICES[:1], CATEGORIES[:1], TITLES[:1])  # usable again after reset
-    assert scores(metric)["price_mape"] == pytest.approx(10.0)
+    result = score_answers(SEED, truths(), PREDICTIONS)
+    assert {key: result[key] for key in EXPECTED} == pytest.approx(EXPECTED, rel=1e-12)
 
 
 def test_nothing_parsed_gives_nan_price_errors_and_zero_rates():
-    metric = ProductMetrics()
-    metric.update([ParsedAnswer(None, None, None)] * 2, [10.0, 20.0], ["a", "b"], ["x", "y"])
-    result = scores(metric)
+    result = scores([answer(None, None, None)] * 2, [10.0, 20.0], ["a", "b"], ["x", "y"])
     for key in ("price_mae", "price_mape_parsed", "price_median_ape"):
         assert math.isnan(result[key])
     assert result["price_mape"] == 100.0  # every product a miss
@@ -92,33 +73,12 @@ def test_nothing_parsed_gives_nan_price_errors_and_zero_rates():
 
 
 def test_median_of_even_count_and_threshold_rounding():
-    metric = ProductMetrics()
     # APEs: 1.1 vs 1.0 is 10% (10.000000000000009 in floats, still "within 10%"); 12 vs 10 is 20%.
-    metric.update([ParsedAnswer(None, None, 1.1), ParsedAnswer(None, None, 12.0)], [1.0, 10.0], ["a", "a"], ["", ""])
-    result = scores(metric)
+    result = scores([answer(None, None, 1.1), answer(None, None, 12.0)], [1.0, 10.0])
     assert result["price_median_ape"] == pytest.approx(15.0)  # mean of the middle two, 10 and 20
     assert result["price_within_10pct"] == 0.5
     assert result["price_within_25pct"] == 1.0
     assert result["price_mae"] == pytest.approx((0.1 + 2.0) / 2)
-
-
-def test_fake_two_rank_sync_where_one_rank_saw_nothing():
-    metric = ProductMetrics()
-    metric.update(PREDICTIONS, PRICES, CATEGORIES, TITLES)
-
-    def gather_with_empty_rank(tensor: torch.Tensor, group=None) -> list[torch.Tensor]:
-        # rank 1 had no batches: zero sums, and torchmetrics' empty placeholder of `metric.dtype` for "cat"
-        return [tensor, torch.zeros_like(tensor) if tensor.ndim == 0 else tensor[:0]]
-
-    assert metric.apes[0].dtype == metric.dtype  # the placeholder's dtype, so all_gather sees one dtype
-    metric._sync_dist(dist_sync_fn=gather_with_empty_rank)
-    assert isinstance(metric.apes, torch.Tensor)
-    assert scores(metric) == pytest.approx(EXPECTED, rel=1e-6)  # median now from the float32 APE state
-
-
-def test_mismatched_lengths_raise():
-    with pytest.raises(ValueError, match="one entry per sample"):
-        ProductMetrics().update(PREDICTIONS, PRICES[:3], CATEGORIES, TITLES)
 
 
 def test_text_similarity_edges():
@@ -128,57 +88,48 @@ def test_text_similarity_edges():
 
 
 def test_baselines_fit_exact():
-    baselines = Baselines.fit([10.0, 20.0, 30.0, 100.0], ["a", "b", "a", "c"])
-    assert baselines == Baselines(mean_price=40.0, median_price=25.0, majority_category="a")  # median (20+30)/2
-    assert Baselines.fit([3.0], ["y", "x", "x", "y"]).majority_category == "y"  # tie: first seen wins
-    with pytest.raises(ValueError):
-        Baselines.fit([], [])
-
-
-def test_baseline_predictions():
-    baselines = Baselines(40.0, 25.0, "a")
-    assert baselines.predictions(2) == [ParsedAnswer(None, "a", 40.0)] * 2
-    assert baselines.predictions(1, price="median") == [ParsedAnswer(None, "a", 25.0)]
-    with pytest.raises(ValueError, match="mean' or 'median"):
-        baselines.predictions(1, price="mode")
+    train = [answer("t", c, p) for p, c in zip([10.0, 20.0, 30.0, 100.0], ["a", "b", "a", "c"])]
+    assert fit_baselines(SEED, train) == {  # median (20+30)/2; the most common category; no title
+        "train_mean": answer(None, "a", 40.0), "train_median": answer(None, "a", 25.0)}
+    tied = [answer("t", c, 3.0) for c in ["y", "x", "x", "y"]]
+    assert fit_baselines(SEED, tied)["train_mean"]["category"] == "y"  # tie: first seen wins
+    with pytest.raises(ValueError, match="no value of field 'category'"):
+        fit_baselines(SEED, [])
 
 
 def test_baseline_metrics_exact():
-    result = baseline_metrics(Baselines(40.0, 25.0, "a"), [20.0, 50.0], ["a", "b"], ["t1", "t2"])
+    baselines = {"train_mean": answer(None, "a", 40.0), "train_median": answer(None, "a", 25.0)}
+    result = baseline_scores(SEED, baselines, truths([20.0, 50.0], ["a", "b"], ["t1", "t2"]))
     common = {"category_accuracy": 0.5, "title_exact_match": 0.0, "title_similarity": 0.0, "parse_rate": 1.0,
               "count": 2.0, "price_within_10pct": 0.0, "price_spearman": 0.0}  # a constant ranks nothing
     # mean 40: errors 20, 10 -> MAE 15; APEs 100%, 20% -> MAPE = median = 60; only 50 is within 25%
-    assert result["train_mean"] == pytest.approx({**common, "price_mae": 15.0, "price_mape": 60.0,
-        "price_mape_parsed": 60.0, "price_median_ape": 60.0, "price_within_25pct": 0.5})
+    assert {k: result["train_mean"][k] for k in (*common, "price_mae", "price_mape", "price_mape_parsed",
+            "price_median_ape", "price_within_25pct")} == pytest.approx({**common, "price_mae": 15.0,
+            "price_mape": 60.0, "price_mape_parsed": 60.0, "price_median_ape": 60.0, "price_within_25pct": 0.5})
     # median 25: errors 5, 25 -> MAE 15; APEs 25%, 50% -> MAPE = median = 37.5; 25% counts as within 25%
-    assert result["train_median"] == pytest.approx({**common, "price_mae": 15.0, "price_mape": 37.5,
-        "price_mape_parsed": 37.5, "price_median_ape": 37.5, "price_within_25pct": 0.5})
+    assert {k: result["train_median"][k] for k in (*common, "price_mae", "price_mape", "price_mape_parsed",
+            "price_median_ape", "price_within_25pct")} == pytest.approx({**common, "price_mae": 15.0,
+            "price_mape": 37.5, "price_mape_parsed": 37.5, "price_median_ape": 37.5, "price_within_25pct": 0.5})
 
 
 def test_price_mape_caps_each_error_at_a_miss():
-    metric = ProductMetrics()
     # APEs 300% (a 4x over-guess) and 20%; the third price is unparsed.
-    metric.update([ParsedAnswer(None, None, 40.0), ParsedAnswer(None, None, 12.0), ParsedAnswer(None, None, None)],
-                  [10.0, 10.0, 10.0], ["a"] * 3, [""] * 3)
-    result = scores(metric)
+    result = scores([answer(None, None, 40.0), answer(None, None, 12.0), answer(None, None, None)], [10.0] * 3)
     assert result["price_mape"] == pytest.approx((100 + 20 + 100) / 3)  # 300% counts as a miss, like no answer
     assert result["price_mape_parsed"] == pytest.approx((300 + 20) / 2)  # plain MAPE of the parsed answers
     assert result["price_median_ape"] == pytest.approx(160.0)
 
 
-def run_scores(prices: list[float | None], truths: list[float]) -> dict[str, float]:
-    metric = ProductMetrics()
-    n = len(truths)
-    metric.update([ParsedAnswer(None, None, p) for p in prices], truths, ["a"] * n, [""] * n)
-    return scores(metric)
+def run_scores(prices: list[float | None], truth: list[float]) -> dict[str, float]:
+    return scores([answer(None, None, p) for p in prices], truth)
 
 
 def test_sweep_objective_cannot_be_won_by_answering_less():
     """The sweep minimises `val/price_mape`: a run that parses fewer prices, with equal or better errors on
     those it parses, must not score better there (it does on the parsed-only figure)."""
-    truths = [100.0, 100.0, 100.0, 100.0]
-    answers_all = run_scores([110.0, 120.0, 140.0, 400.0], truths)  # APEs 10, 20, 40, 300
-    answers_few = run_scores([105.0, 120.0, None, None], truths)  # better on two, silent on the worst two
+    truth = [100.0, 100.0, 100.0, 100.0]
+    answers_all = run_scores([110.0, 120.0, 140.0, 400.0], truth)  # APEs 10, 20, 40, 300
+    answers_few = run_scores([105.0, 120.0, None, None], truth)  # better on two, silent on the worst two
     assert answers_few["parse_rate"] == 0.5 and answers_all["parse_rate"] == 1.0
     assert answers_few["price_mape_parsed"] < answers_all["price_mape_parsed"]  # 12.5 vs 92.5: fooled
     assert answers_all["price_mape"] == pytest.approx((10 + 20 + 40 + 100) / 4)  # 42.5
@@ -187,19 +138,19 @@ def test_sweep_objective_cannot_be_won_by_answering_less():
 
 
 def test_dropping_any_parsed_price_never_lowers_the_objective():
-    generator = torch.Generator().manual_seed(0)
+    generator = random.Random(0)
     for _ in range(200):
-        truths = (torch.rand(6, generator=generator, dtype=torch.float64) * 1000 + 1).tolist()
-        factors = torch.rand(6, generator=generator, dtype=torch.float64) * 12  # 0x .. 12x the true price
-        prices = [t * float(f) for t, f in zip(truths, factors)]
-        dropped = int(torch.randint(6, (1,), generator=generator))
+        truth = [generator.random() * 1000 + 1 for _ in range(6)]
+        prices = [t * generator.random() * 12 for t in truth]  # 0x .. 12x the true price
+        dropped = generator.randrange(6)
         fewer = [None if i == dropped else p for i, p in enumerate(prices)]
         # equal (up to float rounding) when the dropped answer was already a miss, >= 100%; worse otherwise
-        assert run_scores(fewer, truths)["price_mape"] >= run_scores(prices, truths)["price_mape"] - 1e-9
+        assert run_scores(fewer, truth)["price_mape"] >= run_scores(prices, truth)["price_mape"] - 1e-9
 
 
 def test_baselines_are_scored_with_the_capped_objective():
-    result = baseline_metrics(Baselines(40.0, 25.0, "a"), [10.0], ["a"], ["t"])  # APEs 300% (mean), 150% (median)
+    baselines = {"train_mean": answer(None, "a", 40.0), "train_median": answer(None, "a", 25.0)}
+    result = baseline_scores(SEED, baselines, truths([10.0], ["a"], ["t"]))  # APEs 300% (mean), 150% (median)
     assert result["train_mean"]["price_mape"] == 100.0 and result["train_mean"]["price_mape_parsed"] == 300.0
     assert result["train_median"]["price_mape"] == 100.0 and result["train_median"]["price_mape_parsed"] == 150.0
 

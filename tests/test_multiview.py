@@ -36,7 +36,7 @@ def test_multiview_is_the_demo_with_a_second_photo_column():
     assert multiview.data.photos.max_per_item == 2 and multiview.data.data_dir == "data/multiview"
     for key in ("model", "optimizer", "scheduler", "hardware"):
         assert demo[key] == multiview[key], key
-    assert demo.data.prompt == multiview.data.prompt  # the question's one <|image_1|> stands for both photos
+    assert demo.data.task.question == multiview.data.task.question  # its one <|image_1|> stands for both photos
 
 
 @pytest.mark.slow
@@ -57,7 +57,7 @@ def test_a_small_multiview_run_trains_and_lists_both_photos(tmp_path):
         assert front.is_file() and detail.name == f"{row['product_id']}_detail.jpg" and detail.is_file()
 
     from phi3v.demo.gallery import load_gallery
-    from phi3v.inference import load_template
+    from phi3v.inference import load_task
 
-    gallery = load_gallery(run, load_template(run / "adapter"))
+    gallery = load_gallery(run, load_task(run / "adapter"))
     assert [len(item.image_paths) for item in gallery] == [2] * 5

@@ -17,8 +17,9 @@ from phi3v.config_schema import register_schemas
 from phi3v.data.datamodule import ProductDataModule
 from phi3v.data.spec import DataSpec
 from phi3v.data.synthetic import SyntheticSpec
-from phi3v.inference import COLUMNS, load_for_inference, prediction_rows
-from phi3v.predict import check_config, main, predict_image, split_batches
+from phi3v.inference import load_for_inference, prediction_columns, prediction_rows
+from phi3v.predict import check_config, check_fields, main, predict_image, run_data_spec, split_batches
+from phi3v.task import FieldSpec, TaskSpec
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
@@ -45,23 +46,24 @@ def predict_config(*overrides: str) -> DictConfig:
 
 # ---- in-process --------------------------------------------------------------------------------
 def test_batched_split_predictions_equal_one_photo_at_a_time(adapter, tmp_path):
-    model, processor, template = load_for_inference(adapter)
+    model, processor, task = load_for_inference(adapter)
     datamodule = ProductDataModule(DataSpec(
         data_dir=str(tmp_path / "data"), synthetic=SyntheticSpec(num_products=12), val_fraction=0.0,
         test_fraction=0.3,
     ))
     datamodule.connect(processor)
     # 4 products: a full and a partial batch
-    batches = split_batches(datamodule, processor, template, "test", batch_size=3)
-    rows = list(prediction_rows(model, processor, template, batches, MAX_NEW_TOKENS))
+    batches = split_batches(datamodule, processor, task, "test", batch_size=3)
+    rows = list(prediction_rows(model, processor, task, batches, MAX_NEW_TOKENS))
     assert [row["product_id"] for row in rows] == datamodule.datasets["test"].table.column("product_id").to_pylist()
     for row in rows:
-        assert list(row) == list(COLUMNS)
-        answer, parsed = predict_image(model, processor, template, row["image_path"], MAX_NEW_TOKENS)
+        assert list(row) == list(prediction_columns(task))
+        answer, parsed = predict_image(model, processor, task, row["image_path"], MAX_NEW_TOKENS)
         assert row["prediction"] == answer  # left padding changes nothing
         assert (row["parsed_title"], row["parsed_category"], row["parsed_price"]) == (
-            parsed.title, parsed.category, parsed.price
+            parsed["title"], parsed["category"], parsed["price"]
         )
+        assert row["target"].endswith(f"Full Price: {row['true_price']:,.2f}")  # the export's format, not data's
 
 
 def test_bad_values_are_reported_by_key(adapter, photo, tmp_path):
@@ -121,7 +123,7 @@ def test_predict_cli_whole_test_split(adapter, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2  # 10% of 20 products
     for row in rows:
-        assert list(row) == list(COLUMNS)
+        assert list(row) == list(prediction_columns(TaskSpec()))
         assert row["target"].startswith("Product: ") and row["true_price"] > 0
         assert Path(row["image_path"]).is_file()
     assert f"wrote 2 predictions (test split) to {out}" in result.stdout
@@ -179,6 +181,35 @@ def test_a_catalogue_the_run_never_saw_is_predicted_whole_and_said_so(tmp_path):
     assert len(dataset) == 9 and "never saw" in description and "all 9 products" in description
 
 
+def test_a_run_of_an_older_phi3v_reads_its_fields_from_its_mapped_columns(tmp_path):
+    """A run recorded before data.task (its fields as data.columns.title/category/price, data.prompt) still
+    names its catalogue: the seed task on those columns."""
+    from omegaconf import OmegaConf
+
+    (tmp_path / ".hydra").mkdir()
+    old = {"source": "shop.csv", "columns": {"image": "photo", "title": "name", "category": "type", "price": "usd",
+                                             "id": None},
+           "prompt": {"question": "<|image_1|>What is shown in this image?",
+                      "answer": "Product: {title}, Category: {category}, Full Price: {price}", "price_format": "{}"}}
+    OmegaConf.save({"data": old}, tmp_path / ".hydra" / "config.yaml")
+    spec = run_data_spec(tmp_path)
+    assert (spec.source, spec.columns.image, spec.columns.id) == ("shop.csv", "photo", None)
+    assert [(f.name, f.column, f.type) for f in spec.task.fields] == [
+        ("title", "name", "text"), ("category", "type", "category"), ("price", "usd", "number")]
+
+
+def test_the_catalogues_fields_must_be_the_exports(adapter):
+    from phi3v.inference import load_task
+
+    export = load_task(adapter)
+    check_fields(TaskSpec(), export)  # the same names and types; the export's price format does not matter
+    cars = TaskSpec(fields=(FieldSpec("make", type="category"), FieldSpec("price", type="number")))
+    with pytest.raises(UsageError, match=r"the export answers the fields title \(text\), category \(category\), "
+                                         r"price \(number\) \(its prompt.json\) but data.task has make \(category\), "
+                                         r"price \(number\): set data.task.fields"):
+        check_fields(cars, export)
+
+
 def test_an_export_outside_a_run_needs_a_data_group(adapter):
     with pytest.raises(UsageError, match="data= is required"):
         check_config(predict_config(f"adapter={adapter}", "split=test"))
@@ -196,14 +227,14 @@ def test_two_photos_are_one_product_asked_with_a_tag_each_in_order(adapter, phot
     from phi3v.data.images import load_product_image
     from phi3v.inference import greedy_answers
 
-    model, processor, template = load_for_inference(adapter)
-    answer, parsed = predict_image(model, processor, template, [photo, back], MAX_NEW_TOKENS)
-    inputs = processor(template.prompt(2), [load_product_image(photo), load_product_image(back)], padding_side="left")
+    model, processor, task = load_for_inference(adapter)
+    answer, parsed = predict_image(model, processor, task, [photo, back], MAX_NEW_TOKENS)
+    inputs = processor(task.prompt(2), [load_product_image(photo), load_product_image(back)], padding_side="left")
     assert sorted(set(inputs["input_ids"][inputs["input_ids"] < 0].tolist())) == [-2, -1]
     assert answer == greedy_answers(model, processor, inputs, MAX_NEW_TOKENS)[0]
-    assert parsed == template.parse(answer)
-    assert predict_image(model, processor, template, [photo], MAX_NEW_TOKENS)[0] == predict_image(
-        model, processor, template, photo, MAX_NEW_TOKENS)[0]  # a one-photo list is the photo
+    assert parsed == task.parse(answer)
+    assert predict_image(model, processor, task, [photo], MAX_NEW_TOKENS)[0] == predict_image(
+        model, processor, task, photo, MAX_NEW_TOKENS)[0]  # a one-photo list is the photo
 
 
 def test_several_image_values_are_a_list_and_a_repeated_key_is_refused(adapter, photo, back, tmp_path):

@@ -27,7 +27,7 @@ from phi3v.modeling.quantization import (
     require_bitsandbytes,
     weight_bytes,
 )
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.module import Phi3VLitModule
 from phi3v.training.quantized import quantized_run_problems
@@ -44,7 +44,7 @@ PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "ml
 def batch():
     images = [Image.new("RGB", (300, 200), "red"), Image.new("RGB", (200, 300), "blue")]
     answers = ["Product: A, Category: B, Full Price: 10.0", "Product: C, Category: D, Full Price: 20.0"]
-    return load_processor(SPEC)([PromptTemplate().prompt()] * 2, images, answers=answers)
+    return load_processor(SPEC)([TaskSpec().prompt()] * 2, images, answers=answers)
 
 
 def quantized_spec(kind: str) -> ModelSpec:
@@ -267,7 +267,7 @@ def test_checkpoints_hold_only_lora_weights_and_load_back_onto_a_fresh_quantized
     def module():
         lit = Phi3VLitModule(
             spec=quantized_spec("nf4"), lora=LoraSpec(r=4, dropout=0.0), optimizer=partial(torch.optim.AdamW, lr=1e-3),
-            scheduler=None, processor=None, template=PromptTemplate(),
+            scheduler=None, processor=None, task=TaskSpec(),
         )
         lit.configure_model()
         return lit

@@ -24,7 +24,7 @@ from phi3v.modeling.model_spec import ModelSpec, load_base_model, load_processor
 from phi3v.modeling.presets import preset
 from phi3v.modeling.random_weights import build_random_model, random_tensors
 from phi3v.shipping.adapter import export_adapter
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.sharding import shard_units
 
@@ -116,9 +116,9 @@ def test_one_lora_step_at_real_width_then_export_and_reload(shallow_real, tmp_pa
     model = apply_lora(base, RECIPE)
     trainable = trainable_parameter_names(model)
     assert any("img_projection" in n for n in trainable) and any("lora_A" in n for n in trainable)
-    template = PromptTemplate()
+    task = TaskSpec()
     photo = Image.new("RGB", (640, 480), (200, 180, 150))
-    prompt = template.prompt()
+    prompt = task.prompt()
     batch = processor([prompt], [photo], answers=["Product: Check Scarf, Category: Scarves, Full Price: 490.00"])
     # num_crops 1: one crop + the global view = 2 x 144 + 1 + 12 + 12 separator tokens
     assert int((batch["input_ids"] < 0).sum()) == 313
@@ -142,7 +142,7 @@ def test_one_lora_step_at_real_width_then_export_and_reload(shallow_real, tmp_pa
         expected = model(**batch).logits
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = export_adapter(model, processor, spec, template, tmp_path / "adapter")
+        out = export_adapter(model, processor, spec, task, tmp_path / "adapter")
     # no hub lookup of the base's name ("Phi-3-vision-128k-instruct") while saving a random preset's adapter
     assert not [w for w in caught if "config" in str(w.message) and "Phi-3" in str(w.message)]
     monkeypatch.setattr("phi3v.modeling.random_weights.build_random_model",

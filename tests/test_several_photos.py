@@ -31,7 +31,7 @@ from phi3v.data.synthetic import SyntheticSpec
 from phi3v.inference import Answer
 from phi3v.modeling import IGNORE_INDEX
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
-from phi3v.task import ParsedAnswer, PhotoSpec, PromptTemplate
+from phi3v.task import PhotoSpec, TaskSpec
 from phi3v.training.evaluation import EvalRecord
 from phi3v.training.gathering import gather_records
 from phi3v.training.losses import per_sample_loss
@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 
 HEADER = "product_code,title,category3_code,full_price,imageurl,detail_imageurl"
 TWO_COLUMNS = ColumnMap(image=["imageurl", "detail_imageurl"])
+TASK = TaskSpec()  # the seed's fields: title, category, price
 
 
 # ---- the catalogue's image columns -----------------------------------------------------------------
@@ -61,7 +62,7 @@ def test_an_item_without_any_photo_is_dropped_as_missing_image():
     record = {"product_code": 1, "title": "Scarf", "category3_code": "SCARVES", "full_price": 10.0}
     kept, dropped = validate_rows([{**record, "imageurl": "N.A.", "detail_imageurl": None},
                                    {**record, "product_code": 2, "imageurl": "[]", "detail_imageurl": "b.jpg"}],
-                                  TWO_COLUMNS)
+                                  TWO_COLUMNS, TaskSpec())
     assert [(d.reason, d.detail, d.image) for d in dropped] == [("missing_image", "image is ['N.A.', None]", "N.A. ")]
     assert [row.images for row in kept] == [("b.jpg",)]
 
@@ -79,11 +80,12 @@ def test_a_list_of_image_columns_from_yaml_is_a_tuple_and_its_signature_reads_ba
     spec = typed(DataSpec, {"columns": {"image": ["imageurl", "detail_imageurl"]},
                             "photos": {"max_per_item": 2, "bad_photo": "keep_rest"}})
     assert spec.columns == TWO_COLUMNS and spec.photos == PhotoSpec(max_per_item=2, bad_photo="keep_rest")
-    signature = catalogue_signature("x.csv", spec.columns, spec.synthetic, "train", spec.photos)
+    signature = catalogue_signature("x.csv", spec.columns, spec.task, spec.synthetic, "train", spec.photos)
     assert json.loads(json.dumps(signature)) == signature  # as report.json reads back: no re-prepare every time
     assert signature["columns"]["image"] == ["imageurl", "detail_imageurl"]
     assert signature["photos"] == {"max_per_item": 2, "bad_photo": "keep_rest"}
-    assert catalogue_signature("x.csv", spec.columns, spec.synthetic, "train") != signature  # the rule re-prepares
+    default_rule = catalogue_signature("x.csv", spec.columns, spec.task, spec.synthetic, "train")
+    assert default_rule != signature  # the rule re-prepares
 
 
 # ---- prepare: every photo fetched and verified, the bad-photo rule, counts ------------------------------------
@@ -104,8 +106,8 @@ def mixed_catalogue(tmp_path_factory) -> Path:
 
 
 def prepared(root: Path, photos: PhotoSpec, name: str):
-    report = prepare_catalogue(str(root / "catalogue.csv"), root / name, TWO_COLUMNS, DownloadSettings(),
-                               SyntheticSpec(), progress=False, photos=photos)
+    report = prepare_catalogue(str(root / "catalogue.csv"), root / name, TWO_COLUMNS, TaskSpec(),
+                               DownloadSettings(), SyntheticSpec(), progress=False, photos=photos)
     manifest = pq.read_table(root / name / "manifest.parquet").to_pylist()
     return report, {row["product_id"]: [Path(p).name for p in row["image_paths"]] for row in manifest}, manifest
 
@@ -149,7 +151,7 @@ def test_max_per_item_keeps_the_first_photos(mixed_catalogue, rule, expected, sk
 
 def test_a_one_photo_catalogue_reports_as_it_always_did(mixed_catalogue):
     report = prepare_catalogue(str(mixed_catalogue / "catalogue.csv"), mixed_catalogue / "one", ColumnMap(),
-                               DownloadSettings(), SyntheticSpec(), progress=False)
+                               TaskSpec(), DownloadSettings(), SyntheticSpec(), progress=False)
     assert report.summary().splitlines()[1:] == [
         "  dropped not_an_image: 2", f"  images downloaded 0, reused 0; manifest in {mixed_catalogue / 'one'}"]
 
@@ -187,19 +189,19 @@ def test_setup_applies_the_cap_to_every_item_and_a_tag_per_photo_question_must_f
                         photos=PhotoSpec(bad_photo="keep_rest", max_image_tokens=cap))
     train = module.datasets["train"]
     assert sorted(len(paths) for paths in train.table.column("image_paths").to_pylist()) == [1, 1, 1, 1]
-    two_tags = PromptTemplate(question="Front: <|image_1|> Back: <|image_2|> What is it?")
-    with pytest.raises(ValueError, match=r"data.prompt.question has 2 image tags but 3 items have 1 photos: write "
+    two_tags = TaskSpec(question="Front: <|image_1|> Back: <|image_2|> What is it?")
+    with pytest.raises(ValueError, match=r"data.task.question has 2 image tags but 3 items have 1 photos: write "
                                          r"the question with the single tag <\|image_1\|>"):
-        module_for(mixed_catalogue, "keep", processor, prompt=two_tags)
+        module_for(mixed_catalogue, "keep", processor, task=two_tags)
 
 
 # ---- batches mixing photo counts -------------------------------------------------------------------------
 def test_a_batch_mixing_photo_counts_collates_and_every_rows_loss_is_its_own(mixed_catalogue, processor):
     module = module_for(mixed_catalogue, "keep", processor)
-    dataset, template = module.datasets["train"], module.template
+    dataset, task = module.datasets["train"], module.task
     two, one = (next(i for i in range(len(dataset)) if len(dataset[i].image_paths) == n) for n in (2, 1))
     samples = [dataset[two], dataset[one]]
-    batch = Phi3VCollator(processor, template, "train")(samples)
+    batch = Phi3VCollator(processor, task, "train")(samples)
     assert batch["pixel_values"].shape[0] == 3 and batch["meta"]["image_paths"] == [s.image_paths for s in samples]
     ids = batch["input_ids"]
     assert set(ids[0][ids[0] < 0].unique().tolist()) == {-1, -2} and set(ids[1][ids[1] < 0].unique().tolist()) == {-1}
@@ -208,8 +210,8 @@ def test_a_batch_mixing_photo_counts_collates_and_every_rows_loss_is_its_own(mix
         output = model(**{key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes")})
         sums, tokens = per_sample_loss(output.logits, batch["labels"])
         for row, sample in enumerate(samples):
-            alone = processor([template.prompt(len(sample.images))], [list(sample.images)],
-                              answers=[template.target(sample.title, sample.category, sample.price)])
+            alone = processor([task.prompt(len(sample.images))], [list(sample.images)],
+                              answers=[task.answer_for(sample.truth)])
             torch.testing.assert_close(sums[row] / tokens[row], model(**alone).loss, rtol=1e-5, atol=1e-5)
 
 
@@ -232,7 +234,7 @@ def test_distributed_padding_repeats_items_of_any_photo_count_unsupervised(mixed
     """3 ranks over 4 items of 1 or 2 photos: the padding repeats keep their item's photos (every rank runs
     the same graph) but no labels and no record; every item is supervised exactly once."""
     module = module_for(mixed_catalogue, "keep", processor)
-    dataset, collate = module.datasets["train"], Phi3VCollator(processor, module.template, "eval")
+    dataset, collate = module.datasets["train"], Phi3VCollator(processor, module.task, "eval")
     photos = [len(p) for p in dataset.table.column("image_paths").to_pylist()]
     for sampler in ([EvalBatchSampler(module.lengths["train"], 1, num_replicas=3, rank=r) for r in range(3)],
                     [LengthGroupedBatchSampler(module.lengths["train"], 1, num_replicas=3, rank=r) for r in range(3)]):
@@ -254,7 +256,7 @@ def test_distributed_padding_repeats_items_of_any_photo_count_unsupervised(mixed
 # ---- the evaluation gather across processes ---------------------------------------------------------------
 def record(index: int, photos: int) -> EvalRecord:
     answer = Answer(f"p{index}", tuple(f"{index}-{k}.jpg" for k in range(photos)), "t", "a",
-                    ParsedAnswer(None, None, None), {"price": 1.0})
+                    dict.fromkeys(TASK.names), {"title": "t", "category": "c", "price": 1.0})
     return EvalRecord(index, answer, 0.5, 1)
 
 
@@ -283,7 +285,8 @@ def test_the_gather_brings_every_ranks_records_with_all_their_photos():
         process.join(60)
     expected = [record(0, 2), record(2, 3), record(3, 1)]
     assert gathered == {0: expected, 1: expected}
-    assert [r.answer.row()["image_path"] for r in expected] == ["0-0.jpg;0-1.jpg", "2-0.jpg;2-1.jpg;2-2.jpg", "3-0.jpg"]
+    assert [r.answer.row(TASK)["image_path"] for r in expected] == [
+        "0-0.jpg;0-1.jpg", "2-0.jpg;2-1.jpg;2-2.jpg", "3-0.jpg"]
 
 
 # ---- the synthetic catalogue's second view ----------------------------------------------------------------
@@ -296,7 +299,7 @@ def test_the_synthetic_second_view_is_each_items_second_photo(tmp_path, processo
     sample = module.split_products("train")[0]
     assert len(sample.images) == 2 and Path(sample.image_paths[1]).name == f"{sample.product_id}_detail.jpg"
     assert all(len(p) == 2 for p in module.datasets["train"].table.column("image_paths").to_pylist())
-    prompt = Phi3VCollator(processor, module.template).prompt(2)
+    prompt = Phi3VCollator(processor, module.task).prompt(2)
     assert prompt == "<|user|>\n<|image_1|><|image_2|>What is shown in this image?<|end|>\n<|assistant|>\n"
 
 
@@ -310,9 +313,9 @@ def test_a_one_photo_items_prompt_and_answer_are_the_seeds_byte_for_byte(group, 
 
     spec = typed(DataSpec, compose("train", overrides=[f"data={group}"]).data)
     assert spec.columns.photo_columns == ("imageurl",) and spec.photos == PhotoSpec()
-    collator = Phi3VCollator(processor, spec.prompt, "generate")
-    assert collator.prompt(1) == spec.prompt.prompt() == SEED_PROMPT
-    assert spec.prompt.target("Check Scarf", "SCARVES", 1250.0) == (
+    collator = Phi3VCollator(processor, spec.task, "generate")
+    assert collator.prompt(1) == spec.task.prompt() == SEED_PROMPT
+    assert spec.task.answer_for({"title": "Check Scarf", "category": "SCARVES", "price": 1250.0}) == (
         "Product: Check Scarf, Category: SCARVES, Full Price: 1250.0")
     assert collator.prompt(3) == SEED_PROMPT.replace("<|image_1|>", "<|image_1|><|image_2|><|image_3|>")
 
@@ -328,7 +331,7 @@ def test_an_item_whose_photo_turns_unreadable_keeps_its_photo_count_unsupervised
     try:
         victim.write_text("no longer a photo")
         sample = dataset[two]
-        batch = Phi3VCollator(processor, module.template, "train")([sample, dataset[(two + 1) % len(dataset)]])
+        batch = Phi3VCollator(processor, module.task, "train")([sample, dataset[(two + 1) % len(dataset)]])
     finally:
         victim.write_bytes(original)
     assert sample.images is None and sample.error == "not_an_image" and len(sample.image_paths) == 2

@@ -85,7 +85,14 @@ def test_command_is_a_list_ending_in_hydra_style_args():
 
 
 def test_metric_is_what_training_monitors(hydra_context):
-    assert compose("train", overrides=RECIPE).checkpoint.monitor == SWEEP["metric"]["name"]
+    from phi3v.config_checks import monitor_keys, monitor_problems
+
+    cfg = compose("train", overrides=RECIPE)
+    assert cfg.checkpoint.monitor == SWEEP["metric"]["name"] == "val/price_mape"
+    task = OmegaConf.to_object(cfg.data.task)
+    assert SWEEP["metric"]["name"] in monitor_keys(task)  # a validation metric of the recipe's fields
+    goal = {"minimize": "min", "maximize": "max"}[SWEEP["metric"]["goal"]]
+    assert goal == cfg.checkpoint.mode and monitor_problems(SWEEP["metric"]["name"], goal, task) == []
 
 
 def test_fixed_overrides_are_the_real_recipe_with_one_run_dir_per_run(hydra_context, monkeypatch):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from phi3v.task import DEFAULT_ANSWER, FieldSpec, PromptTemplate, TaskSpec, price_from_answer
+from phi3v.task import DEFAULT_ANSWER, FieldSpec, TaskSpec, price_from_answer, task_from_record, task_record
 
 pytestmark = pytest.mark.unit
 
@@ -33,50 +33,77 @@ def test_default_task_is_the_seed_prompt_and_answer():
         ("title", "text"), ("category3_code", "category"), ("full_price", "number")
     ]
     assert task.prompt() == "<|user|>\n<|image_1|>What is shown in this image?<|end|>\n<|assistant|>\n"
-    assert task.prompt() == PromptTemplate().prompt()
-    for title, category, price in [("Vintage Check Scarf", "SCARVES", 1250.0), ("A, b", "N.A.", 1299.99),
-                                   ("Tote", "BAGS", 490)]:
-        values = {"title": title, "category": category, "price": price}
-        assert task.answer_for(values) == PromptTemplate().target(title, category, price)
-    assert task.answer_for({"title": "A", "category": "B", "price": 1250.0}) == (
-        "Product: A, Category: B, Full Price: 1250.0"
-    )
+    # the seed's answers, byte for byte (the price as Python writes the float)
+    for values, answer in [
+        (("Vintage Check Scarf", "SCARVES", 1250.0),
+         "Product: Vintage Check Scarf, Category: SCARVES, Full Price: 1250.0"),
+        (("A, b", "N.A.", 1299.99), "Product: A, b, Category: N.A., Full Price: 1299.99"),
+        (("Tote", "BAGS", 490), "Product: Tote, Category: BAGS, Full Price: 490.0"),
+    ]:
+        assert task.answer_for(dict(zip(("title", "category", "price"), values))) == answer
 
 
-@pytest.mark.parametrize("price_format", ["{}", "{:,.2f}", "${:.0f}", "{:,.2f} USD"])
-def test_prompt_template_as_task_writes_the_same_bytes(price_format):
-    template = PromptTemplate(price_format=price_format)
-    task = template.task()
-    assert task.prompt() == template.prompt()
-    assert task.answer_for({"title": "T", "category": "C", "price": 12345.5}) == template.target("T", "C", 12345.5)
+# What the fixed title/category/price template of phi3v before configurable fields (`PromptTemplate`) wrote
+# with price_format, for T / C / 12345.5: an old export's prompt.json must keep writing and reading these.
+LEGACY_ANSWERS = {"{}": "12345.5", "{:,.2f}": "12,345.50", "${:.0f}": "$12346", "{:,.2f} USD": "12,345.50 USD"}
+
+
+@pytest.mark.parametrize("price_format", list(LEGACY_ANSWERS))
+def test_an_old_prompt_json_reads_as_the_same_task(price_format):
+    record = {"question": "<|image_1|>What is shown in this image?", "answer": SEED_ANSWER,
+              "price_format": price_format}
+    task = task_from_record(record)
+    assert task.prompt() == "<|user|>\n<|image_1|>What is shown in this image?<|end|>\n<|assistant|>\n"
+    written = task.answer_for({"title": "T", "category": "C", "price": 12345.5})
+    assert written == f"Product: T, Category: C, Full Price: {LEGACY_ANSWERS[price_format]}"
     assert (task == TaskSpec()) is (price_format == "{}")  # "{}" is the seed's format: no format at all
+    assert task_from_record(task_record(task)) == task  # today's prompt.json round-trips
+    assert task_from_record({"answer": "{category} | {title} | {price}"}).answer == "{category} | {title} | {price}"
+    with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
+        task_from_record({**record, "colour": "red"})
 
 
-# ---- parsing agrees with PromptTemplate.parse on the seed task --------------------------------
+def test_prompt_json_records_every_field():
+    assert task_record(CARS) == {
+        "question": "<|image_1|>Describe this car.",
+        "answer": "Make: {make}, Year: {year}, Mileage: {mileage}, Price: {price}",
+        "fields": [
+            {"name": "make", "column": "make", "type": "category", "format": None, "label": "Make"},
+            {"name": "year", "column": "year", "type": "integer", "format": None, "label": "Year"},
+            {"name": "mileage", "column": "mileage", "type": "number", "format": "{:,.0f} km", "label": "Mileage"},
+            {"name": "price", "column": "price", "type": "number", "format": None, "label": "Price"},
+        ],
+    }
+
+
+# ---- parsing agrees with the seed's parser (`PromptTemplate.parse`, before the fields) on the seed task -----
+# (answer, what the seed parser read: title, category, price); it read a title and category only from an answer
+# in the template's shape, and the price after the last "Full Price", else the last number.
 AGREEMENT = [
-    "Product: Vintage Check Scarf, Category: SCARVES, Full Price: 1,250.00 trailing",
-    "Product:  Red  Mug \t, Category:   MUGS  , Full Price: 12.00",
-    "Product: Trench, Category: COATS, Full Price: $2,290.00 USD<|end|>",
-    "Product: 3 Pack Socks, Category: SOCKS, Full Price: 120",
-    "Product: Full Price: 10 Tote, Category: BAGS, Full Price: 490.00",
-    "product: scarf, category: scarves, full price: 490.0",  # case ignored, as the seed parser does
-    "Product: Scarf, red, Category: SCARVES, Full Price: 490.0",  # a comma inside the title
-    "Full Price: 1 250 and then some words 99",
-    "no label but 75.5 at the end",
-    "Product: 2 Pack Socks, Category: SOCKS, Price 45",
-    "Product: nothing here",
-    "",
-    "Product: A, Category: B, Full Price: " + "9" * 400,
+    ("Product: Vintage Check Scarf, Category: SCARVES, Full Price: 1,250.00 trailing",
+     ("Vintage Check Scarf", "SCARVES", 1250.0)),
+    ("Product:  Red  Mug \t, Category:   MUGS  , Full Price: 12.00", ("Red  Mug", "MUGS", 12.0)),
+    ("Product: Trench, Category: COATS, Full Price: $2,290.00 USD<|end|>", ("Trench", "COATS", 2290.0)),
+    ("Product: 3 Pack Socks, Category: SOCKS, Full Price: 120", ("3 Pack Socks", "SOCKS", 120.0)),
+    ("Product: Full Price: 10 Tote, Category: BAGS, Full Price: 490.00", ("Full Price: 10 Tote", "BAGS", 490.0)),
+    ("product: scarf, category: scarves, full price: 490.0", ("scarf", "scarves", 490.0)),  # case ignored
+    ("Product: Scarf, red, Category: SCARVES, Full Price: 490.0", ("Scarf, red", "SCARVES", 490.0)),  # a comma
+    ("Full Price: 1 250 and then some words 99", (None, None, 1250.0)),
+    ("no label but 75.5 at the end", (None, None, 75.5)),
+    ("Product: 2 Pack Socks, Category: SOCKS, Price 45", (None, None, 45.0)),
+    ("Product: nothing here", (None, None, None)),
+    ("", (None, None, None)),
+    ("Product: A, Category: B, Full Price: " + "9" * 400, ("A", "B", None)),
 ]
 
 
-@pytest.mark.parametrize("answer", AGREEMENT)
-def test_parse_agrees_with_the_seed_parser(answer):
-    old = PromptTemplate().parse(answer)
+@pytest.mark.parametrize(("answer", "seed"), AGREEMENT)
+def test_parse_agrees_with_the_seed_parser(answer, seed):
     new = TaskSpec().parse(answer)
-    assert new["price"] == old.price == price_from_answer(answer) or (new["price"], old.price) == (None, None)
-    if old.title is not None:  # the template matched: the same three values
-        assert (new["title"], new["category"]) == (old.title, old.category)
+    title, category, price = seed
+    assert new["price"] == price == price_from_answer(answer)
+    if title is not None:  # the template matched: the same three values
+        assert (new["title"], new["category"]) == (title, category)
 
 
 def test_parse_exact_values_of_the_seed_task():
@@ -266,22 +293,26 @@ def test_a_format_must_read_back(field, ok):
     assert (field.problems("k") == []) is ok
 
 
-def test_the_proposed_yaml_instantiates():
-    """The shape proposed for `data.task` (phi3v/task/spec.py) builds the seed task through Hydra."""
-    from hydra.utils import instantiate
+def test_the_yaml_shape_builds_the_task_through_its_schema():
+    """`data.task` in conf/ is typed by TaskSpec itself (phi3v/config_schema.py): the YAML of the docstring
+    builds the seed task, a format reaches the field, and a typo in a field's key names it."""
     from omegaconf import OmegaConf
 
-    node = OmegaConf.create(
+    from phi3v.config_schema import schema
+
+    node = OmegaConf.merge(schema(TaskSpec), OmegaConf.create(
         """
-        _target_: phi3v.task.TaskSpec
         question: "<|image_1|>What is shown in this image?"
         answer: null
         fields:
           - {name: title, column: title, type: text, label: Product}
           - {name: category, column: category3_code, type: category, label: Category}
-          - {name: price, column: full_price, type: number, label: Full Price, format: null}
+          - {name: price, column: full_price, type: number, label: Full Price, format: "{:,.2f}"}
         """
-    )
-    assert instantiate(node) == TaskSpec()
-    node.fields[2].format = "{:,.2f}"
-    assert instantiate(node) == PromptTemplate(price_format="{:,.2f}").task()
+    ))
+    task = OmegaConf.to_object(node)
+    assert task == task_from_record({"answer": SEED_ANSWER, "price_format": "{:,.2f}"})
+    assert task.answer_for({"title": "T", "category": "C", "price": 1250.0}) == (
+        "Product: T, Category: C, Full Price: 1,250.00")
+    with pytest.raises(Exception, match="Key 'kind' not in 'FieldSpec'"):
+        OmegaConf.merge(schema(TaskSpec), {"fields": [{"name": "make", "kind": "category"}]})

@@ -98,16 +98,18 @@ def assert_summary_shape(output: str, run: Path) -> None:
     """The end of a run: per split a counts line, the learning curve, the table (every summary metric, Spearman
     included) and a verdict; the overall verdict; the commands that try the result. No Lightning table of
     logged metrics."""
-    from phi3v.training.reporting import SUMMARY_KEYS
+    from phi3v.task import TaskSpec
+    from phi3v.task.scoring import summary_keys
 
+    keys = summary_keys(TaskSpec())  # the seed task's rows, as the summary always printed them
     summary = output[output.index("\nval: "):]
     for split in ("val", "test"):  # 8 products each, all scored
         block = summary[summary.index(f"{split}: 8 answers, parse rate "):]
         evaluations = block.splitlines()[1].removeprefix("per evaluation: loss ").split(" | ")[0].split(" -> ")
         assert len(evaluations) == (2 if split == "val" else 1), block  # the run validates twice, tests once
-        rows = [line.split(" | ")[0].strip() for line in block.splitlines()[4:4 + len(SUMMARY_KEYS)]]
-        assert rows == list(SUMMARY_KEYS), block
-        assert block.splitlines()[4 + len(SUMMARY_KEYS)].startswith(f"{split} verdict: too little evaluated")
+        rows = [line.split(" | ")[0].strip() for line in block.splitlines()[4:4 + len(keys)]]
+        assert rows == list(keys), block
+        assert block.splitlines()[4 + len(keys)].startswith(f"{split} verdict: too little evaluated")
     assert "\nverdict: too little evaluated to judge; test price rank correlation (Spearman) " in summary
     offline = next((run / "wandb").glob("offline-run-*"))
     commands = summary[summary.index("try it:\n"):].splitlines()[1:5]

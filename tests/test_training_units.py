@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 from phi3v.training.lora import LoraSpec, apply_lora, trainable_parameter_names
 from phi3v.training.losses import logits_window
 from phi3v.training.module import EvalSpec, Phi3VLitModule, capture_rng, restore_rng
-from phi3v.training.reporting import CURVE_KEYS
+from phi3v.training.reporting import curve_keys
 from phi3v.training.schedules import WarmupSchedule, lr_factor
 
 pytestmark = pytest.mark.unit
 
 SPEC = ModelSpec(num_crops=4)
-PROMPT = PromptTemplate().prompt()
+PROMPT = TaskSpec().prompt()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_schedule_factors():
 def make_module(processor, **evaluation):
     return Phi3VLitModule(
         spec=SPEC, lora=LoraSpec(r=4, dropout=0.0), optimizer=partial(torch.optim.AdamW, lr=1e-3), scheduler=None,
-        processor=processor, template=PromptTemplate(), evaluation=EvalSpec(**evaluation),
+        processor=processor, task=TaskSpec(), evaluation=EvalSpec(**evaluation),
     )
 
 
@@ -281,4 +281,4 @@ def test_validations_in_training_score_the_val_limit_and_validate_scores_the_who
     assert scored == [("fit", subset, 4.0), ("fit", subset, 4.0), ("validate", every, 10.0)]
     assert len(seconds) == 3 and all(0 < s < 60 for s in seconds)
     history = module.results.history["val"]
-    assert len(history) == 3 and all(set(CURVE_KEYS) <= set(h) for h in history)
+    assert len(history) == 3 and all(set(curve_keys(TaskSpec())) <= set(h) for h in history)

@@ -1,15 +1,18 @@
-"""Catalogue rows: mapping a table's columns to products, and validating every value.
+"""Catalogue rows: mapping a table's columns to items, and validating every value.
 
-Any image+text+price table works once `ColumnMap` names its columns. A row that cannot be a
-training example is dropped with a stable reason key (counted in the prepare report), never
-silently kept or silently lost:
+Any image table works once `ColumnMap` names its photo and id columns and the task's fields
+(phi3v.task.TaskSpec, `data.task.fields`) name the columns of the values the answer states; each cell is
+read by its field's type (phi3v.data.values). A row that cannot be a training example is dropped with a
+stable reason key (counted in the prepare report), never silently kept or silently lost:
 
-  bad_price      price missing, "N.A.", not a number, NaN/inf, zero or negative
-  empty_title    title missing or blank
+  bad_<field>    a number or integer field missing, "N.A.", not a number, NaN/inf, zero or negative
+                 (`bad_price`), or an integer field not whole
+  empty_<field>  a text field missing or blank (`empty_title`)
   missing_image  no image URL/path
   duplicate_id   a product id seen on an earlier row (the first row is kept)
 
-A category of "N.A." (or missing) is kept as "N.A.": the product is still a valid example.
+The fields are read in task order, then the photos: a row's reason is its first problem. A category
+field's "N.A." (or missing) is kept as "N.A.": the item is still a valid example.
 
 Several photos per item (`ColumnMap.image`, `item_photos`): the image column may be a list of columns
 (`[imageurl, detail_imageurl]`, one photo each), and a cell may hold a list of photos (a parquet or
@@ -22,31 +25,27 @@ is decided when they are fetched (phi3v.data.photo_files, `PhotoSpec`).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from phi3v.task import parse_number
+from phi3v.task import FieldValue, TaskSpec
 
-MISSING_CATEGORY = "N.A."
-# Cells that mean "no value" in scraped catalogues (compared case-insensitively, after stripping): a
-# missing id, image URL or category, or no price. download.py reads the same set for image URLs.
-PLACEHOLDERS = frozenset({"", "n.a.", "n/a", "na", "nan", "none", "null", "-"})
+# PLACEHOLDERS and InvalidValue are imported from here too (download.py, tests)
+from .values import PLACEHOLDERS, InvalidValue, field_values
+from .values import cell_text as _text
 
 
 @dataclass(frozen=True)
 class ColumnMap:
-    """Which source column holds each field. Defaults are the DBQ catalogue columns (Burberry etc.).
+    """Which source columns hold an item's photos and its id (the fields' columns are `TaskSpec`'s). Defaults
+    are the DBQ catalogue columns (Burberry etc.).
 
     `image` is one column or a list of columns (an item's photos, in order; see the module docstring).
     `id: null` uses the row number as product id (tables without one).
     """
 
     image: Any = "imageurl"  # str | list[str]: Any, as OmegaConf 2.3 types no unions
-    title: str = "title"
-    category: str = "category3_code"
-    price: str = "full_price"
     id: str | None = "product_code"
 
     def __post_init__(self) -> None:
@@ -81,13 +80,11 @@ class ColumnMap:
 
 @dataclass(frozen=True)
 class ProductRow:
-    """One valid product: what the model sees (image) and learns to say (title, category, price)."""
+    """One valid item: what the model sees (its photos) and learns to say (`values`, keyed by field name)."""
 
     source_row: int
     product_id: str
-    title: str
-    category: str
-    price: float
+    values: Mapping[str, FieldValue]
     images: tuple[str, ...]  # URLs or paths exactly as in the table, in order (at least one)
 
 
@@ -98,38 +95,6 @@ class DroppedRow:
     image: str  # the photo that dropped the row, or the image cell(s) as written
     reason: str
     detail: str
-
-
-class InvalidValue(ValueError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def parse_price(value: object) -> float:
-    """A positive, finite price from a number or text ("1,250.00", "$490", "490 USD")."""
-    if isinstance(value, bool) or value is None:
-        raise InvalidValue("bad_price", f"price is {value!r}")
-    if isinstance(value, (int, float)):
-        price = float(value)
-    else:
-        text = str(value).strip()
-        if text.lower() in PLACEHOLDERS or text.lower() in {"inf", "-inf", "infinity"}:
-            raise InvalidValue("bad_price", f"price is {value!r}")
-        if text.startswith("-"):
-            raise InvalidValue("bad_price", f"price is negative: {value!r}")
-        price = parse_number(text)
-        if price is None:
-            raise InvalidValue("bad_price", f"price is not a number: {value!r}")
-    if not math.isfinite(price) or price <= 0:
-        raise InvalidValue("bad_price", f"price must be positive and finite, got {value!r}")
-    return price
-
-
-def _text(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value).strip()
 
 
 def item_photos(record: Mapping, columns: ColumnMap) -> tuple[str, ...]:
@@ -159,8 +124,10 @@ def _cell_photos(value: object) -> list:
     return [value]
 
 
-def validate_rows(records: Iterable[Mapping], columns: ColumnMap) -> tuple[list[ProductRow], list[DroppedRow]]:
-    """Turn raw table records into valid products and dropped rows with reasons."""
+def validate_rows(
+    records: Iterable[Mapping], columns: ColumnMap, task: TaskSpec
+) -> tuple[list[ProductRow], list[DroppedRow]]:
+    """Turn raw table records into valid items (the task's fields read by type) and dropped rows with reasons."""
     kept: list[ProductRow] = []
     dropped: list[DroppedRow] = []
     seen: set[str] = set()
@@ -168,7 +135,7 @@ def validate_rows(records: Iterable[Mapping], columns: ColumnMap) -> tuple[list[
         product_id = str(index) if columns.id is None else _text(record.get(columns.id))
         images = item_photos(record, columns)
         try:
-            row = _validate_one(index, product_id, images, record, columns)
+            row = _validate_one(index, product_id, images, record, columns, task)
             if row.product_id in seen:
                 raise InvalidValue("duplicate_id", f"product id {row.product_id!r} already used by an earlier row")
         except InvalidValue as problem:
@@ -180,18 +147,13 @@ def validate_rows(records: Iterable[Mapping], columns: ColumnMap) -> tuple[list[
     return kept, dropped
 
 
-def _validate_one(index: int, product_id: str, images: tuple[str, ...], record: Mapping,
-                  columns: ColumnMap) -> ProductRow:
+def _validate_one(
+    index: int, product_id: str, images: tuple[str, ...], record: Mapping, columns: ColumnMap, task: TaskSpec
+) -> ProductRow:
     if not product_id or product_id.lower() in PLACEHOLDERS:
         product_id = f"row-{index}"  # keep the row; ids only group splits and name predictions
-    title = _text(record.get(columns.title))
-    if not title:
-        raise InvalidValue("empty_title", "title is empty")
+    values = field_values(record, task)
     if not images:
         cells = [record.get(column) for column in columns.photo_columns]
         raise InvalidValue("missing_image", f"image is {cells[0] if len(cells) == 1 else cells!r}")
-    price = parse_price(record.get(columns.price))
-    category = _text(record.get(columns.category)) or MISSING_CATEGORY
-    if category.lower() in PLACEHOLDERS:
-        category = MISSING_CATEGORY
-    return ProductRow(index, product_id, title, category, price, images)
+    return ProductRow(index, product_id, values, images)

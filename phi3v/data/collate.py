@@ -1,6 +1,6 @@
 """Batching products for Phi-3-V: each image processed once, prompts padded per use.
 
-An item has one or more photos; its question gets one `<|image_k|>` per photo (`template.prompt(n)`),
+An item has one or more photos; its question gets one `<|image_k|>` per photo (`task.prompt(n)`),
 so a batch may mix items of different photo counts: `pixel_values` holds every photo of the batch,
 row by row in tag order (the model's image slots read them in that order, phi3v.modeling.modeling).
 
@@ -21,14 +21,15 @@ the loss, and evaluation leaves them out of its records.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from collections.abc import Mapping
+from typing import Literal, TypedDict
 
 import torch
 from PIL import Image
 
 from phi3v.modeling import IGNORE_INDEX, Phi3VProcessor
 from phi3v.modeling.batch import CollatedBatch, Phi3VBatch
-from phi3v.task import PromptTemplate
+from phi3v.task import FieldValue, TaskSpec
 
 from .dataset import Sample
 
@@ -40,7 +41,7 @@ class BatchMeta(TypedDict):
     index: list[int]  # dataset index of each row
     supervised: list[bool]  # False: unreadable image or distributed padding (no labels, no record)
     product_id: list[str]
-    truth: list[dict[str, Any]]  # the answer's fields of each row, keyed by name (Sample.truth)
+    truth: list[Mapping[str, FieldValue]]  # the true value of each of the task's fields, keyed by name (Sample.truth)
     target: list[str]  # the answer the model should generate
     image_paths: list[tuple[str, ...]]  # each row's photos, in the order its question shows them
     skipped_images: int  # samples of this batch with an unreadable photo (not padding repeats)
@@ -52,20 +53,20 @@ class Phi3VCollator:
     def __init__(
         self,
         processor: Phi3VProcessor,
-        template: PromptTemplate,
+        task: TaskSpec,
         mode: Literal["train", "generate", "eval"] = "train",
     ):
         if mode not in ("train", "generate", "eval"):
             raise ValueError(f"mode must be train, generate or eval, got {mode!r}")
         self.processor = processor
-        self.template = template
+        self.task = task
         self.mode = mode
         self._prompts: dict[int, str] = {}  # photo count -> prompt
 
     def prompt(self, photos: int) -> str:
         """The prompt of an item with `photos` photos (built once per count)."""
         if photos not in self._prompts:
-            self._prompts[photos] = self.template.prompt(photos)
+            self._prompts[photos] = self.task.prompt(photos)
         return self._prompts[photos]
 
     def __call__(self, samples: list[Sample]) -> CollatedBatch:
@@ -76,7 +77,7 @@ class Phi3VCollator:
         tokens = iter(vision["num_img_tokens"])
         counts = [[next(tokens) for _ in row] for row in photos]  # image tokens of each row's photos
         prompts = [self.prompt(len(row)) for row in photos]
-        targets = [self.template.target(s.title, s.category, s.price) for s in samples]
+        targets = [self.task.answer_for(s.truth) for s in samples]
         supervised = [s.images is not None and not s.padding for s in samples]
         pixels = {"pixel_values": vision["pixel_values"], "image_sizes": vision["image_sizes"]}
         meta: BatchMeta = {

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from phi3v.modeling import Phi3VProcessor
 
 from .collate import Phi3VCollator
-from .dataset import ProductDataset, read_manifest
+from .dataset import ProductDataset, manifest_schema, read_manifest
 from .eval_sampler import EvalBatchSampler
 from .manifest import MANIFEST, REPORT, PrepareReport, catalogue_signature, default_data_dir, prepare_catalogue
 from .photo_tokens import cap_image_tokens, check_question_fits
@@ -47,7 +47,8 @@ class ProductDataModule(L.LightningDataModule):
         super().__init__()
         self.spec = spec = spec or DataSpec()
         self.data_dir = Path(spec.data_dir) if spec.data_dir else default_data_dir(spec.source)
-        self.template = spec.prompt
+        self.task = spec.task
+        manifest_schema(spec.task)  # a field named like a manifest column fails here, before any work
         self.loader_options = dict(
             num_workers=spec.num_workers, pin_memory=spec.pin_memory,
             persistent_workers=spec.persistent_workers and spec.num_workers > 0,
@@ -74,8 +75,8 @@ class ProductDataModule(L.LightningDataModule):
         if self._manifest_is_current():
             return None
         spec = self.spec
-        report = prepare_catalogue(spec.source, self.data_dir, spec.columns, spec.download, spec.synthetic, spec.split,
-                                   photos=spec.photos)
+        report = prepare_catalogue(spec.source, self.data_dir, spec.columns, spec.task, spec.download, spec.synthetic,
+                                   spec.split, photos=spec.photos)
         log.info(report.summary(spec.photos))
         return report
 
@@ -84,17 +85,17 @@ class ProductDataModule(L.LightningDataModule):
         if not (self.data_dir / MANIFEST).is_file() or not report.is_file():
             return False
         spec = self.spec
-        signature = catalogue_signature(spec.source, spec.columns, spec.synthetic, spec.split, spec.photos)
+        signature = catalogue_signature(spec.source, spec.columns, spec.task, spec.synthetic, spec.split, spec.photos)
         return json.loads(report.read_text()).get("signature") == signature
 
     def _manifest(self, limited: bool):
         """The manifest (its data.limit rows when `limited`), each item's photos within
         data.photos.max_image_tokens, checked against the question's image tags."""
-        manifest = read_manifest(self.data_dir / MANIFEST)
+        manifest = read_manifest(self.data_dir / MANIFEST, self.task)
         if limited:
             manifest = manifest.take(limited_rows(manifest.num_rows, self.spec.limit, self.spec.split_seed))
         manifest, _ = cap_image_tokens(manifest, self.spec.photos, self.processor.image_processor.num_image_tokens)
-        check_question_fits(self.template.question, manifest, "data.prompt.question")
+        check_question_fits(self.task.question, manifest, "data.task.question")
         return manifest
 
     # ---- setting up ----------------------------------------------------------------------
@@ -123,8 +124,8 @@ class ProductDataModule(L.LightningDataModule):
         self.setup()
         return self.datasets[split]
 
-    def truth(self, split: str) -> dict[str, list]:
-        """The answer's fields of every product of `split`, as columns keyed by name (baselines)."""
+    def truth(self, split: str) -> list[dict]:
+        """The true values of every product of `split`, each keyed by field name (baselines)."""
         return self.split_products(split).truth()
 
     def run_products(self, split: str, run_dir: str | os.PathLike) -> tuple[ProductDataset, str]:
@@ -137,27 +138,24 @@ class ProductDataModule(L.LightningDataModule):
         return self._dataset(manifest.take(rows)), description
 
     def _dataset(self, table) -> ProductDataset:
-        return ProductDataset(table, self.data_dir, self.spec.strict_images, self.spec.max_pixels)
+        return ProductDataset(table, self.data_dir, self.task, self.spec.strict_images, self.spec.max_pixels)
 
     def token_lengths(self, dataset: ProductDataset) -> np.ndarray:
         """Exact token count of every sample (prompt + images + answer + <|end|>), as the collator
         builds it (the processor counts), from the manifest's image sizes without opening images."""
         lengths = np.zeros(len(dataset), dtype=np.int64)
-        table = dataset.table
+        table, names = dataset.table, self.task.names
         for start in range(0, len(dataset), LENGTH_CHUNK):
             rows = table.slice(start, LENGTH_CHUNK)
             sizes = [list(zip(widths, heights)) for widths, heights in
                      zip(rows.column("image_widths").to_pylist(), rows.column("image_heights").to_pylist())]
-            answers = [
-                self.template.target(t, c, p)
-                for t, c, p in zip(rows.column("title").to_pylist(), rows.column("category").to_pylist(),
-                                   rows.column("price").to_pylist())
-            ]
+            values = zip(*(rows.column(name).to_pylist() for name in names))
+            answers = [self.task.answer_for(dict(zip(names, row))) for row in values]
             photos = np.array([len(row) for row in sizes])
             for count in np.unique(photos):  # items of one photo count share a prompt
                 at = np.flatnonzero(photos == count)
                 lengths[start + at] = self.processor.sequence_lengths(
-                    self.template.prompt(int(count)), [sizes[i] for i in at], [answers[i] for i in at])
+                    self.task.prompt(int(count)), [sizes[i] for i in at], [answers[i] for i in at])
         return lengths
 
     # ---- loaders -------------------------------------------------------------------------
@@ -171,7 +169,7 @@ class ProductDataModule(L.LightningDataModule):
             self._restored_sampler = None
         return ResumableLoader(
             self.datasets["train"], batch_sampler=self.train_sampler,
-            collate_fn=Phi3VCollator(self.processor, self.template, "train"), **self.loader_options,
+            collate_fn=Phi3VCollator(self.processor, self.task, "train"), **self.loader_options,
             state=self.state_dict,
         )
 
@@ -185,7 +183,7 @@ class ProductDataModule(L.LightningDataModule):
         )
         return DataLoader(
             self.datasets[split], batch_sampler=sampler,
-            collate_fn=Phi3VCollator(self.processor, self.template, mode), **self.loader_options,
+            collate_fn=Phi3VCollator(self.processor, self.task, mode), **self.loader_options,
         )
 
     def val_dataloader(self) -> DataLoader:

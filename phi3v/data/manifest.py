@@ -2,7 +2,7 @@
 
 Output in `data_dir`:
   images/            verified image files (downloads are named by URL hash, never by data values)
-  manifest.parquet   kept rows (see phi3v.data.dataset.MANIFEST_COLUMNS)
+  manifest.parquet   kept rows: id, photos, and each field's typed value (phi3v.data.dataset.manifest_schema)
   dropped.parquet    dropped rows with reason and detail
   report.json        counts: kept, dropped by reason, downloaded, reused, and what happened to the photos
                      of items with several (phi3v.data.photo_files.PhotoCounts)
@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phi3v.files import atomic_write, atomic_write_text
-from phi3v.task import PhotoSpec
+from phi3v.task import PhotoSpec, TaskSpec
 
 from .catalogue import ColumnMap, DroppedRow, ProductRow, validate_rows
-from .dataset import MANIFEST_COLUMNS
+from .dataset import manifest_schema
 from .download import DownloadSettings
 from .photo_files import Photo, PhotoCounts, attach_photos
 from .sources import TABLE_SUFFIXES, read_table
@@ -69,11 +69,14 @@ def default_data_dir(source: str) -> Path:
 
 
 def catalogue_signature(
-    source: str, columns: ColumnMap, synthetic: SyntheticSpec, split: str, photos: PhotoSpec = ONE_PHOTO_RULES
+    source: str, columns: ColumnMap, task: TaskSpec, synthetic: SyntheticSpec, split: str,
+    photos: PhotoSpec = ONE_PHOTO_RULES,
 ) -> dict:
-    """The inputs that determine the manifest, as JSON reads them back (a list of image columns is a list).
+    """The inputs that determine the manifest, as JSON reads them back (a list of image columns is a list): the
+    fields' names, columns and types among them (their labels and formats only change how answers are written).
     The photos' image-token cap is applied when the data is set up (it needs the processor), not here."""
-    signature = {"source": source, "split": split, "columns": asdict(columns),
+    fields = [[spec.name, spec.column, spec.type] for spec in task.fields]
+    signature = {"source": source, "split": split, "columns": asdict(columns), "fields": fields,
                  "photos": {"max_per_item": photos.max_per_item, "bad_photo": photos.bad_photo}}
     if source == SYNTHETIC:
         signature["synthetic"] = asdict(synthetic)
@@ -84,15 +87,17 @@ def prepare_catalogue(
     source: str,
     data_dir: str | os.PathLike,
     columns: ColumnMap,
+    task: TaskSpec,
     download: DownloadSettings,
     synthetic: SyntheticSpec,
     split: str = "train",
     progress: bool = True,
     photos: PhotoSpec = ONE_PHOTO_RULES,
 ) -> PrepareReport:
-    """Build `data_dir` from `source` (see phi3v.data.sources) and return the counts; `photos` says which of
-    an item's photos are kept (phi3v.data.photo_files)."""
+    """Build `data_dir` from `source` (see phi3v.data.sources): the task's fields read from their columns;
+    `photos` says which of an item's photos are kept (phi3v.data.photo_files). Return the counts."""
     data_dir = Path(data_dir)
+    schema = manifest_schema(task)  # a field named like a manifest column fails before any work
     image_dir = data_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     if source == SYNTHETIC:
@@ -102,25 +107,24 @@ def prepare_catalogue(
         table = read_table(source, split)
         records, available, root = table.records, table.columns, table.image_root
     columns.check(available)
-    rows, dropped = validate_rows(records, columns)
+    task.check_columns(available)
+    rows, dropped = validate_rows(records, columns, task)
     kept, image_drops, photo_counts, fetched = attach_photos(rows, root, image_dir, download, photos, progress)
     dropped += image_drops
 
     report = PrepareReport(str(data_dir), source, rows=len(records), kept=len(kept), photos=photo_counts)
-    report.signature = catalogue_signature(source, columns, synthetic, split, photos)
+    report.signature = catalogue_signature(source, columns, task, synthetic, split, photos)
     report.dropped = dict(Counter(d.reason for d in dropped))
     report.downloaded, report.reused = fetched
     records = [_manifest_record(row, row_photos, data_dir) for row, row_photos in kept]
-    _write_outputs(data_dir, records, dropped, report)
+    _write_outputs(data_dir, schema, records, dropped, report)
     return report
 
 
 def _manifest_record(row: ProductRow, photos: list[Photo], data_dir: Path) -> dict:
     return {
         "product_id": row.product_id,
-        "title": row.title,
-        "category": row.category,
-        "price": row.price,
+        **row.values,
         "image_paths": [_stored(photo.path, data_dir) for photo in photos],
         "image_widths": [photo.width for photo in photos],
         "image_heights": [photo.height for photo in photos],
@@ -136,8 +140,9 @@ def _stored(path: Path, data_dir: Path) -> str:
         return str(path.resolve())  # kept in place outside the data dir
 
 
-def _write_outputs(data_dir: Path, kept: list[dict], dropped: list[DroppedRow], report: PrepareReport) -> None:
-    schema = pa.schema(list(MANIFEST_COLUMNS.items()))
+def _write_outputs(
+    data_dir: Path, schema: pa.Schema, kept: list[dict], dropped: list[DroppedRow], report: PrepareReport
+) -> None:
     _atomic_parquet(pa.Table.from_pylist(kept, schema=schema), data_dir / MANIFEST)
     drop_schema = pa.schema(
         [("source_row", pa.int64()), ("product_id", pa.string()), ("image", pa.string()),

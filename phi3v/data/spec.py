@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from phi3v.task import PhotoSpec, PromptTemplate
+from phi3v.task import PhotoSpec, TaskSpec
 
 from .catalogue import ColumnMap
 from .download import DownloadSettings
@@ -19,18 +19,19 @@ SYNTHETIC = "synthetic"
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Image + title + category + price catalogues (Burberry, other DBQ brands, your own table).
+    """Image catalogues (Burberry, other DBQ brands, your own table) and the fields read from their photos.
 
     Args:
         source: "synthetic", a hub id, or a local table / saved dataset / image folder.
         data_dir: where images and the manifest go; default `data/<name derived from source>`.
-        columns: which table columns hold image(s), title, category, price and id.
+        columns: which table columns hold the image(s) and the id (the fields' columns are in `task`).
         photos: how many of an item's photos are used, their image-token cap, and what an unreadable
             one does (`PhotoSpec`; README "Several photos per item").
         split: the table split to read from a hub or saved dataset.
         val_fraction, test_fraction, split_seed: product-grouped split of the kept rows.
         limit: use at most this many rows (chosen with split_seed) for quick runs.
-        prompt: question, answer template and price format.
+        task: the question, the answer's typed fields (each with its catalogue column) and the answer
+            template (phi3v.task.TaskSpec).
         batch_size, eval_batch_size: per-device batch sizes (train / val and test).
         global_batch_size: samples per optimizer step over all devices; the gradient accumulation that
             gives it on a run's devices is `accumulation` (None: hardware.accumulate_grad_batches as set).
@@ -54,7 +55,7 @@ class DataSpec:
     test_fraction: float = 0.1
     split_seed: int = 0
     limit: int | None = None
-    prompt: PromptTemplate = field(default_factory=PromptTemplate)
+    task: TaskSpec = field(default_factory=TaskSpec)
     batch_size: int = 4
     eval_batch_size: int = 8
     global_batch_size: int | None = None

@@ -1,4 +1,5 @@
-"""One product's photo (or photos) in, one parsed answer out: the model behind the web demo.
+"""One product's photo (or photos) in, one parsed answer out (the task's fields, keyed by name): the model
+behind the web demo.
 
 The only module of the demo that touches inference code (phi3v.inference: export loading, greedy
 decoding; phi3v.task: parsing).
@@ -11,7 +12,7 @@ peak memory that of one generation and every answer exactly what `phi3v.predict 
 the same photos: greedy decoding, no padding). `answer` chains the three, for scripts and tests.
 
 A request holds one product's photos, in order: one (the raw body) or several (a form's files), asked
-with one `<|image_k|>` each (the export's question, `template.prompt(n)`). `max_pixels` bounds them
+with one `<|image_k|>` each (the export's question, `task.prompt(n)`). `max_pixels` bounds them
 together, so a request never holds more of the decoding budget than one photo of that size.
 """
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 from phi3v.data.images import ImageRejected, decode_product_image, image_size
 from phi3v.inference import greedy_answers, load_for_inference, load_untrained, pick_device
-from phi3v.task import PromptTemplate
+from phi3v.task import FieldValue, TaskSpec
 
 log = logging.getLogger(__name__)
 FORMATS = "JPEG, PNG, WebP or GIF"  # what to suggest (phi3v.data.images.ACCEPTED_FORMATS accepts more)
@@ -39,12 +40,11 @@ class BadUpload(Exception):
 
 @dataclass(frozen=True)
 class Answer:
-    """The generated text, its parsed fields, and where the time went (seconds)."""
+    """The generated text, its parsed fields (the task's, in order, keyed by name; None where unreadable), and
+    where the time went (seconds)."""
 
     text: str
-    title: str | None
-    category: str | None
-    price: float | None
+    fields: dict[str, FieldValue]
     latency_s: float  # decoding the photo, preprocessing and generation
     queued_s: float  # waiting for other users' photos (decoding budget, generations before this one)
 
@@ -55,23 +55,23 @@ def as_photos(data: bytes | Sequence[bytes]) -> list[bytes]:
 
 
 class Predictor:
-    """A frozen model, its processor and the question it was trained with.
+    """A frozen model, its processor and the task it was trained with.
 
     Args:
         model: a Phi3VForCausalLM or PeftModel in eval mode.
         processor: the export's Phi3VProcessor.
-        template: the PromptTemplate the model was trained with (the question asked, the answer parsed).
+        task: the TaskSpec the model was trained with (the question asked, the fields read from the answer).
         source: what the model is, shown on the page ("adapter outputs/.../adapter", "preset tiny").
         max_new_tokens: answer budget.
         max_pixels: uploads with more pixels (one request's photos together) are refused before decoding
             (decompression bombs).
     """
 
-    def __init__(self, model, processor, template: PromptTemplate, source: str, max_new_tokens: int = 64,
+    def __init__(self, model, processor, task: TaskSpec, source: str, max_new_tokens: int = 64,
                  max_pixels: int = 40_000_000):
         self.model = model
         self.processor = processor
-        self.template = template
+        self.task = task
         self.source = source
         self.max_new_tokens = max_new_tokens
         self.max_pixels = max_pixels
@@ -102,15 +102,14 @@ class Predictor:
                 images.append(decode_product_image(photo, self.max_pixels))
             except ImageRejected as rejected:
                 raise BadUpload(which(index, len(photos)) + upload_message(rejected, self.max_pixels)) from rejected
-        return self.processor(self.template.prompt(len(images)), images, padding_side="left")
+        return self.processor(self.task.prompt(len(images)), images, padding_side="left")
 
     def generate(self, inputs: dict) -> str:
         """The model's answer text. Not thread-safe: one call at a time."""
         return greedy_answers(self.model, self.processor, inputs, self.max_new_tokens)[0]
 
     def parsed(self, text: str, latency_s: float, queued_s: float) -> Answer:
-        fields = self.template.parse(text)
-        return Answer(text, fields.title, fields.category, fields.price, round(latency_s, 3), round(queued_s, 3))
+        return Answer(text, self.task.parse(text), round(latency_s, 3), round(queued_s, 3))
 
     def answer(self, data: bytes | Sequence[bytes]) -> Answer:
         """The model's answer for one product's encoded photo(s), in the calling thread. Raises BadUpload."""
@@ -169,10 +168,10 @@ def load_predictor(
     if (export is None) == (preset is None):
         raise ValueError("load_predictor needs exactly one of export or preset")
     if export is not None:
-        model, processor, template = load_for_inference(export, dtype=dtype)
+        model, processor, task = load_for_inference(export, dtype=dtype)
         source = str(export)
     else:
-        model, processor, template = load_untrained(preset, dtype)
+        model, processor, task = load_untrained(preset, dtype)
         source = f"preset {preset} (random weights, untrained)"
     model.to(pick_device(device))
-    return Predictor(model, processor, template, source, max_new_tokens, max_pixels)
+    return Predictor(model, processor, task, source, max_new_tokens, max_pixels)

@@ -4,12 +4,13 @@ see phi3v/demo/serving.py).
 Routes
   GET  /                        the page (page.html: inline CSS and JS, no external URL of any kind)
   GET  /favicon.svg, .ico       the icon (page.html links the SVG)
-  GET  /api/info                what model answers, its prompt, the gallery size and split counts
+  GET  /api/info                what model answers, its prompt and fields, the gallery size and split counts
   GET  /api/gallery             the run's test products: true vs predicted fields
   GET  /gallery/<i>/thumbnail   a small JPEG of gallery product i (its first photo; .../thumbnail/<k>: photo k)
   GET  /gallery/<i>/photo       its photo as stored (.../photo/<k>: photo k; the page posts them when picked)
   POST /api/predict             one photo as the raw body, or one product's photos as the files of a multipart
-                                form (at most max_photos), -> {text, title, category, price, latency_s, queued_s}
+                                form (at most max_photos), -> {text, fields: {<field name>: value, ...},
+                                latency_s, queued_s}
 
 Every error is a JSON `{"error": "..."}` with a 4xx/5xx status and a sentence for the user (what is
 wrong, which limit, what to do); a 503 carries Retry-After. An unexpected failure is logged with its
@@ -63,8 +64,9 @@ class DemoState:
         self.workload = Workload(predictor, limits.max_queue, limits.decode_pixels)
 
     def info(self) -> dict:
-        template = self.predictor.template
-        return {"model": self.model_name, "question": template.question, "answer_format": template.answer,
+        task = self.predictor.task
+        fields = [{"name": spec.name, "label": spec.label, "type": spec.type} for spec in task.fields]
+        return {"model": self.model_name, "question": task.question, "answer_format": task.answer, "fields": fields,
                 "gallery_size": len(self.gallery), "split_counts": self.counts,
                 "max_upload_mb": self.limits.max_upload_mb, "max_photos": self.limits.max_photos,
                 "max_megapixels": self.predictor.max_pixels / 1e6}

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from phi3v.modeling import Phi3VForCausalLM, Phi3VProcessor
 from phi3v.modeling.model_spec import SPEC_FILE, ModelSpec
 from phi3v.shipping.model_card import CardFacts, RunResults, write_model_card
 from phi3v.shipping.snapshot_files import carry_snapshot_files, loads_with_remote_code
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec, task_record
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def export_adapter(
     model: PeftModel | Phi3VForCausalLM,
     processor: Phi3VProcessor,
     spec: ModelSpec,
-    template: PromptTemplate,
+    task: TaskSpec,
     out_dir: str | os.PathLike,
     state_dict: dict[str, torch.Tensor] | None = None,
     results: RunResults | None = None,
@@ -72,9 +72,9 @@ def export_adapter(
             check_adapter_file(staging / ADAPTER_WEIGHTS, adapter_keys(model))
         else:
             check_full_model(staging, {_clean(name) for name, _ in model.named_parameters()})
-        _write_companions(staging, processor, spec, template)
+        _write_companions(staging, processor, spec, task)
         weights = "adapter" if isinstance(model, PeftModel) else "full"
-        write_model_card(staging, CardFacts(spec, template, weights, results), out_dir)  # over PEFT's template card
+        write_model_card(staging, CardFacts(spec, task, weights, results), out_dir)  # over PEFT's template card
     log.info("exported %s to %s", "adapter" if weights == "adapter" else "full model", out_dir)
     return out_dir
 
@@ -91,7 +91,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     """
     out_dir, base = Path(out_dir), ModelSpec.load(adapter_dir)
     progress = _Progress(f"merge {adapter_dir} -> {out_dir}")  # a 4B model takes minutes: say where it is
-    model, processor, template = load_for_inference(adapter_dir, quantized=False)
+    model, processor, task = load_for_inference(adapter_dir, quantized=False)
     progress.step(f"loaded the base ({base.name_or_path}, {_millions(model):,.0f}M parameters) and the export")
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
     progress.step("folded the LoRA deltas into the base weights")
@@ -103,9 +103,9 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         size = sum(f.stat().st_size for f in staging.glob("*.safetensors"))
         progress.step(f"saved the weights ({size / 1e9:.2f} GB)")
         check_full_model(staging, original_keys(merged), exact=True)
-        _write_companions(staging, processor, spec, template)
+        _write_companions(staging, processor, spec, task)
         carry_snapshot_files(base, staging)  # auto_map, code and tokenizer files of the user's download, if any
-        facts = CardFacts(base, template, "merged", RunResults.load(adapter_dir), loads_with_remote_code(staging))
+        facts = CardFacts(base, task, "merged", RunResults.load(adapter_dir), loads_with_remote_code(staging))
         write_model_card(staging, facts, out_dir)
         progress.step("checked every tensor and wrote the processor and loader files")
     log.info("merged %s into %s", adapter_dir, out_dir)
@@ -153,9 +153,9 @@ def copy_export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> P
     return out_dir
 
 
-def _write_companions(directory: Path, processor: Phi3VProcessor, spec: ModelSpec, template: PromptTemplate) -> None:
+def _write_companions(directory: Path, processor: Phi3VProcessor, spec: ModelSpec, task: TaskSpec) -> None:
     spec.save(directory)
-    (directory / PROMPT_FILE).write_text(json.dumps(asdict(template), indent=1) + "\n")
+    (directory / PROMPT_FILE).write_text(json.dumps(task_record(task), indent=1) + "\n")  # the task it learned
     processor.save_pretrained(directory)
 
 

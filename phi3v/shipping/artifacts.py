@@ -3,7 +3,7 @@
 Model artifact `phi3v-adapter-<base>` (type "model"; one collection per base model, a version per run):
 the export directory's files, with metadata
   model_spec   how to rebuild the base (model_spec.json)
-  prompt       the question and answer template the adapter was trained with (prompt.json)
+  prompt       the task the adapter was trained with: question, answer template, typed fields (prompt.json)
   validation   the monitored key, its best value in the run, and the metrics of the exported weights
   test         test metrics of the exported weights (when the run tested)
 Aliases: "latest" always; "best" only when the exported weights are the run's best by the monitored
@@ -27,7 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from phi3v.modeling.model_spec import ModelSpec
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec, task_record
+from phi3v.task.scoring import numeric_columns
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def log_run_artifacts(
     adapter_dir: str | Path,
     predictions_dir: str | Path,
     spec: ModelSpec,
-    template: PromptTemplate,
+    task: TaskSpec,
     monitor: str,
     monitor_mode: str,
     best_score: float | None,
@@ -77,7 +78,7 @@ def log_run_artifacts(
     aliases = ["latest", "best"] if is_best(monitor_mode, best_score, exported) else ["latest"]
     metadata = json_safe({
         "model_spec": asdict(spec),
-        "prompt": asdict(template),
+        "prompt": task_record(task),
         "validation": {"monitor": monitor, "mode": monitor_mode, "best": best_score, **scores.get("val", {})},
         "test": scores.get("test", {}),
     })
@@ -92,7 +93,7 @@ def log_run_artifacts(
                                      description="every generated answer of the run's evaluations, one CSV each")
         for path in files:
             predictions.add_file(str(path))
-            predictions.add(csv_table(path), path.stem)
+            predictions.add(csv_table(path, task), path.stem)
         run.log_artifact(predictions, aliases=["latest"])
     log.info("W&B artifacts: %s (%s)%s", model.name, ", ".join(aliases),
              f" and {len(files)} prediction tables" if files else "")
@@ -108,15 +109,23 @@ def json_safe(value):
     return value
 
 
-NUMERIC_COLUMNS = ("parsed_price", "true_price", "price_error_pct")
-
-
-def csv_table(path: Path):
-    """A wandb.Table of a predictions CSV: price columns as floats (empty = None), the rest as text."""
+def csv_table(path: Path, task: TaskSpec):
+    """A wandb.Table of a predictions CSV of `task`: each number field's columns (`numeric_columns`: parsed,
+    true, error) as floats and each `<field>_match` as a bool (empty = None), the rest as text."""
     import wandb
 
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
-    numeric = [name in NUMERIC_COLUMNS for name in rows[0]]
-    data = [[(float(v) if v else None) if number else v for v, number in zip(row, numeric)] for row in rows[1:]]
+    numeric = set(numeric_columns(task))
+    matches = {f"{spec.name}_match" for spec in task.fields if not spec.numeric}
+    readers = [_float if name in numeric else _bool if name in matches else str for name in rows[0]]
+    data = [[read(value) for read, value in zip(readers, row)] for row in rows[1:]]
     return wandb.Table(columns=rows[0], data=data)
+
+
+def _float(value: str) -> float | None:
+    return float(value) if value else None
+
+
+def _bool(value: str) -> bool | None:
+    return value == "True" if value else None

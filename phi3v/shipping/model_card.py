@@ -1,6 +1,7 @@
 """The model card (`README.md`) of an export, in the Hub's layout: a YAML header (base_model, library_name,
 pipeline_tag, tags, datasets: what the Hub indexes) and a page saying what the model does, what it was trained
-on, the prompt, the run's metrics and how to load it.
+on, the prompt and the fields its answer states (name, column, type, format), the run's metrics (a table per
+field) and how to load it.
 
 The header is written by huggingface_hub's `ModelCardData` (the Hub's own schema; None values are dropped)
 rather than by hand. The metrics come from `metrics.json` (`RunResults`): a training run writes it into its
@@ -20,7 +21,8 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from phi3v.modeling.model_spec import ModelSpec
 from phi3v.shipping.artifacts import json_safe
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
+from phi3v.task.scoring import METRICS
 
 CARD_FILE = "README.md"
 RESULTS_FILE = "metrics.json"
@@ -61,7 +63,7 @@ class CardFacts:
     `remote_code`: the export carries the base snapshot's auto_map and code files (trust_remote_code, vLLM)."""
 
     base: ModelSpec
-    template: PromptTemplate
+    task: TaskSpec
     weights: str  # a key of WEIGHTS
     results: RunResults | None = None
     remote_code: bool = False
@@ -95,33 +97,58 @@ def model_card(facts: CardFacts, location: str) -> str:
         f"---\n{header.to_yaml()}\n---\n",
         f"# Phi-3-Vision product reader: {title}\n",
         f"Fine-tuned from `{facts.base.name_or_path}` with phi3v to read a product photo and answer with its "
-        "title, category and price.\n",
+        f"{_spoken(facts.task.names)}.\n",
         "## Data\n",
         f"Trained on `{dataset}` (`data.source`).\n" if dataset else "The training data was not recorded.\n",
         "## Prompt\n",
         "The question (with the photo's place) and the answer format it was trained with (`prompt.json`):\n",
-        f"```\n{facts.template.prompt()}{facts.template.answer}<|end|>\n```\n",
-        f"Prices are written with `{facts.template.price_format}`.\n",
+        f"```\n{facts.task.prompt()}{facts.task.answer}<|end|>\n```\n",
+        fields_section(facts.task),
         "## Results\n",
-        results_section(facts.results),
+        results_section(facts.results, facts.task),
         "## Use\n",
         *usage(facts, location),
     ]
     return "\n".join(sections)
 
 
-def results_section(results: RunResults | None) -> str:
+def _spoken(names: tuple[str, ...]) -> str:
+    """"price"; "title and price"; "title, category and price"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def fields_section(task: TaskSpec) -> str:
+    """The fields the answer states, in order: name, catalogue column, type, format (None: as Python writes it)."""
+    rows = ["| field | column | type | format |", "|---|---|---|---|"]
+    for spec in task.fields:
+        written = f"`{spec.format}`" if spec.format else "as Python writes it"
+        rows.append(f"| {spec.name} | {spec.column} | {spec.type} | {written} |")
+    return "The fields of the answer (parsed back and scored by type):\n\n" + "\n".join(rows) + "\n"
+
+
+def results_section(results: RunResults | None, task: TaskSpec) -> str:
+    """One metrics table per field of `task` (its `<field>_<metric>` keys), then one for the whole answer
+    (`parse_rate`, `count` and any key of no field); rows of keys the run did not record are left out."""
     if results is None or not results.scores:
         return "No metrics recorded (the export was not written at the end of a phi3v training run that evaluated).\n"
     splits = list(results.scores)
-    keys = list(dict.fromkeys(key for split in splits for key in results.scores[split]))
-    rows = [f"| metric | {' | '.join(splits)} |", "|---" * (len(splits) + 1) + "|"]
-    for key in keys:
-        rows.append(f"| {key} | " + " | ".join(_cell(key, results.scores[s].get(key)) for s in splits) + " |")
+    recorded = list(dict.fromkeys(key for split in splits for key in results.scores[split]))
+    groups = {f"{spec.name} ({spec.type})": [f"{spec.name}_{metric}" for metric in METRICS[spec.type]]
+              for spec in task.fields}
+    grouped = {key for keys in groups.values() for key in keys}
+    groups["whole answer"] = [key for key in recorded if key not in grouped]
+    tables = []
+    for title, keys in groups.items():
+        keys = [key for key in keys if key in recorded]
+        if keys:
+            rows = [f"| metric | {' | '.join(splits)} |", "|---" * (len(splits) + 1) + "|"]
+            rows += [f"| {key} | " + " | ".join(_cell(key, results.scores[s].get(key)) for s in splits) + " |"
+                     for key in keys]
+            tables.append(f"### {title}\n\n" + "\n".join(rows) + "\n")
     return (
-        "Metrics of these weights on the run's held-out splits (its last evaluation of each). Price errors in "
-        "percent (`price_mape` caps each at 100 and counts an unparsed price as 100), `price_mae` in the "
-        "catalogue's currency, shares in 0..1.\n\n" + "\n".join(rows) + "\n"
+        "Metrics of these weights on the run's held-out splits (its last evaluation of each). Number errors in "
+        "percent (`<field>_mape` caps each at 100 and counts an unread value as 100), `<field>_mae` in the "
+        "field's units, shares in 0..1.\n\n" + "\n".join(tables)
     )
 
 
@@ -138,7 +165,7 @@ def usage(facts: CardFacts, location: str) -> list[str]:
         "With phi3v (`pip install -e .` in its repository):\n",
         f"```bash\npython -m phi3v.predict adapter={location} image=photo.jpg\n```\n",
         "```python\nfrom phi3v.inference import load_for_inference\n\n"
-        f'model, processor, template = load_for_inference("{location}")\n```\n',
+        f'model, processor, task = load_for_inference("{location}")\n```\n',
     ]
     if facts.weights == "adapter":
         lines.append(
@@ -158,7 +185,7 @@ def usage(facts: CardFacts, location: str) -> list[str]:
         f'model = AutoModelForCausalLM.from_pretrained("{location}", trust_remote_code=True, torch_dtype="auto",\n'
         '                                             _attn_implementation="eager")  # or flash_attention_2\n'
         f'processor = AutoProcessor.from_pretrained("{location}", trust_remote_code=True)\n'
-        f'inputs = processor({facts.template.prompt()!r}, [Image.open("photo.jpg")], return_tensors="pt")\n'
+        f'inputs = processor({facts.task.prompt()!r}, [Image.open("photo.jpg")], return_tensors="pt")\n'
         "answer = model.generate(**inputs, max_new_tokens=64)  # stops at <|end|> (generation_config.json)\n"
         'print(processor.batch_decode(answer[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])\n'
         "```\n",

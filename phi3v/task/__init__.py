@@ -7,18 +7,17 @@ demo) all read it from here.
   photos.py   several photos per item: the question's <|image_k|> tags, PhotoSpec caps and bad-photo rule
   scoring.py  metrics by field type against constant baselines fitted on the training split
   numbers.py  reading numbers from text, the signed error of a number
-  prompt.py   PromptTemplate: the fixed title/category/price task the pipeline uses until it reads TaskSpec
+  prompt_file.py  the task as an export's prompt.json records it (and the fixed template of older exports)
 """
 
-# Absolute imports: phi3v/config_schema.py follows them in the source to find PromptTemplate's arguments.
 from phi3v.task.fields import DEFAULT_FIELDS, FIELD_TYPES, FieldSpec, FieldValue
 from phi3v.task.numbers import parse_number, price_error_pct, price_from_answer, read_number
 from phi3v.task.photos import PhotoSpec, image_tags, max_photo_tokens, question_for
-from phi3v.task.prompt import DEFAULT_PRICE_FORMAT, ParsedAnswer, PromptTemplate
+from phi3v.task.prompt_file import task_from_record, task_record
 from phi3v.task.spec import DEFAULT_ANSWER, DEFAULT_QUESTION, TaskSpec
 
 __all__ = [
-    "DEFAULT_ANSWER", "DEFAULT_FIELDS", "DEFAULT_PRICE_FORMAT", "DEFAULT_QUESTION", "FIELD_TYPES", "FieldSpec",
-    "FieldValue", "ParsedAnswer", "PhotoSpec", "PromptTemplate", "TaskSpec", "image_tags", "max_photo_tokens",
-    "parse_number", "price_error_pct", "price_from_answer", "question_for", "read_number",
+    "DEFAULT_ANSWER", "DEFAULT_FIELDS", "DEFAULT_QUESTION", "FIELD_TYPES", "FieldSpec", "FieldValue", "PhotoSpec",
+    "TaskSpec", "image_tags", "max_photo_tokens", "parse_number", "price_error_pct", "price_from_answer",
+    "question_for", "read_number", "task_from_record", "task_record",
 ]

@@ -57,7 +57,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "text": ("exact_match", "similarity", "parse_rate"),
 }  # fmt: skip
 LOWER_IS_BETTER = frozenset({"mae", "mape", "mape_parsed", "median_ape"})  # the rest: higher is better
-# The end-of-run summary's rows per type, numbers first: the seed task's are its six rows, in order.
+# The end-of-run summary's rows per type, numbers first: the seed task's are its six rows, in order. No parse
+# rate: it is reported above the table, as the constant baselines always give a value no model can beat 1.0.
 SUMMARY_METRICS: dict[str, tuple[str, ...]] = {
     "number": ("mape", "median_ape", "within_25pct", "spearman"),
     "integer": ("mape", "median_ape", "within_25pct", "spearman", "exact_match"),
@@ -80,10 +81,17 @@ def summary_keys(task: TaskSpec) -> tuple[str, ...]:
 
 
 def lower_is_better(key: str) -> bool:
-    """Whether a metric key (`price_mape`) improves downwards; `count` has no direction (ValueError)."""
+    """Whether a metric key (`price_mape`, or evaluation's `loss`) improves downwards; `count` has no
+    direction (ValueError)."""
     if key == "count":
         raise ValueError("count has no direction")
-    return any(key.endswith(f"_{metric}") for metric in LOWER_IS_BETTER)
+    return key == "loss" or any(key.endswith(f"_{metric}") for metric in LOWER_IS_BETTER)
+
+
+def required_fields(task: TaskSpec) -> tuple[str, ...]:
+    """The fields an answer must state for the whole answer's `parse_rate`: every numeric field (the seed's
+    "a readable price"), or every field when the task has none."""
+    return tuple(spec.name for spec in task.fields if spec.numeric) or task.names
 
 
 # ---- scoring ---------------------------------------------------------------------------------------
@@ -99,7 +107,7 @@ def score_answers(
         predicted = [answer.get(spec.name) for answer in answers]
         for metric, value in _SCORERS[spec.type](predicted, true).items():
             scores[f"{spec.name}_{metric}"] = value
-    required = [spec.name for spec in task.fields if spec.numeric] or list(task.names)
+    required = required_fields(task)
     complete = sum(all(answer.get(name) is not None for name in required) for answer in answers)
     scores["parse_rate"] = _ratio(complete, len(answers))
     scores["count"] = float(len(answers))
@@ -182,6 +190,22 @@ def baseline_scores(
 
 
 # ---- one answer, for prediction tables ------------------------------------------------------------
+def prediction_column_names(task: TaskSpec) -> tuple[str, ...]:
+    """The columns `prediction_columns` fills, in order."""
+    return tuple(name for spec in task.fields
+                 for name in (f"parsed_{spec.name}", f"true_{spec.name}", _check_column(spec)))
+
+
+def numeric_columns(task: TaskSpec) -> tuple[str, ...]:
+    """The prediction columns holding numbers: each numeric field's parsed and true values and its error."""
+    return tuple(name for spec in task.fields if spec.numeric
+                 for name in (f"parsed_{spec.name}", f"true_{spec.name}", f"{spec.name}_error_pct"))
+
+
+def _check_column(spec: FieldSpec) -> str:
+    return f"{spec.name}_error_pct" if spec.numeric else f"{spec.name}_match"
+
+
 def prediction_columns(task: TaskSpec, truth: Mapping[str, FieldValue], parsed: Mapping[str, FieldValue]) -> dict:
     """One column group per field: `parsed_<f>`, `true_<f>`, then `<f>_error_pct` (signed, numeric fields) or
     `<f>_match` (category and text fields, as scored)."""
@@ -190,9 +214,9 @@ def prediction_columns(task: TaskSpec, truth: Mapping[str, FieldValue], parsed: 
         value, true = parsed.get(spec.name), truth[spec.name]
         columns[f"parsed_{spec.name}"], columns[f"true_{spec.name}"] = value, true
         if spec.numeric:
-            columns[f"{spec.name}_error_pct"] = price_error_pct(None if value is None else float(value), float(true))
+            columns[_check_column(spec)] = price_error_pct(None if value is None else float(value), float(true))
         else:
-            columns[f"{spec.name}_match"] = text_matches(value, true)
+            columns[_check_column(spec)] = text_matches(value, true)
     return columns
 
 

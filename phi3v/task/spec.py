@@ -5,10 +5,9 @@ fields' labels when not given). The default is the seed notebook's task byte for
 `<|image_1|>What is shown in this image?` and the answer `Product: {title}, Category: {category},
 Full Price: {price}` with the price as Python writes the float (`1250.0`).
 
-Proposed config, `data.task` (phase B wires it; keys are this class's arguments):
+Config, `data.task` (the keys are this class's arguments; phi3v.data.spec.DataSpec.task):
 
     task:
-      _target_: phi3v.task.TaskSpec
       question: "<|image_1|>What is shown in this image?"  # <|image_1|> stands for all of an item's photos
       answer: null             # null = "<label>: {<name>}" per field, joined by ", "
       fields:                  # in answer order; type: number | integer | category | text

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from phi3v.inference import write_predictions
 
-from .reporting import price_scatter, wandb_prediction_table
+from .reporting import number_scatter, wandb_prediction_table
 from .threads import INTERVAL_S, LoadMeter, start_line, threads_for
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 class EvaluationReport(L.Callback):
     """After each evaluation, on rank 0, from the records of all ranks (`module.results`): every answer in
     `predictions/<split>[_step<n>].csv` (`val_step<n>` during training, `val` for the validation of
-    the whole split after it), a predicted-vs-true price scatter (PNG in `plots/`, and to W&B) and a
-    W&B table of the first `evaluation.table_samples` samples (image, target, prediction, parsed
-    price, error)."""
+    the whole split after it; one column group per field of `module.task`), a predicted-vs-true scatter
+    per number field (`plots/<name>_<field>_scatter.png`, and to W&B as `<split>/<field>_scatter`) and a
+    W&B table of the first `evaluation.table_samples` samples (image, target, prediction, each field's
+    parsed and true value and check)."""
 
     def __init__(self, run_dir: str | Path):
         self.plots = Path(run_dir) / "plots"
@@ -48,20 +49,23 @@ class EvaluationReport(L.Callback):
             return
         self.plots.mkdir(parents=True, exist_ok=True)
         self.predictions.mkdir(parents=True, exist_ok=True)
-        true = [a.truth["price"] for a in answers]
-        predicted = [a.parsed.price for a in answers]
-        title = f"{split} step {trainer.global_step}"
-        path = price_scatter(true, predicted, self.plots / f"{name}_price_scatter.png", title=title)
-        rows = [answer.row() for answer in answers]
-        write_predictions(rows, self.predictions / f"{name}.csv")
+        task, title = module.task, f"{split} step {trainer.global_step}"
+        plots = {
+            field.name: number_scatter([a.truth[field.name] for a in answers],
+                                       [a.parsed.get(field.name) for a in answers],
+                                       self.plots / f"{name}_{field.name}_scatter.png", title=title, name=field.name)
+            for field in task.fields if field.numeric
+        }
+        rows = [answer.row(task) for answer in answers]
+        write_predictions(rows, self.predictions / f"{name}.csv", task)
         rows = rows[: module.evaluation.table_samples]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb
 
                 media = {
-                    f"{split}/predictions": wandb_prediction_table(rows),
-                    f"{split}/price_scatter": wandb.Image(str(path)),
+                    f"{split}/predictions": wandb_prediction_table(rows, task),
+                    **{f"{split}/{field}_scatter": wandb.Image(str(path)) for field, path in plots.items()},
                 }
                 # Lightning's WandbLogger plots everything against "trainer/global_step" and lets W&B count its
                 # own steps (one per log call); an explicit step= below that count is dropped with a warning.

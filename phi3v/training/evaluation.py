@@ -38,7 +38,7 @@ class SplitResult:
     """What a run says about one evaluated split (the summary's input).
 
     Args:
-        scores: the model's metrics (`ProductMetrics` keys plus `price_spearman`) of its latest evaluation.
+        scores: the model's metrics (`phi3v.task.scoring.metric_keys` of the task) of its latest evaluation.
         baselines: {baseline name: its metrics} on the same products.
         distinct_answers: how many different answer strings the model generated (a model that ignores
             the photo repeats a few canned answers).

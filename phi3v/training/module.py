@@ -2,8 +2,8 @@
 
 The model is built in `configure_model` (so sharded strategies never hold it whole on every rank);
 only trainable parameters reach the optimizer and the checkpoints. Validation computes the
-teacher-forced loss and, more importantly, generates every answer greedily and scores the parsed
-title, category and price against the truth and against trivial baselines. What evaluation leaves is
+teacher-forced loss and, more importantly, generates every answer greedily and scores the task's parsed
+fields by type against the truth and against trivial baselines. What evaluation leaves is
 one typed result, `module.results` (phi3v.training.evaluation): the summary, callbacks and W&B read it.
 """
 
@@ -23,7 +23,7 @@ from phi3v.inference import answered, greedy_answers
 from phi3v.modeling import Phi3VProcessor, training_attention_mask
 from phi3v.modeling.batch import eval_inputs, model_inputs
 from phi3v.modeling.model_spec import ModelSpec, load_base_model
-from phi3v.task import PromptTemplate
+from phi3v.task import TaskSpec
 
 from .evaluation import EvalRecord, EvaluationResult
 from .gathering import gather_records
@@ -45,7 +45,7 @@ class Phi3VLitModule(L.LightningModule):
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer, int], dict] | None,
         processor: Phi3VProcessor,
-        template: PromptTemplate,
+        task: TaskSpec,
         evaluation: EvalSpec | None = None,
         baseline_scores: dict[str, dict[str, dict[str, float]]] | None = None,
         sharding: ShardingSpec | None = None,
@@ -53,12 +53,12 @@ class Phi3VLitModule(L.LightningModule):
         super().__init__()
         self.spec, self.lora = spec, lora
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.processor, self.template = processor, template
+        self.processor, self.task = processor, task
         self.evaluation = evaluation or EvalSpec()
         self.sharding = sharding or ShardingSpec()  # used when the strategy provides a device mesh (fsdp)
         # every evaluation's metrics and loss (the summary's learning curve), the latest records of each
         # split, and the baselines: {"val": {"train_mean": {metric: value}, ...}, "test": ...}, constant
-        # predictions on the same split computed once from the data (phi3v.training.metrics.baseline_metrics)
+        # predictions on the same split computed once from the data (phi3v.training.metrics.split_baselines)
         self.results = EvaluationResult(baselines=baseline_scores or {})
         self.model = None
         self._records: dict[str, list[EvalRecord]] = {"val": [], "test": []}  # this rank's, during an evaluation
@@ -199,7 +199,7 @@ class Phi3VLitModule(L.LightningModule):
             self.model, self.processor, eval_inputs(batch, "generate"), self.evaluation.max_new_tokens,
             synced=self._sharded,
         )
-        for i, answer in answered(meta, predictions, self.template):  # unreadable images, padding repeats: none
+        for i, answer in answered(meta, predictions, self.task):  # unreadable images, padding repeats: none
             self._records[split].append(EvalRecord(meta["index"][i], answer, float(loss_sums[i]), int(tokens[i])))
 
     @property
@@ -230,7 +230,7 @@ class Phi3VLitModule(L.LightningModule):
         if not records:
             self.results = self.results.unscored(split)
             return
-        values = answer_metrics(records)
+        values = answer_metrics(self.task, records)
         # identical on every rank already; sync_dist only keeps Lightning's distributed checks satisfied
         for key, value in values.items():
             self.log(f"{split}/{key}", value, sync_dist=True)

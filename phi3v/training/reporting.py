@@ -1,5 +1,10 @@
-"""What an evaluation leaves behind for people: a price scatter plot, a W&B table of its answers, a summary.
-(The prediction rows and their CSVs are phi3v.inference's.)
+"""What an evaluation leaves behind for people: a scatter plot per number field, a W&B table of its answers,
+the end-of-run summary. (The prediction rows and their CSVs are phi3v.inference's.)
+
+The summary names the task's fields: one table per split whose rows come in one block per field (numbers
+first, then categories, then texts: `phi3v.task.scoring.summary_keys`), each compared with every baseline;
+the learning curve follows the loss, every category's accuracy and every number's rank correlation. For the
+seed task (title, category, price) that is the table and curve it always printed, word for word.
 
 Plots use matplotlib's object API (`Figure` + `FigureCanvasAgg`), never pyplot, so importing this module
 does not select a backend or touch global matplotlib state. wandb is imported only inside the function that
@@ -18,55 +23,45 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from phi3v.inference import photo_paths
+from phi3v.task import TaskSpec
+from phi3v.task.scoring import lower_is_better, prediction_column_names, required_fields, summary_keys
 
 from .evaluation import SplitResult
 
-# Direction of each metric for `beats_baselines`; metrics not listed (e.g. `count`) are not compared.
-LOWER_IS_BETTER = frozenset({"price_mae", "price_mape", "price_mape_parsed", "price_median_ape"})
-HIGHER_IS_BETTER = frozenset(
-    {"price_within_10pct", "price_within_25pct", "price_spearman", "category_accuracy", "title_exact_match",
-     "title_similarity", "parse_rate"}
-)
-# The rows of the end-of-run summary, each compared with every baseline. The parse rate is reported above
-# the table instead: the constant baselines always give a price, so no model can beat their 1.0.
-SUMMARY_KEYS = (
-    "price_mape", "price_median_ape", "price_within_25pct", "price_spearman", "category_accuracy", "title_similarity"
-)
-# What the summary's learning curve follows per evaluation: the loss, and the two figures that show whether
-# the photo is read (the category is the silhouette; the price rank follows the category and the attributes)
-CURVE_KEYS = ("loss", "category_accuracy", "price_spearman")
 MIN_JUDGED = 30  # answers below which a verdict against the baselines is noise (a smoke run evaluates a few)
-BAND = 0.25  # the shaded band: predictions within ±25% of the true price
+BAND = 0.25  # the shaded band: predictions within ±25% of the true value
 
 
-def price_scatter(
-    true_prices: Sequence[float],
-    predicted_prices: Sequence[float | None],
+def number_scatter(
+    true_values: Sequence[float],
+    predicted_values: Sequence[float | None],
     path: str | os.PathLike,
     title: str = "",
+    name: str = "price",
 ) -> Path:
-    """Predicted vs true price on log-log axes with the y = x line and a ±25% band, written as a PNG.
+    """Predicted vs true values of the number field `name` on log-log axes with the y = x line and a ±25% band,
+    written as a PNG (the axes say "true <name>", "predicted <name>").
 
     Unparsed predictions (None) cannot be drawn; their count is shown in the legend and the title, as is the
     count of non-positive predictions (no place on a log axis). With no drawable point at all (including
     empty input) the PNG still gets written, saying "no predictions" or "no plottable predictions".
     Returns the path written; its folder is created if needed.
     """
-    if len(true_prices) != len(predicted_prices):
-        raise ValueError(f"{len(true_prices)} true prices but {len(predicted_prices)} predictions")
-    unparsed = sum(p is None for p in predicted_prices)
-    points = [(float(t), float(p)) for t, p in zip(true_prices, predicted_prices) if p is not None]
+    if len(true_values) != len(predicted_values):
+        raise ValueError(f"{len(true_values)} true values of {name} but {len(predicted_values)} predictions")
+    unparsed = sum(p is None for p in predicted_values)
+    points = [(float(t), float(p)) for t, p in zip(true_values, predicted_values) if p is not None]
     plottable = [(t, p) for t, p in points if t > 0 and p > 0 and math.isfinite(t) and math.isfinite(p)]
     skipped = len(points) - len(plottable)
     figure = Figure(figsize=(6, 6), dpi=100, layout="constrained")  # constrained: labels never clipped
     FigureCanvasAgg(figure)  # attaches itself to the figure: savefig renders with Agg
     axes = figure.add_subplot()
-    counts = f"n={len(true_prices)}, unparsed={unparsed}" + (f", non-positive={skipped}" if skipped else "")
+    counts = f"n={len(true_values)}, unparsed={unparsed}" + (f", non-positive={skipped}" if skipped else "")
     axes.set_title(f"{title} ({counts})" if title else counts)
     if plottable:
-        _draw_points(axes, plottable, unparsed, skipped)
+        _draw_points(axes, plottable, unparsed, skipped, name)
     else:
-        message = "no predictions" if not true_prices else "no plottable predictions"
+        message = "no predictions" if not true_values else "no plottable predictions"
         axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes, fontsize=14)
         axes.set_axis_off()
     path = Path(path)
@@ -75,7 +70,7 @@ def price_scatter(
     return path
 
 
-def _draw_points(axes, points: list[tuple[float, float]], unparsed: int, skipped: int) -> None:
+def _draw_points(axes, points: list[tuple[float, float]], unparsed: int, skipped: int, name: str) -> None:
     """Scatter, y = x, the ±25% band and log-log axes spanning every point with a margin."""
     true, predicted = zip(*points)
     low, high = min(true + predicted), max(true + predicted)
@@ -92,27 +87,28 @@ def _draw_points(axes, points: list[tuple[float, float]], unparsed: int, skipped
     axes.set_yscale("log")
     axes.set_xlim(low, high)
     axes.set_ylim(low, high)
-    axes.set_xlabel("true price")
-    axes.set_ylabel("predicted price")
+    axes.set_xlabel(f"true {name}")
+    axes.set_ylabel(f"predicted {name}")
     axes.legend(loc="upper left")
     axes.grid(True, which="both", alpha=0.3)
 
 
-TABLE_COLUMNS = ["image", "target", "prediction", "parsed_price", "true_price", "price_error_pct"]
+def table_columns(task: TaskSpec) -> list[str]:
+    """The W&B prediction table's columns: the photo, the answers, then each field's group of the prediction
+    row (`parsed_<f>`, `true_<f>`, `<f>_error_pct` or `<f>_match`)."""
+    return ["image", "target", "prediction", *prediction_column_names(task)]
 
 
-def wandb_prediction_table(rows: list[dict], thumbnail: int = 224):
-    """A `wandb.Table` of prediction rows (`phi3v.inference.prediction_row`); each product's first photo
-    shrunk to fit `thumbnail` pixels (None if unreadable)."""
+def wandb_prediction_table(rows: list[dict], task: TaskSpec, thumbnail: int = 224):
+    """A `wandb.Table` of prediction rows of `task` (`phi3v.inference.prediction_row`); each product's first
+    photo shrunk to fit `thumbnail` pixels (None if unreadable)."""
     import wandb  # lazily: importing wandb is slow and only W&B runs need it
 
-    table = wandb.Table(columns=TABLE_COLUMNS)
+    columns = table_columns(task)
+    table = wandb.Table(columns=columns)
     for row in rows:
         image = _thumbnail(photo_paths(row)[0], thumbnail)
-        table.add_data(
-            None if image is None else wandb.Image(image), row["target"], row["prediction"], row["parsed_price"],
-            row["true_price"], row["price_error_pct"],
-        )
+        table.add_data(None if image is None else wandb.Image(image), *(row[name] for name in columns[1:]))
     return table
 
 
@@ -134,26 +130,26 @@ def beats_baselines(
 ) -> dict[str, bool]:
     """For each metric with a direction, whether the model is strictly better than EVERY baseline.
 
-    Lower is better for price_mae / price_mape / price_mape_parsed / price_median_ape, higher for the rest; a tie
-    or a NaN is not a win. Metrics missing from the model or from all baselines are left out.
+    Lower is better for the errors (`<field>_mae`, `_mape`, `_mape_parsed`, `_median_ape`), higher for the rest
+    (phi3v.task.scoring.lower_is_better); a tie or a NaN is not a win. `count`, and metrics missing from the
+    model or from all baselines, are left out.
     """
     result = {}
     for key in keys if keys is not None else model:
-        if key not in model or key not in LOWER_IS_BETTER | HIGHER_IS_BETTER:
+        if key not in model or key == "count":
             continue
         scores = [scores[key] for scores in baselines.values() if key in scores]
         if not scores:
             continue
-        better = operator.lt if key in LOWER_IS_BETTER else operator.gt
+        better = operator.lt if lower_is_better(key) else operator.gt
         result[key] = all(better(model[key], score) for score in scores)  # NaN compares False
     return result
 
 
-def summary_table(
-    model: dict[str, float], baselines: dict[str, dict[str, float]], keys: Sequence[str] = SUMMARY_KEYS
-) -> str:
-    """A plain-text table for the end of a run: one row per metric, columns model | each baseline | beats
-    baselines? ("yes"/"no", "n/a" when not comparable). Values with 4 decimals, "-" when missing."""
+def summary_table(model: dict[str, float], baselines: dict[str, dict[str, float]], keys: Sequence[str]) -> str:
+    """A plain-text table for the end of a run: one row per metric of `keys` (the task's `summary_keys`: a
+    block of rows per field), columns model | each baseline | beats baselines? ("yes"/"no", "n/a" when not
+    comparable). Values with 4 decimals, "-" when missing."""
     wins = beats_baselines(model, baselines, keys)
     header = ["metric", "model", *baselines, "beats baselines?"]
     lines = [header]
@@ -171,60 +167,83 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{float(value):.4f}"
 
 
-def split_verdict(scores: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]]) -> tuple[bool | None, str]:
-    """(beats every baseline on every summary metric?, the sentence saying so); None when too few answers
-    were scored to judge."""
+def split_verdict(
+    scores: Mapping[str, float], baselines: Mapping[str, Mapping[str, float]], task: TaskSpec
+) -> tuple[bool | None, str]:
+    """(beats every baseline on every summary metric of `task`?, the sentence saying so); None when too few
+    answers were scored to judge."""
     count = int(scores.get("count", 0))
     parsed = round(scores.get("parse_rate", 0) * count) if math.isfinite(scores.get("parse_rate", math.nan)) else 0
     if count < MIN_JUDGED or parsed == 0:
         return None, (
-            f"too little evaluated to judge: {count} answers, {parsed} with a readable price (at least {MIN_JUDGED} "
-            "needed; a smoke run? evaluate more with data.val_fraction, trainer.limit_val_batches or more steps)"
+            f"too little evaluated to judge: {count} answers, {parsed} with a readable {_spoken(required_fields(task))}"
+            f" (at least {MIN_JUDGED} needed; a smoke run? evaluate more with data.val_fraction, "
+            "trainer.limit_val_batches or more steps)"
         )
-    wins = beats_baselines(dict(scores), {k: dict(v) for k, v in baselines.items()}, SUMMARY_KEYS)
-    losses = [key for key in SUMMARY_KEYS if not wins.get(key, False)]
+    keys = summary_keys(task)
+    wins = beats_baselines(dict(scores), {k: dict(v) for k, v in baselines.items()}, keys)
+    losses = [key for key in keys if not wins.get(key, False)]
     if not losses:
-        return True, f"beats every baseline ({', '.join(baselines)}) on all {len(SUMMARY_KEYS)} metrics"
+        return True, f"beats every baseline ({', '.join(baselines)}) on all {len(keys)} metrics"
     return False, f"does NOT beat every baseline on {', '.join(losses)}"
 
 
-def learning_curve(history: Sequence[Mapping[str, float]]) -> str:
-    """One line: each of `CURVE_KEYS` over the evaluations, e.g. `loss 0.45 -> 0.26 | category_accuracy ...`.
-    Validations during training score `data.val_limit` products when it is set; the one after training
+def _spoken(names: Sequence[str]) -> str:
+    """"price"; "year and price"; "year, mileage and price"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def curve_keys(task: TaskSpec) -> tuple[str, ...]:
+    """What the learning curve follows per evaluation: the loss, and the figures that show whether the photos
+    are read: every category's accuracy, then every number's rank correlation (the seed task: the category is
+    the silhouette; the price rank follows the category and the attributes). A task of text fields only
+    follows their similarity instead."""
+    accuracy = [f"{spec.name}_accuracy" for spec in task.fields if spec.type == "category"]
+    ranks = [f"{spec.name}_spearman" for spec in task.fields if spec.numeric]
+    texts = [f"{spec.name}_similarity" for spec in task.fields if spec.type == "text"]
+    return ("loss", *accuracy, *ranks) if accuracy or ranks else ("loss", *texts)
+
+
+def learning_curve(history: Sequence[Mapping[str, float]], keys: Sequence[str]) -> str:
+    """One line: each of `keys` (`curve_keys`) over the evaluations, e.g. `loss 0.45 -> 0.26 | category_accuracy
+    ...`. Validations during training score `data.val_limit` products when it is set; the one after training
     scores the whole split, so its point may differ for that reason alone."""
     return "per evaluation: " + " | ".join(
-        f"{key} " + " -> ".join(f"{entry.get(key, math.nan):.3f}" for entry in history) for key in CURVE_KEYS
+        f"{key} " + " -> ".join(f"{entry.get(key, math.nan):.3f}" for entry in history) for key in keys
     )
 
 
-def split_summary(split: str, result: SplitResult) -> str:
-    """A line of counts, the metrics table against the baselines, and the split's verdict."""
+def split_summary(split: str, result: SplitResult, task: TaskSpec) -> str:
+    """A line of counts, the learning curve, the metrics table (a block of rows per field) against the
+    baselines, and the split's verdict."""
     count = int(result.scores.get("count", 0))
     lines = [
         f"{split}: {count} answers, parse rate {result.scores.get('parse_rate', math.nan):.3f}, "
         f"{result.distinct_answers} distinct",
-        *([learning_curve(result.history)] if result.history else []),
-        summary_table(dict(result.scores), {k: dict(v) for k, v in result.baselines.items()}),
-        f"{split} verdict: {split_verdict(result.scores, result.baselines)[1]}",
+        *([learning_curve(result.history, curve_keys(task))] if result.history else []),
+        summary_table(dict(result.scores), {k: dict(v) for k, v in result.baselines.items()}, summary_keys(task)),
+        f"{split} verdict: {split_verdict(result.scores, result.baselines, task)[1]}",
     ]
     return "\n".join(lines)
 
 
-def run_summary(results: Mapping[str, SplitResult], commands: Sequence[str] = ()) -> str:
-    """The end of a training run: one summary per split, the overall verdict with the test split's price
-    rank correlation, then the commands that try the result."""
-    blocks = [split_summary(split, result) for split, result in results.items()]
-    blocks.append(overall_verdict(results))
+def run_summary(results: Mapping[str, SplitResult], task: TaskSpec, commands: Sequence[str] = ()) -> str:
+    """The end of a training run: one summary per split, the overall verdict with the test split's rank
+    correlation of each number field, then the commands that try the result."""
+    blocks = [split_summary(split, result, task) for split, result in results.items()]
+    blocks.append(overall_verdict(results, task))
     if commands:
         blocks.append("try it:\n" + "\n".join(f"  {command}" for command in commands))
     return "\n\n".join(blocks)
 
 
-def overall_verdict(results: Mapping[str, SplitResult]) -> str:
-    """One line: did the model beat every baseline on every metric of every evaluated split?"""
+def overall_verdict(results: Mapping[str, SplitResult], task: TaskSpec) -> str:
+    """One line: did the model beat every baseline on every metric of every evaluated split? Then the last
+    split's headline figures: each number field's rank correlation (else each category's accuracy, else each
+    text's similarity)."""
     if not results:
         return "verdict: nothing evaluated (no val or test split scored)"
-    judged = {split: split_verdict(result.scores, result.baselines)[0] for split, result in results.items()}
+    judged = {split: split_verdict(result.scores, result.baselines, task)[0] for split, result in results.items()}
     splits = " and ".join(results)
     if None in judged.values():
         head = "verdict: too little evaluated to judge"
@@ -234,8 +253,25 @@ def overall_verdict(results: Mapping[str, SplitResult]) -> str:
         missed = " and ".join(split for split, won in judged.items() if not won)
         head = f"verdict: NOT yet better than every baseline on {missed}"
     last = "test" if "test" in results else next(reversed(list(results)))
-    spearman = results[last].scores.get("price_spearman", math.nan)
-    return f"{head}; {last} price rank correlation (Spearman) {spearman:.3f}"
+    scores = results[last].scores
+    figures = ", ".join(f"{_headline(key)} {scores.get(key, math.nan):.3f}" for key in headline_keys(task))
+    return f"{head}; {last} {figures}"
+
+
+def headline_keys(task: TaskSpec) -> tuple[str, ...]:
+    """The overall verdict's figures: every number field's Spearman, else every category's accuracy, else
+    every text's similarity."""
+    for types, metric in ((("number", "integer"), "spearman"), (("category",), "accuracy"), (("text",), "similarity")):
+        keys = tuple(f"{spec.name}_{metric}" for spec in task.fields if spec.type in types)
+        if keys:
+            return keys
+    return ()
+
+
+def _headline(key: str) -> str:
+    """`price_spearman` -> "price rank correlation (Spearman)", `make_accuracy` -> "make accuracy"."""
+    name, _, metric = key.rpartition("_")
+    return f"{name} rank correlation (Spearman)" if metric == "spearman" else f"{name} {metric}"
 
 
 def try_commands(adapter: str | os.PathLike | None, offline_wandb: str | os.PathLike | None = None) -> list[str]:
