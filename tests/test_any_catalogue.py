@@ -1,7 +1,7 @@
 """Tier 3: any catalogue, end to end (issue 22). A CSV of cars with no title and no category column, its
 fields configured (conf/experiment/cars.yaml: make category, year integer, mileage number, price number), is
 prepared, trained a few steps (train.py in a subprocess), evaluated on val and test, and predicted: the summary
-has a block of rows per field, the prediction CSVs a column group per field, the logged metrics are keyed by
+has a table per field, the prediction CSVs a column group per field, the logged metrics are keyed by
 field, the monitor names one of them, and predict answers with the same fields."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from summary_text import field_tables, split_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -83,18 +84,21 @@ def test_a_car_catalogue_trains_evaluates_and_predicts_by_its_fields(tmp_path):
     assert done.returncode == 0, output[-4000:]
     assert "kept 39, dropped 1" in output and "dropped bad_year: 1" in output
 
-    # the summary: per split the curve of every category's accuracy and number's rank, a block of rows per field
+    # the summary: per split the curve of every category's accuracy and number's rank, a table per field
     summary = output[output.index("\nval: "):]
     for split in ("val", "test"):
-        block = summary[summary.index(f"{split}: 8 answers, parse rate "):].split("\n\n")[0].splitlines()
+        block = split_lines(output, split)
+        assert block[0].startswith(f"{split}: 8 answers, parse rate "), block
         assert block[1].startswith("per evaluation: loss ") and " | make_accuracy " in block[1]
         assert " | year_spearman " in block[1] and " | mileage_spearman " in block[1]
-        assert [cell.strip() for cell in block[2].split(" | ")] == [
-            "metric", "model", "train_mean", "train_median", "beats baselines?"]
-        rows = [line.split(" | ")[0].strip() for line in block[4:-1]]
-        assert rows == ["year_mape", "year_median_ape", "year_within_25pct", "year_spearman", "year_exact_match",
-                        "mileage_mape", "mileage_median_ape", "mileage_within_25pct", "mileage_spearman",
-                        "price_mape", "price_median_ape", "price_within_25pct", "price_spearman", "make_accuracy"]
+        tables = field_tables(block)
+        assert list(tables) == ["year (integer)", "mileage (number)", "price (number)", "make (category)"], block
+        assert all(table[0] == ["metric", "model", "train_mean", "train_median", "beats baselines?"]
+                   for table in tables.values())
+        assert [[row[0] for row in table[1:]] for table in tables.values()] == [
+            ["year_mape", "year_median_ape", "year_within_25pct", "year_spearman", "year_exact_match"],
+            ["mileage_mape", "mileage_median_ape", "mileage_within_25pct", "mileage_spearman"],
+            ["price_mape", "price_median_ape", "price_within_25pct", "price_spearman"], ["make_accuracy"]]
         assert block[-1].startswith(f"{split} verdict: too little evaluated to judge: 8 answers, ")
         assert "with a readable year, mileage and price" in block[-1]
     assert "test year rank correlation (Spearman) " in summary and "price rank correlation (Spearman)" in summary

@@ -6,6 +6,7 @@ import math
 
 import pytest
 from PIL import Image
+from summary_text import field_tables
 
 from phi3v.inference import prediction_row
 from phi3v.task import FieldSpec, TaskSpec
@@ -20,6 +21,7 @@ from phi3v.training.reporting import (
     run_summary,
     split_verdict,
     summary_table,
+    summary_tables,
     table_columns,
     try_commands,
     wandb_prediction_table,
@@ -139,9 +141,36 @@ def test_summary_table():
     ])
 
 
-def test_summary_table_of_the_seed_task_has_todays_rows():
-    lines = summary_table(MODEL, BASELINES, summary_keys(SEED)).splitlines()
-    assert [line.split(" | ")[0].strip() for line in lines[2:]] == list(SUMMARY_KEYS)
+def test_summary_tables_are_one_per_field_named_with_its_type_and_aligned():
+    assert summary_tables(MODEL, BASELINES, SEED) == "\n".join([
+        "price (number)",
+        "metric             | model   | train_mean | train_median | beats baselines?",
+        "-------------------+---------+------------+--------------+-----------------",
+        "price_mape         | 12.5000 | 40.0000    | 10.0000      | no",
+        "price_median_ape   | -       | -          | -            | n/a",
+        "price_within_25pct | -       | -          | -            | n/a",
+        "price_spearman     | -       | -          | -            | n/a",
+        "category (category)",
+        "metric             | model   | train_mean | train_median | beats baselines?",
+        "-------------------+---------+------------+--------------+-----------------",
+        "category_accuracy  | 0.8000  | 0.5000     | 0.5000       | yes",
+        "title (text)",
+        "metric             | model   | train_mean | train_median | beats baselines?",
+        "-------------------+---------+------------+--------------+-----------------",
+        "title_similarity   | -       | -          | -            | n/a",
+    ])
+
+
+def test_the_seed_tasks_tables_hold_todays_rows_and_figures():
+    """Cut per field, the seed task's tables are the one table it always printed: the same rows in the same
+    order, the same cells."""
+    one = summary_table(LEARNED, CONSTANTS, summary_keys(SEED)).splitlines()
+    tables = summary_tables(LEARNED, CONSTANTS, SEED).splitlines()
+    headers = [line for line in tables if " | " not in line and not line.startswith("-")]
+    assert headers == ["price (number)", "category (category)", "title (text)"]
+    rows = [line for line in tables if " | " in line and not line.startswith("metric ")]
+    assert [row.split(" | ")[0].strip() for row in rows] == list(SUMMARY_KEYS)
+    assert rows == one[2:] and all(line in (one[0], one[1]) for line in tables if line.startswith(("metric ", "---")))
 
 
 # A model that beats both baselines on every summary metric, and the baselines of 40 products.
@@ -186,10 +215,12 @@ def test_run_summary_has_every_split_the_verdict_and_the_commands():
         "per evaluation: loss 0.900 -> 0.450 | category_accuracy 0.250 -> 0.812 | price_spearman -0.100 -> 0.600"
     )
     assert len(blocks[1].splitlines()) == len(blocks[0].splitlines()) - 1  # no history, no curve line
-    val_table = blocks[0].splitlines()[2:-1]
-    assert val_table[0].split(" | ") == ["metric            ", "model  ", "train_mean", "beats baselines?"]
-    assert [line.split(" | ")[0].strip() for line in val_table[2:]] == list(SUMMARY_KEYS)
-    assert all(line.endswith("| yes") for line in val_table[2:])
+    val_tables = field_tables(blocks[0].splitlines())
+    assert list(val_tables) == ["price (number)", "category (category)", "title (text)"]
+    assert all(table[0] == ["metric", "model", "train_mean", "beats baselines?"] for table in val_tables.values())
+    assert [row[0] for table in val_tables.values() for row in table[1:]] == list(SUMMARY_KEYS)
+    assert all(row[-1] == "yes" for table in val_tables.values() for row in table[1:])
+    assert blocks[0].splitlines()[2:-1] == summary_tables(LEARNED, {"train_mean": CONSTANT}, SEED).splitlines()
     assert blocks[0].splitlines()[-1] == "val verdict: beats every baseline (train_mean) on all 6 metrics"
     assert blocks[1].splitlines()[-1] == "test verdict: does NOT beat every baseline on price_mape"
     assert blocks[3].splitlines()[1:] == [
@@ -226,17 +257,21 @@ CAR_BASELINE = {"year_mape": 0.2, "year_median_ape": 0.1, "year_within_25pct": 1
                 "count": 40.0}
 
 
-def test_a_car_summary_has_a_block_of_rows_per_field_and_names_them():
+def test_a_car_summary_has_a_table_per_field_and_names_them():
     history = [{"loss": 1.0, "make_accuracy": 0.5, "year_spearman": 0.1, "mileage_spearman": 0.2,
                 "price_spearman": 0.3}]
     text = run_summary({"test": SplitResult(CAR_MODEL, {"train_mean": CAR_BASELINE}, 12, history)}, CARS)
     lines = text.splitlines()
     assert lines[1] == ("per evaluation: loss 1.000 | make_accuracy 0.500 | year_spearman 0.100 | "
                         "mileage_spearman 0.200 | price_spearman 0.300")
-    rows = [line.split(" | ")[0].strip() for line in lines[4:-3]]
-    assert rows == list(summary_keys(CARS))
-    blocks = [row.split("_")[0] for row in rows]  # each field's rows together: year, mileage, price, then make
-    assert blocks == ["year"] * 5 + ["mileage"] * 4 + ["price"] * 4 + ["make"]
+    tables = field_tables(lines)  # numbers in task order, then the category
+    assert list(tables) == ["year (integer)", "mileage (number)", "price (number)", "make (category)"]
+    assert [[row[0] for row in table[1:]] for table in tables.values()] == [
+        ["year_mape", "year_median_ape", "year_within_25pct", "year_spearman", "year_exact_match"],
+        ["mileage_mape", "mileage_median_ape", "mileage_within_25pct", "mileage_spearman"],
+        ["price_mape", "price_median_ape", "price_within_25pct", "price_spearman"], ["make_accuracy"]]
+    assert tables["year (integer)"][5] == ["year_exact_match", "0.2000", "0.2500", "no"]
+    assert tables["make (category)"][1] == ["make_accuracy", "0.7500", "0.2500", "yes"]
     assert lines[-3] == "test verdict: does NOT beat every baseline on year_within_25pct, year_exact_match"
     assert lines[-1] == ("verdict: NOT yet better than every baseline on test; test year rank correlation (Spearman) "
                          "0.900, mileage rank correlation (Spearman) 0.500, price rank correlation (Spearman) 0.600")

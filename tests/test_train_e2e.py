@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from summary_text import field_tables, split_lines
 from wandb_offline import history_counts, offline_artifacts
 
 pytestmark = pytest.mark.e2e
@@ -95,21 +96,25 @@ def test_small_run_writes_everything(tmp_path):
 
 
 def assert_summary_shape(output: str, run: Path) -> None:
-    """The end of a run: per split a counts line, the learning curve, the table (every summary metric, Spearman
-    included) and a verdict; the overall verdict; the commands that try the result. No Lightning table of
-    logged metrics."""
+    """The end of a run: per split a counts line, the learning curve, a table per field (every summary metric,
+    Spearman included) and a verdict; the overall verdict; the commands that try the result. No Lightning
+    table of logged metrics."""
     from phi3v.task import TaskSpec
     from phi3v.task.scoring import summary_keys
 
     keys = summary_keys(TaskSpec())  # the seed task's rows, as the summary always printed them
     summary = output[output.index("\nval: "):]
     for split in ("val", "test"):  # 8 products each, all scored
-        block = summary[summary.index(f"{split}: 8 answers, parse rate "):]
-        evaluations = block.splitlines()[1].removeprefix("per evaluation: loss ").split(" | ")[0].split(" -> ")
+        block = split_lines(output, split)
+        assert block[0].startswith(f"{split}: 8 answers, parse rate "), block
+        evaluations = block[1].removeprefix("per evaluation: loss ").split(" | ")[0].split(" -> ")
         assert len(evaluations) == (2 if split == "val" else 1), block  # the run validates twice, tests once
-        rows = [line.split(" | ")[0].strip() for line in block.splitlines()[4:4 + len(keys)]]
-        assert rows == list(keys), block
-        assert block.splitlines()[4 + len(keys)].startswith(f"{split} verdict: too little evaluated")
+        tables = field_tables(block)
+        assert list(tables) == ["price (number)", "category (category)", "title (text)"], block
+        assert [row[0] for table in tables.values() for row in table[1:]] == list(keys), block
+        assert all(table[0] == ["metric", "model", "train_mean", "train_median", "beats baselines?"]
+                   for table in tables.values())
+        assert block[-1].startswith(f"{split} verdict: too little evaluated")
     assert "\nverdict: too little evaluated to judge; test price rank correlation (Spearman) " in summary
     offline = next((run / "wandb").glob("offline-run-*"))
     commands = summary[summary.index("try it:\n"):].splitlines()[1:5]

@@ -74,10 +74,16 @@ def metric_keys(task: TaskSpec) -> tuple[str, ...]:
     return (*(f"{spec.name}_{metric}" for spec in task.fields for metric in METRICS[spec.type]), "parse_rate", "count")
 
 
-def summary_keys(task: TaskSpec) -> tuple[str, ...]:
-    """The summary table's rows: number and integer fields, then category, then text fields, each in task order."""
+def summary_groups(task: TaskSpec) -> tuple[tuple[FieldSpec, tuple[str, ...]], ...]:
+    """The summary's tables: each field with its rows' keys, number and integer fields first, then category,
+    then text fields, each in task order."""
     ranked = sorted(task.fields, key=lambda spec: _SUMMARY_GROUP[spec.type])  # stable: task order within a group
-    return tuple(f"{spec.name}_{metric}" for spec in ranked for metric in SUMMARY_METRICS[spec.type])
+    return tuple((spec, tuple(f"{spec.name}_{metric}" for metric in SUMMARY_METRICS[spec.type])) for spec in ranked)
+
+
+def summary_keys(task: TaskSpec) -> tuple[str, ...]:
+    """Every row of the summary's tables, in order (`summary_groups`): the metrics a split's verdict judges."""
+    return tuple(key for _, keys in summary_groups(task) for key in keys)
 
 
 def lower_is_better(key: str) -> bool:

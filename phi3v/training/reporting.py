@@ -1,10 +1,11 @@
 """What an evaluation leaves behind for people: a scatter plot per number field, a W&B table of its answers,
 the end-of-run summary. (The prediction rows and their CSVs are phi3v.inference's.)
 
-The summary names the task's fields: one table per split whose rows come in one block per field (numbers
-first, then categories, then texts: `phi3v.task.scoring.summary_keys`), each compared with every baseline;
-the learning curve follows the loss, every category's accuracy and every number's rank correlation. For the
-seed task (title, category, price) that is the table and curve it always printed, word for word.
+The summary names the task's fields: per split, one table per field (numbers first, then categories, then
+texts: `phi3v.task.scoring.summary_groups`) under a line naming the field and its type, its metrics compared
+with every baseline; the learning curve follows the loss, every category's accuracy and every number's rank
+correlation. For the seed task (title, category, price) the rows, figures and verdicts are those it always
+printed, its one table now cut into price, category and title.
 
 Plots use matplotlib's object API (`Figure` + `FigureCanvasAgg`), never pyplot, so importing this module
 does not select a backend or touch global matplotlib state. wandb is imported only inside the function that
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 
 from phi3v.inference import photo_paths
 from phi3v.task import TaskSpec
-from phi3v.task.scoring import lower_is_better, prediction_column_names, required_fields, summary_keys
+from phi3v.task.scoring import lower_is_better, prediction_column_names, required_fields, summary_groups, summary_keys
 
 from .evaluation import SplitResult
 
@@ -147,20 +148,45 @@ def beats_baselines(
 
 
 def summary_table(model: dict[str, float], baselines: dict[str, dict[str, float]], keys: Sequence[str]) -> str:
-    """A plain-text table for the end of a run: one row per metric of `keys` (the task's `summary_keys`: a
-    block of rows per field), columns model | each baseline | beats baselines? ("yes"/"no", "n/a" when not
-    comparable). Values with 4 decimals, "-" when missing."""
+    """A plain-text table: one row per metric of `keys`, columns model | each baseline | beats baselines?
+    ("yes"/"no", "n/a" when not comparable). Values with 4 decimals, "-" when missing."""
+    cells = _table_cells(model, baselines, keys)
+    return "\n".join(_rendered(cells, _widths(cells)))
+
+
+def summary_tables(model: dict[str, float], baselines: dict[str, dict[str, float]], task: TaskSpec) -> str:
+    """The end of a run's tables for one split: per field of `task` (`summary_groups`), a line naming it and its
+    type (`price (number)`), then `summary_table` of its metrics. The tables share their column widths, so a
+    split's figures line up from one field to the next."""
+    groups = summary_groups(task)
+    tables = [_table_cells(model, baselines, keys) for _, keys in groups]
+    widths = _widths([line for cells in tables for line in cells])
+    lines = []
+    for (spec, _), cells in zip(groups, tables):
+        lines += [f"{spec.name} ({spec.type})", *_rendered(cells, widths)]
+    return "\n".join(lines)
+
+
+def _table_cells(model: dict[str, float], baselines: dict[str, dict[str, float]], keys: Sequence[str]) -> list:
+    """The header and one row of cells per key of `summary_table`."""
     wins = beats_baselines(model, baselines, keys)
-    header = ["metric", "model", *baselines, "beats baselines?"]
-    lines = [header]
+    lines = [["metric", "model", *baselines, "beats baselines?"]]
     for key in keys:
         cells = [_cell(model.get(key)), *(_cell(scores.get(key)) for scores in baselines.values())]
         verdict = "n/a" if key not in wins else ("yes" if wins[key] else "no")
         lines.append([key, *cells, verdict])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return lines
+
+
+def _widths(lines: list[list[str]]) -> list[int]:
+    return [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+
+
+def _rendered(lines: list[list[str]], widths: list[int]) -> list[str]:
+    """The table's text lines: the header, a rule under it, the rows; cells padded to `widths`."""
     rendered = [" | ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
     rendered.insert(1, "-+-".join("-" * width for width in widths))
-    return "\n".join(rendered)
+    return rendered
 
 
 def _cell(value: float | None) -> str:
@@ -214,14 +240,14 @@ def learning_curve(history: Sequence[Mapping[str, float]], keys: Sequence[str]) 
 
 
 def split_summary(split: str, result: SplitResult, task: TaskSpec) -> str:
-    """A line of counts, the learning curve, the metrics table (a block of rows per field) against the
-    baselines, and the split's verdict."""
+    """A line of counts, the learning curve, a metrics table per field against the baselines (`summary_tables`),
+    and the split's verdict."""
     count = int(result.scores.get("count", 0))
     lines = [
         f"{split}: {count} answers, parse rate {result.scores.get('parse_rate', math.nan):.3f}, "
         f"{result.distinct_answers} distinct",
         *([learning_curve(result.history, curve_keys(task))] if result.history else []),
-        summary_table(dict(result.scores), {k: dict(v) for k, v in result.baselines.items()}, summary_keys(task)),
+        summary_tables(dict(result.scores), {k: dict(v) for k, v in result.baselines.items()}, task),
         f"{split} verdict: {split_verdict(result.scores, result.baselines, task)[1]}",
     ]
     return "\n".join(lines)
