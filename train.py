@@ -252,7 +252,8 @@ def end_of_run(run: RunEnd, finished: bool) -> None:
         if finished:
             adapter = export(run, wandb_run) if run.cfg.export else None
             offline = Path(wandb_run.dir).parent if wandb_run is not None and wandb_run.offline else None
-            print("\n" + summary(run.module, try_commands(adapter, offline)))
+            commands = try_commands(adapter, offline, run.datamodule.most_photos())
+            print("\n" + summary(run.module, commands))
             print(f"\nrun dir: {run.run_dir}")
             succeeded = True
     finally:

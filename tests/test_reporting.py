@@ -235,6 +235,14 @@ def test_run_summary_has_every_split_the_verdict_and_the_commands():
     assert try_commands(None, None) == [] and "try it" not in run_summary(both, SEED)
 
 
+@pytest.mark.parametrize(("photos", "image"), [
+    (1, "image=<photo.jpg>"), (2, "image=[<photo1>,<photo2>]"), (3, "image=[<photo1>,<photo2>,<photo3>]")])
+def test_the_predict_example_names_as_many_photos_as_the_runs_items_have_at_most(photos, image):
+    commands = try_commands("runs/a/adapter", None, photos)
+    assert commands[1] == f"python -m phi3v.predict adapter=runs/a/adapter {image}"
+    assert len(commands) == 3 and commands[0].startswith("python -m phi3v.app adapter=runs/a/adapter")
+
+
 def test_the_curve_and_the_headline_follow_the_task():
     assert curve_keys(SEED) == ("loss", "category_accuracy", "price_spearman")  # the seed's, as always printed
     assert curve_keys(CARS) == ("loss", "make_accuracy", "year_spearman", "mileage_spearman", "price_spearman")

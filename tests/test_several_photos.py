@@ -215,6 +215,15 @@ def test_a_batch_mixing_photo_counts_collates_and_every_rows_loss_is_its_own(mix
             torch.testing.assert_close(sums[row] / tokens[row], model(**alone).loss, rtol=1e-5, atol=1e-5)
 
 
+def test_most_photos_is_the_largest_photo_count_of_any_split(mixed_catalogue, processor):
+    """What the end of a run names in predict's example (image=[<photo1>,<photo2>]): the kept items have 1 or 2
+    photos; with max_per_item=1 every item has one."""
+    assert module_for(mixed_catalogue, "keep", processor).most_photos() == 2
+    one = module_for(mixed_catalogue, "keep-one", processor, photos=PhotoSpec(max_per_item=1, bad_photo="keep_rest"),
+                     val_fraction=0.25)
+    assert one.most_photos() == 1 and len(one.datasets["val"]) > 0
+
+
 def test_sampler_lengths_equal_collated_lengths_for_one_and_two_photos(mixed_catalogue, processor):
     module = module_for(mixed_catalogue, "keep", processor)
     lengths = module.lengths["train"]

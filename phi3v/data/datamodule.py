@@ -3,7 +3,7 @@
 It takes a `DataSpec` (the `data` node of conf/). The data config never knows the model:
 `connect(processor)` injects what batching needs (the tokenizer, num_crops) after both are built. Entry
 points ask it for a split's products (`split_products`, `truth`, and `run_products` for the split a
-recorded run made), never for its tables.
+recorded run made) and how many photos an item has at most (`most_photos`), never for its tables.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
@@ -123,6 +124,13 @@ class ProductDataModule(L.LightningDataModule):
         split_seed), in manifest order."""
         self.setup()
         return self.datasets[split]
+
+    def most_photos(self) -> int:
+        """The most photos an item of this run has, over every split (1 when no split has an item)."""
+        self.setup()
+        counts = [pc.max(pc.list_value_length(dataset.table.column("image_paths"))).as_py()
+                  for dataset in self.datasets.values() if len(dataset)]
+        return max(counts, default=1)
 
     def truth(self, split: str) -> list[dict]:
         """The true values of every product of `split`, each keyed by field name (baselines)."""

@@ -300,14 +300,18 @@ def _headline(key: str) -> str:
     return f"{name} rank correlation (Spearman)" if metric == "spearman" else f"{name} {metric}"
 
 
-def try_commands(adapter: str | os.PathLike | None, offline_wandb: str | os.PathLike | None = None) -> list[str]:
+def try_commands(
+    adapter: str | os.PathLike | None, offline_wandb: str | os.PathLike | None = None, photos: int = 1
+) -> list[str]:
     """The commands that try a finished run: the web demo and predictions from its adapter, and the
-    upload of an offline W&B run."""
+    upload of an offline W&B run. `photos`: the most photos an item of the run has; predict's example
+    names that many (`image=[<photo1>,<photo2>]`), one as `image=<photo.jpg>`."""
+    image = "<photo.jpg>" if photos <= 1 else "[" + ",".join(f"<photo{k}>" for k in range(1, photos + 1)) + "]"
     commands = []
     if adapter is not None:
         commands += [
             f"python -m phi3v.app adapter={adapter}  # web demo on http://127.0.0.1:7860",
-            f"python -m phi3v.predict adapter={adapter} image=<photo.jpg>",
+            f"python -m phi3v.predict adapter={adapter} image={image}",
             f"python -m phi3v.predict adapter={adapter} split=test out=test_predictions.csv",
         ]
     if offline_wandb is not None:
