@@ -1,5 +1,6 @@
-"""Tier 3: `experiment=multiview` (issue 22), two photos of every synthetic item, trains end to end on CPU: a
-small run in a subprocess, its predictions listing both photos, the demo's gallery showing them."""
+"""Tier 3: `experiment=multiview` (issue 22), two photos of every synthetic item and four fields (the colour
+added), trains end to end on CPU: a small run in a subprocess, its summary a table per field, its predictions
+listing both photos and the colour's columns, the demo's gallery showing them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
+from summary_text import field_tables, split_lines
 
 from phi3v.config_schema import register_schemas
 from phi3v.inference import photo_paths
@@ -37,6 +39,10 @@ def test_multiview_is_the_demo_with_a_second_photo_column():
     for key in ("model", "optimizer", "scheduler", "hardware"):
         assert demo[key] == multiview[key], key
     assert demo.data.task.question == multiview.data.task.question  # its one <|image_1|> stands for both photos
+    fields = [(f.name, f.column, f.type) for f in multiview.data.task.fields]
+    assert fields == [("title", "title", "text"), ("category", "category3_code", "category"),
+                      ("colour", "colour", "category"), ("price", "full_price", "number")]
+    assert list(multiview.data.task.fields[:2]) + [multiview.data.task.fields[3]] == list(demo.data.task.fields)
 
 
 @pytest.mark.slow
@@ -47,11 +53,17 @@ def test_a_small_multiview_run_trains_and_lists_both_photos(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "test: 5 answers" in result.stdout and "metric             | model" in result.stdout
+    for split in ("val", "test"):
+        tables = field_tables(split_lines(result.stdout, split))
+        assert list(tables) == ["price (number)", "category (category)", "colour (category)", "title (text)"]
+        assert tables["colour (category)"][1][0] == "colour_accuracy"
+    assert split_lines(result.stdout, "test")[0].startswith("test: 5 answers")
+    assert "python -m phi3v.predict adapter=" in result.stdout and "image=[<photo1>,<photo2>]" in result.stdout
     manifest = pq.read_table(data / "manifest.parquet")
     assert {len(paths) for paths in manifest.column("image_paths").to_pylist()} == {2}
     rows = list(csv.DictReader((run / "predictions" / "test.csv").open(newline="")))
     assert len(rows) == 5
+    assert {"parsed_colour", "true_colour", "colour_match"} <= set(rows[0])
     for row in rows:
         front, detail = map(Path, photo_paths(row))
         assert front.is_file() and detail.name == f"{row['product_id']}_detail.jpg" and detail.is_file()
