@@ -23,8 +23,9 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
     "data.synthetic.num_products=40", "data.val_fraction=0.125", "data.test_fraction=0.125", "data.batch_size=4",
-    "data.eval_batch_size=8", "evaluation.max_new_tokens=16", "trainer.max_steps=4", "hardware.threads=1",
-    "logger=none", "export=true",
+    "data.eval_batch_size=8", "evaluation.max_new_tokens=16", "trainer.max_steps=4",
+    "trainer.val_check_interval=4",  # the epoch has 8 batches: validate after the 4 this run trains
+    "hardware.threads=1", "logger=none", "export=true",
 ]
 
 
