@@ -856,7 +856,8 @@ MUTATIONS: list[Mutation] = [
       'return ("loss", *ranks, *accuracy) if accuracy or ranks else ("loss", *texts)',
       "tests/test_reporting.py"),
     m("fields summary", "phi3v/training/reporting.py",
-      'for types, metric in ((("number", "integer"), "spearman"), (("category",), "accuracy"), (("text",), "similarity")):',
+      'for types, metric in ((("number", "integer"), "spearman"), (("category",), "accuracy"), '
+      '(("text",), "similarity")):',
       'for types, metric in ((("number",), "spearman"), (("category",), "accuracy"), (("text",), "similarity")):',
       "tests/test_reporting.py"),
     m("fields summary", "phi3v/training/reporting.py",
