@@ -48,6 +48,8 @@ class AdamWSchema:  # torch.optim.AdamW's arguments and defaults (train.py passe
     eps: float = 1e-8
     weight_decay: float = 1e-2
     amsgrad: bool = False
+    foreach: bool | None = None  # None: torch picks (the for-each kernels on GPU, a loop on CPU)
+    fused: bool | None = None  # true: one fused kernel per step (CPU and GPU; the tiny demo uses it)
 
 
 @dataclasses.dataclass
@@ -59,6 +61,8 @@ class SGDSchema:  # torch.optim.SGD's arguments and defaults (train.py passes th
     dampening: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
+    foreach: bool | None = None  # as AdamW's
+    fused: bool | None = None
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
@@ -68,6 +69,17 @@ def test_defaults_are_the_offline_demo_and_real_run_has_gpu_defaults():
     assert 16 <= real.model.lora.r <= 64 and 1e-4 <= real.optimizer.lr <= 2e-4
     gpu = compose("train", overrides=["experiment=burberry_lora"])
     assert gpu.hardware.precision == "bf16-mixed" and gpu.data.source.startswith("DBQ/Burberry")
+
+
+def test_the_demo_recipe_is_rank_32_lora_with_the_fused_adamw_update():
+    """conf/model/tiny.yaml + conf/model_tuning/tiny.yaml: what keeps make train within its time on one thread
+    (README, "The demo learns"); a real model keeps torch's own choice of AdamW implementation."""
+    demo = compose("train")
+    assert (demo.model.lora.r, demo.model.lora.alpha) == (32, 32)
+    weight = torch.nn.Parameter(torch.zeros(2))
+    assert instantiate(demo.optimizer)([weight]).defaults["fused"] is True
+    real = instantiate(compose("train", overrides=["model=phi3v"]).optimizer)([weight])
+    assert real.defaults["fused"] is None and real.defaults["foreach"] is None
 
 
 @pytest.mark.parametrize(("model", "base", "num_crops"), [

@@ -163,6 +163,42 @@ class FakeTrainer:
     world_size = 1
 
 
+def test_training_metrics_are_logged_on_the_logged_steps_with_the_window_since_the_last(processor, batch,
+                                                                                         monkeypatch):
+    """Lightning's logger records every trainer.log_every_n_steps: the steps between log nothing (each
+    self.log costs) and the logged one reports the skipped photos of all of them and their throughput."""
+    module = make_module(processor)
+    module.configure_model()
+    logs_now = [False, False, True, False, True]
+
+    class Connector:
+        @property
+        def should_update_logs(self):
+            return logs_now[0]
+
+    class LoggingTrainer(FakeTrainer):
+        _logger_connector = Connector()
+
+    monkeypatch.setattr(Phi3VLitModule, "trainer", property(lambda self: LoggingTrainer()))
+    logged = []
+    monkeypatch.setattr(module, "log", lambda name, value, **k: logged.append((name, float(value))))
+    skipped = [1, 0, 2, 1, 0]
+    for n in skipped:
+        row = training_batch(batch, [True, True])
+        module.training_step({**row, "meta": {**row["meta"], "skipped_images": n}}, 0)
+        if not logs_now.pop(0):
+            assert logged == []
+            continue
+        names = dict(logged)
+        assert names["train/skipped_images"] == sum(skipped[:3]) if len(logs_now) == 2 else sum(skipped[3:])
+        # the first logged step has no earlier one to time from; the second covers its 2 steps of 2 samples
+        assert ("train/samples_per_s" in names) == (len(logs_now) == 0)
+        assert set(names) >= {"train/loss", "train/skipped_images", "train/peak_memory_gib"}
+        logged.clear()
+    window, seconds = module._unlogged.take()
+    assert (window.samples, window.skipped_images) == (0, 0) and seconds is not None
+
+
 def training_batch(batch, supervised):
     labels = batch["labels"].clone()
     labels[~torch.tensor(supervised)] = -100
