@@ -266,17 +266,14 @@ def test_a_shutdown_answers_waiting_photos_503_and_finishes_the_running_one(pred
             assert headers["retry-after"] == "60"
 
 
-def test_decoding_holds_the_photos_pixels_of_a_shared_budget(predictor, monkeypatch):
-    """Four 1 MP photos and a small one at once, with a budget of two 1 MP photos and a bit: at most two
-    big ones decode together, and the small one passes them."""
-    big, small = encoded(Image.new("RGB", (1000, 1000), "gray")), encoded(Image.new("RGB", (100, 100), "red"))
-    narrow = Predictor(predictor.model, predictor.processor, predictor.task, predictor.source, 2,
-                       max_pixels=1_000_000)
+def tracked_decoding(predictor: Predictor, monkeypatch) -> tuple[list[int], dict[int, list[float]]]:
+    """Makes each `predictor.prepare` hold its request's pixels for 0.4 s while it decodes. Returns the pixels
+    decoding together as each starts, and per request pixel count when its calls finished (monotonic)."""
     active, peaks, finished, lock = [0], [], {}, threading.Lock()
-    original = narrow.prepare
+    original = predictor.prepare
 
     def tracked(data: bytes):
-        pixels = narrow.pixels(data)
+        pixels = predictor.pixels(data)
         with lock:
             active[0] += pixels
             peaks.append(active[0])
@@ -286,9 +283,19 @@ def test_decoding_holds_the_photos_pixels_of_a_shared_budget(predictor, monkeypa
         finally:
             with lock:
                 active[0] -= pixels
-                finished[pixels] = finished.get(pixels, []) + [time.monotonic()]
+                finished.setdefault(pixels, []).append(time.monotonic())
 
-    monkeypatch.setattr(narrow, "prepare", tracked)
+    monkeypatch.setattr(predictor, "prepare", tracked)
+    return peaks, finished
+
+
+def test_decoding_holds_the_photos_pixels_of_a_shared_budget(predictor, monkeypatch):
+    """Four 1 MP photos and a small one at once, with a budget of two 1 MP photos and a bit: at most two
+    big ones decode together, and the small one passes them."""
+    big, small = encoded(Image.new("RGB", (1000, 1000), "gray")), encoded(Image.new("RGB", (100, 100), "red"))
+    narrow = Predictor(predictor.model, predictor.processor, predictor.task, predictor.source, 2,
+                       max_pixels=1_000_000)
+    peaks, finished = tracked_decoding(narrow, monkeypatch)
     with serving(narrow, decode_pixels=2_010_000) as (_, port):
         results, threads = post_in_background(port, 4, big)
         time.sleep(0.2)
@@ -388,23 +395,7 @@ def test_a_two_photo_request_holds_both_photos_pixels_of_the_budget(predictor, m
     one_mp = encoded(Image.new("RGB", (1000, 1000), "gray"))
     narrow = Predictor(predictor.model, predictor.processor, predictor.task, predictor.source, 2,
                        max_pixels=2_000_000)
-    active, peaks, done, lock = [0], [], {}, threading.Lock()
-    original = narrow.prepare
-
-    def tracked(data):
-        pixels = narrow.pixels(data)
-        with lock:
-            active[0] += pixels
-            peaks.append(active[0])
-        time.sleep(0.4)
-        try:
-            return original(data)
-        finally:
-            with lock:
-                active[0] -= pixels
-                done[pixels] = time.monotonic()
-
-    monkeypatch.setattr(narrow, "prepare", tracked)
+    peaks, finished = tracked_decoding(narrow, monkeypatch)
     body, headers = multipart([("photo", "front.png", one_mp), ("photo", "back.png", one_mp)])
     with serving(narrow, decode_pixels=2_010_000) as (_, port):
         results = []
@@ -415,4 +406,4 @@ def test_a_two_photo_request_holds_both_photos_pixels_of_the_budget(predictor, m
         form.join(120)
     assert results[0][0] == 200 and single[0] == 200
     assert peaks == [2_000_000, 1_000_000]  # never 3 MP at once
-    assert done[2_000_000] < done[1_000_000]
+    assert finished[2_000_000][0] < finished[1_000_000][0]
