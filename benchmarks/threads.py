@@ -14,8 +14,8 @@ their nice value. Policies (`--policies`):
   spin     all cores, libgomp's default 3 ms spin-waits (GOMP_SPINCOUNT=300000): torch's default before
            hardware.threads
   passive  all cores, OMP_WAIT_POLICY=PASSIVE (threads sleep at once)
-  spin100k all cores, GOMP_SPINCOUNT=100000 (~1 ms)
-  short    all cores, train.py's own GOMP_SPINCOUNT=10000 (~0.1 ms)
+  spin100k all cores, train.py's own GOMP_SPINCOUNT=100000 (~1 ms)
+  short    all cores, GOMP_SPINCOUNT=10000 (~0.1 ms; train.py's before 2026-12-06)
   one      hardware.threads=1
   auto     hardware.threads=auto, the default (phi3v/training/threads.py)
 
@@ -44,9 +44,9 @@ POLICIES = {
     "spin": (f"{CORES} threads, 3 ms spins (before)", [f"hardware.threads={CORES}"], {"GOMP_SPINCOUNT": "300000"}),
     "passive": (f"{CORES} threads, OMP_WAIT_POLICY=PASSIVE", [f"hardware.threads={CORES}"],
                 {"OMP_WAIT_POLICY": "PASSIVE"}),
-    "spin100k": (f"{CORES} threads, GOMP_SPINCOUNT=100000", [f"hardware.threads={CORES}"],
-                 {"GOMP_SPINCOUNT": "100000"}),
-    "short": (f"{CORES} threads, GOMP_SPINCOUNT=10000 (train.py's)", [f"hardware.threads={CORES}"], {}),
+    "spin100k": (f"{CORES} threads, GOMP_SPINCOUNT=100000 (train.py's)", [f"hardware.threads={CORES}"], {}),
+    "short": (f"{CORES} threads, GOMP_SPINCOUNT=10000", [f"hardware.threads={CORES}"],
+              {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}),
     "one": ("1 thread", ["hardware.threads=1"], {}),
     "auto": ("auto (default)", ["hardware.threads=auto"], {}),
 }

@@ -149,6 +149,13 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if kernels in KERNELS and accelerator == "cpu":
         problems.append(f"model.spec.kernels={kernels}: its Triton kernels need a CUDA GPU, but "
                         "hardware.accelerator=cpu: set model.spec.kernels=null")
+    precision = str(OmegaConf.select(cfg, "hardware.precision", default=""))
+    if OmegaConf.select(cfg, "optimizer.fused") and precision.endswith("-mixed") \
+            and OmegaConf.select(cfg, "hardware.gradient_clip_val"):
+        # Lightning's mixed-precision plugin refuses to clip the gradients of an optimizer that unscales
+        # them itself, which a fused AdamW/SGD does: the run would stop at its first step
+        problems.append(f"optimizer.fused=true: Lightning cannot clip a fused optimizer's gradients under "
+                        f"hardware.precision={precision}; set optimizer.fused=false or hardware.gradient_clip_val=null")
     resume = cfg.get("resume")
     if resume is not None and not Path(resume).exists():
         problems.append(f"resume={resume}: no such run dir or checkpoint")

@@ -129,12 +129,13 @@ def typed(node_type: type[T], values: Any) -> T:
 def register_schemas() -> None:
     """Store the schemas (YAML files list `<group>_schema` first in their defaults) and the resolvers
     that name run dirs (one start time for all ranks, see training/launch.py; `resume=` continues in
-    the run dir it names)."""
+    the run dir it names), and `not_mixed` (whether a `hardware.precision` is not an autocast one)."""
     from phi3v.training.launch import launch_time, resume_subdir, run_dir_for  # light: no torch at import
 
     OmegaConf.register_new_resolver("launch_time", lambda pattern: launch_time().strftime(pattern), replace=True)
     OmegaConf.register_new_resolver("run_dir", run_dir_for, replace=True)
     OmegaConf.register_new_resolver("resume_subdir", resume_subdir, replace=True)
+    OmegaConf.register_new_resolver("not_mixed", lambda precision: not str(precision).endswith("-mixed"), replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=schema(TrainSchema))
     store.store(group="model", name="model_schema", node=schema(ModelSchema))

@@ -12,6 +12,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from phi3v.config_checks import config_problems
+
 pytestmark = [pytest.mark.config, pytest.mark.usefixtures("hydra_context")]
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -80,6 +82,17 @@ def test_the_demo_recipe_is_rank_32_lora_with_the_fused_adamw_update():
     assert instantiate(demo.optimizer)([weight]).defaults["fused"] is True
     real = instantiate(compose("train", overrides=["model=phi3v"]).optimizer)([weight])
     assert real.defaults["fused"] is None and real.defaults["foreach"] is None
+    # Lightning refuses to clip a fused optimizer's gradients under mixed precision: the recipe then keeps
+    # AdamW's loop, and a fused one asked for is refused at start, by key
+    for precision in ("bf16-mixed", "16-mixed"):
+        recipe = compose("train", overrides=[f"hardware.precision={precision}"])
+        assert instantiate(recipe.optimizer)([weight]).defaults["fused"] is False and not config_problems(recipe)
+    mixed = compose("train", overrides=["hardware.precision=bf16-mixed", "optimizer.fused=true"])
+    assert config_problems(mixed) == [
+        "optimizer.fused=true: Lightning cannot clip a fused optimizer's gradients under hardware.precision=bf16-mixed;"
+        " set optimizer.fused=false or hardware.gradient_clip_val=null"]
+    assert config_problems(compose("train", overrides=["hardware.precision=bf16-mixed", "optimizer.fused=true",
+                                                       "hardware.gradient_clip_val=null"])) == []
 
 
 @pytest.mark.parametrize(("model", "base", "num_crops"), [

@@ -155,7 +155,7 @@ def test_a_child_processs_cpu_time_is_this_jobs_while_it_runs_and_after_it_ends(
 def test_openmp_waits_are_short_unless_the_environment_chose_a_policy():
     environ: dict[str, str] = {}
     set_openmp_wait(environ)
-    assert environ == WAIT_ENV == {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+    assert environ == WAIT_ENV == {"GOMP_SPINCOUNT": "100000", "KMP_BLOCKTIME": "1"}
     for chosen in ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "300000"}, {"KMP_BLOCKTIME": "200"}):
         environ = dict(chosen)
         set_openmp_wait(environ)
@@ -175,13 +175,13 @@ def test_train_py_sets_the_wait_policy_before_anything_imports_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=environment, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines()[-1] == "GOMP_SPINCOUNT 10000 False"
+    assert done.stdout.splitlines()[-1] == "GOMP_SPINCOUNT 100000 False"
 
 
 def test_the_start_line_says_how_many_threads_of_how_many_cores_and_why():
-    wait = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+    wait = {"GOMP_SPINCOUNT": "100000", "KMP_BLOCKTIME": "1"}
     assert start_line(2, 1, 2.0, None, 0.04, wait) == (
-        "threads: 2 of 2 cores (hardware.threads=auto: 0.0 CPUs busy elsewhere; GOMP_SPINCOUNT=10000 KMP_BLOCKTIME=1)")
+        "threads: 2 of 2 cores (hardware.threads=auto: 0.0 CPUs busy elsewhere; GOMP_SPINCOUNT=100000 KMP_BLOCKTIME=1)")
     assert start_line(1, 2, 2.0, None, 0.0, {}) == (
         "threads: 1 per rank x 2 ranks of 2 cores (hardware.threads=auto: 0.0 CPUs busy elsewhere; "
         "OpenMP default waits)")

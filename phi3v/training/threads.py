@@ -3,8 +3,8 @@
 Another program busy on one core is the normal state of a user's machine, and torch's default (one
 OpenMP thread per core, each spinning ~3 ms at every barrier for the others) collapses there: a
 spinning thread burns the time slice its descheduled partner needs. The demo's 300 steps on 2 cores
-beside one busy loop in another session ran at 0.15 it/s with 2 threads against 11.5 with 1; idle, 2
-threads ran 16.2 it/s against 13.2 with 1 (benchmarks/threads.py). No fixed count wins both, so:
+beside one busy loop in another session ran at 0.28 it/s with 2 threads against 15.4 with 1; idle, 2
+threads ran 22.6 it/s against 14.1 with 1 (benchmarks/threads.py). No fixed count wins both, so:
 
 - `hardware.threads=auto` (the default): threads follow the free cores. The cores this process may use
   (its CPU affinity, a cgroup CPU quota, physical cores only) less those other programs keep busy,
@@ -13,9 +13,11 @@ threads ran 16.2 it/s against 13.2 with 1 (benchmarks/threads.py). No fixed coun
   re-measures every `INTERVAL_S` (ThreadGovernor in callbacks.py) and follows the load.
 - `hardware.threads=<n>`: n threads throughout. Float sums depend on the thread count, so figures
   are reproducible only at a fixed one.
-- OpenMP threads spin ~0.1 ms before sleeping instead of ~3 ms (`WAIT_ENV`), so a load that comes
-  faster than the governor costs a few it/s rather than 99% of them (the demo beside a busy loop at
-  2 threads: 2.95 it/s at GOMP_SPINCOUNT=10000, idle 17.6). The runtimes read it once, when torch
+- OpenMP threads spin ~1 ms before sleeping instead of ~3 ms (`WAIT_ENV`). Idle, the demo's 2 threads
+  keep the speed of long spins (22.0 it/s at GOMP_SPINCOUNT=100000, 22.6 at the default 300000, but 16.7
+  at 10000: shorter spins put a thread to sleep between two operations). Beside a busy program a team
+  of 2 collapses whatever the spin (0.3-3.2 it/s), which is why `auto` measures the load and drops to 1
+  thread within INTERVAL_S; a fixed count is the user's call. The runtimes read it once, when torch
   loads them: train.py sets it before anything imports torch, and every process it starts inherits it.
   A wait policy already in the environment (OMP_WAIT_POLICY, GOMP_SPINCOUNT, KMP_BLOCKTIME) is kept.
 
@@ -43,11 +45,11 @@ import psutil
 AUTO = "auto"
 # libgomp (torch's Linux wheels) spins GOMP_SPINCOUNT times (~10 ns each) before sleeping; unset, 300,000
 # (~3 ms). LLVM's and Intel's OpenMP (macOS wheels, some conda builds) spin KMP_BLOCKTIME ms (default 200).
-WAIT_ENV = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+WAIT_ENV = {"GOMP_SPINCOUNT": "100000", "KMP_BLOCKTIME": "1"}  # ~1 ms both
 WAIT_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # Load elsewhere below this many cores (a terminal, an idle browser) still leaves a core its thread: on 2
-# idle cores 2 threads beat 1 by ~20% (16.2 vs 13.2 it/s), while a core fully taken leaves a team of 2 at
-# 2.95 it/s even with short spins.
+# idle cores 2 threads beat 1 by ~55% (22.0 vs 14.1 it/s), while a core fully taken leaves a team of 2 at
+# 0.3-3.2 it/s whatever the spin.
 SLACK = 0.3
 INTERVAL_S = 10.0  # seconds of wall time between measurements while training and evaluating
 CGROUP = Path("/sys/fs/cgroup")
@@ -79,7 +81,7 @@ def threads_for(free: float, ranks: int) -> int:
 def start_line(threads: int, ranks: int, cores: float, fixed: int | None, busy: float,
                environ: Mapping[str, str]) -> str:
     """The line a run prints when it has chosen its threads, e.g.
-    `threads: 2 of 2 cores (hardware.threads=auto: 0.1 CPUs busy elsewhere; GOMP_SPINCOUNT=10000 ...)`."""
+    `threads: 2 of 2 cores (hardware.threads=auto: 0.1 CPUs busy elsewhere; GOMP_SPINCOUNT=100000 ...)`."""
     count = f"{threads}" if ranks == 1 else f"{threads} per rank x {ranks} ranks"
     how = f"hardware.threads={fixed}" if fixed is not None else f"hardware.threads=auto: {busy:.1f} CPUs busy elsewhere"
     return f"threads: {count} of {cores:g} cores ({how}; {openmp_wait(environ)})"
